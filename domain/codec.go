@@ -1,0 +1,176 @@
+package domain
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SchemaVersion is the schema version this build writes for every event
+// type, and the newest it can read.
+const SchemaVersion = 1
+
+// Envelope is an event with what every event carries: when it happened and
+// the webhook that caused it (causation). Stored events also have a type and
+// schema version in their metadata.
+type Envelope struct {
+	Event      Event
+	OccurredAt time.Time
+	// WebhookID is the webhook that caused the event; empty for events a
+	// process caused on its own (a scheduled password return, say).
+	WebhookID string
+}
+
+// Metadata is the JSON metadata stored beside every event's data.
+type Metadata struct {
+	Schema     int       `json:"schema"`
+	OccurredAt time.Time `json:"occurred_at"`
+	WebhookID  string    `json:"webhook_id,omitempty"`
+}
+
+// ErrUnknownEventType is matched by Decode's error for a type this build
+// does not know.
+var ErrUnknownEventType = errors.New("unknown event type")
+
+// ErrUnsupportedSchema is matched by Decode's error for an event written by a
+// newer schema version than this build reads.
+var ErrUnsupportedSchema = errors.New("unsupported event schema version")
+
+// Encode turns an envelope into the bytes the store keeps.
+func Encode(e Envelope) (NewEvent, error) {
+	if e.Event == nil {
+		return NewEvent{}, errors.New("encode event: no event")
+	}
+	data, err := json.Marshal(e.Event)
+	if err != nil {
+		return NewEvent{}, fmt.Errorf("encode %s: %w", e.Event.EventType(), err)
+	}
+	meta, err := json.Marshal(Metadata{Schema: SchemaVersion, OccurredAt: e.OccurredAt.UTC(), WebhookID: e.WebhookID})
+	if err != nil {
+		return NewEvent{}, fmt.Errorf("encode %s metadata: %w", e.Event.EventType(), err)
+	}
+	return NewEvent{Type: e.Event.EventType(), Data: data, Metadata: meta}, nil
+}
+
+// EncodeAll encodes envelopes in order.
+func EncodeAll(es []Envelope) ([]NewEvent, error) {
+	out := make([]NewEvent, 0, len(es))
+	for _, e := range es {
+		n, err := Encode(e)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Decode turns a stored event back into an envelope. An unknown type or a
+// newer schema gives an error matching ErrUnknownEventType or
+// ErrUnsupportedSchema: the caller parks the event rather than skip it.
+func Decode(r RecordedEvent) (Envelope, error) {
+	var m Metadata
+	if err := json.Unmarshal(r.Metadata, &m); err != nil {
+		return Envelope{}, fmt.Errorf("decode metadata of %s event %d in %s: %w", r.Type, r.Version, r.Stream, err)
+	}
+	if m.Schema > SchemaVersion {
+		return Envelope{}, fmt.Errorf("decode %s event %d in %s: schema %d, this build reads up to %d (upgrade usersync): %w",
+			r.Type, r.Version, r.Stream, m.Schema, SchemaVersion, ErrUnsupportedSchema)
+	}
+	ev := newEvent(r.Type)
+	if ev == nil {
+		return Envelope{}, fmt.Errorf("decode event %d in %s: type %q: %w", r.Version, r.Stream, r.Type, ErrUnknownEventType)
+	}
+	if err := json.Unmarshal(r.Data, ev); err != nil {
+		return Envelope{}, fmt.Errorf("decode %s event %d in %s: %w", r.Type, r.Version, r.Stream, err)
+	}
+	return Envelope{Event: deref(ev), OccurredAt: m.OccurredAt, WebhookID: m.WebhookID}, nil
+}
+
+// newEvent returns a pointer to a zero event of the named type, or nil.
+func newEvent(typ string) Event {
+	switch typ {
+	case TypeWebhookReceived:
+		return &WebhookReceived{}
+	case TypeWebhookProcessed:
+		return &WebhookProcessed{}
+	case TypeWebhookIgnored:
+		return &WebhookIgnored{}
+	case TypeWebhookFailed:
+		return &WebhookFailed{}
+	case TypeWebhookRetrying:
+		return &WebhookRetrying{}
+	case TypeUserCreated:
+		return &UserCreated{}
+	case TypeUserLinked:
+		return &UserLinked{}
+	case TypeUserUnlinked:
+		return &UserUnlinked{}
+	case TypeMetaPulled:
+		return &MetaPulled{}
+	case TypeTagsUpdated:
+		return &TagsUpdated{}
+	case TypeRoleChanged:
+		return &RoleChanged{}
+	case TypePasswordIssued:
+		return &PasswordIssued{}
+	case TypePasswordReturned:
+		return &PasswordReturned{}
+	case TypePasswordReturnFailed:
+		return &PasswordReturnFailed{}
+	case TypeWelcomeEmailSent:
+		return &WelcomeEmailSent{}
+	case TypeWelcomeEmailFailed:
+		return &WelcomeEmailFailed{}
+	case TypeEmailReserved:
+		return &EmailReserved{}
+	case TypeEmailReleased:
+		return &EmailReleased{}
+	}
+	return nil
+}
+
+// deref turns the pointer newEvent made back into the value type, so that
+// callers switch on value types only.
+func deref(e Event) Event {
+	switch v := e.(type) {
+	case *WebhookReceived:
+		return *v
+	case *WebhookProcessed:
+		return *v
+	case *WebhookIgnored:
+		return *v
+	case *WebhookFailed:
+		return *v
+	case *WebhookRetrying:
+		return *v
+	case *UserCreated:
+		return *v
+	case *UserLinked:
+		return *v
+	case *UserUnlinked:
+		return *v
+	case *MetaPulled:
+		return *v
+	case *TagsUpdated:
+		return *v
+	case *RoleChanged:
+		return *v
+	case *PasswordIssued:
+		return *v
+	case *PasswordReturned:
+		return *v
+	case *PasswordReturnFailed:
+		return *v
+	case *WelcomeEmailSent:
+		return *v
+	case *WelcomeEmailFailed:
+		return *v
+	case *EmailReserved:
+		return *v
+	case *EmailReleased:
+		return *v
+	}
+	return e
+}

@@ -1,0 +1,228 @@
+package domain
+
+import "time"
+
+// Event is a fact recorded in a stream. Its concrete type is one of the
+// structs below; EventType names it in the store.
+type Event interface {
+	EventType() string
+}
+
+// Event type names as stored. They never change once released.
+const (
+	TypeWebhookReceived       = "WebhookReceived"
+	TypeWebhookProcessed      = "WebhookProcessed"
+	TypeWebhookIgnored        = "WebhookIgnored"
+	TypeWebhookFailed         = "WebhookFailed"
+	TypeWebhookRetrying       = "WebhookRetrying"
+	TypeUserCreated           = "UserCreated"
+	TypeUserLinked            = "UserLinked"
+	TypeUserUnlinked          = "UserUnlinked"
+	TypeMetaPulled            = "MetaPulled"
+	TypeTagsUpdated           = "TagsUpdated"
+	TypeRoleChanged           = "RoleChanged"
+	TypePasswordIssued        = "PasswordIssued"
+	TypePasswordReturned      = "PasswordReturned"
+	TypePasswordReturnFailed  = "PasswordReturnFailed"
+	TypeWelcomeEmailSent      = "WelcomeEmailSent"
+	TypeWelcomeEmailFailed    = "WelcomeEmailFailed"
+	TypeEmailReserved         = "EmailReserved"
+	TypeEmailReleased         = "EmailReleased"
+)
+
+// WebhookReceived records a webhook as it arrived, minus its access key and
+// any other secret-looking parameter. It is appended before the webhook is
+// answered, so an accepted webhook is never lost.
+type WebhookReceived struct {
+	WebhookID string `json:"webhook_id"`
+	// Action is wpf_action lower-cased, as received (add_user is kept as sent).
+	Action string `json:"action"`
+	// ContactID is contact_id as received; it may be empty or invalid.
+	ContactID string `json:"contact_id"`
+	// Params are all other parameters (query and body merged, body wins).
+	Params     map[string]string `json:"params"`
+	Method     string            `json:"method"`
+	Source     string            `json:"source"`
+	ReceivedAt time.Time         `json:"received_at"`
+}
+
+// WebhookProcessed closes a webhook that changed or confirmed a user.
+type WebhookProcessed struct {
+	WebhookID string `json:"webhook_id"`
+	Action    string `json:"action"`
+	Message   string `json:"message"`
+	// UserID is the user the webhook acted on.
+	UserID string `json:"user_id"`
+	// Changed lists the event types the webhook appended (empty for a
+	// repeat that changed nothing).
+	Changed []string `json:"changed"`
+}
+
+// WebhookIgnored closes a webhook that was valid but had nothing to act on
+// (no contact_id, no matching user, action test).
+type WebhookIgnored struct {
+	WebhookID string `json:"webhook_id"`
+	Action    string `json:"action"`
+	Reason    string `json:"reason"`
+}
+
+// WebhookFailed closes a webhook that could not be processed; nothing about
+// the user changed.
+type WebhookFailed struct {
+	WebhookID string `json:"webhook_id"`
+	Action    string `json:"action"`
+	Reason    string `json:"reason"`
+	// Status is the HTTP status the webhook was (or would have been) answered with.
+	Status int `json:"status"`
+}
+
+// WebhookRetrying records a transient failure (CRM unreachable or 5xx);
+// the webhook stays queued and is tried again at NextAttemptAt.
+type WebhookRetrying struct {
+	WebhookID     string    `json:"webhook_id"`
+	Attempt       int       `json:"attempt"`
+	Error         string    `json:"error"`
+	NextAttemptAt time.Time `json:"next_attempt_at"`
+}
+
+// UserCreated records a new user for a contact.
+type UserCreated struct {
+	UserID    string    `json:"user_id"`
+	ContactID ContactID `json:"contact_id"`
+	Login     string    `json:"login"`
+	Email     string    `json:"email"`
+	Role      Role      `json:"role"`
+	// PasswordHash is a bcrypt hash; the password itself is never recorded
+	// in the clear (see PasswordIssued).
+	PasswordHash string `json:"password_hash"`
+	// WelcomeEmail asks for the welcome email (send_notification).
+	WelcomeEmail bool `json:"welcome_email"`
+}
+
+// UserLinked records that a contact took over an existing user whose email
+// it carries (add for a new contact whose email already has a user). The
+// event carries the user as it was, so the contact's stream stands alone.
+type UserLinked struct {
+	UserID        string            `json:"user_id"`
+	ContactID     ContactID         `json:"contact_id"`
+	FromContactID ContactID         `json:"from_contact_id"`
+	Login         string            `json:"login"`
+	Email         string            `json:"email"`
+	Role          Role              `json:"role"`
+	PasswordHash  string            `json:"password_hash"`
+	Meta          map[string]string `json:"meta"`
+	Tags          []Tag             `json:"tags"`
+	CreatedAt     time.Time         `json:"created_at"`
+}
+
+// UserUnlinked records that the contact's user moved to another contact.
+type UserUnlinked struct {
+	UserID      string    `json:"user_id"`
+	ToContactID ContactID `json:"to_contact_id"`
+}
+
+// MetaChange is one field whose value changed.
+type MetaChange struct {
+	Key string `json:"key"`
+	Old string `json:"old"`
+	New string `json:"new"`
+}
+
+// MetaPulled records the user meta fields that changed when the contact's
+// fields were pulled from the CRM, sorted by key.
+type MetaPulled struct {
+	Changes []MetaChange `json:"changes"`
+}
+
+// TagsUpdated records the user's complete new tag set (replaced, never
+// merged) and what was added and removed. Lists are sorted by tag id.
+type TagsUpdated struct {
+	Tags    []Tag `json:"tags"`
+	Added   []Tag `json:"added"`
+	Removed []Tag `json:"removed"`
+}
+
+// RoleChanged records a role change asked for by a webhook.
+type RoleChanged struct {
+	Old Role `json:"old"`
+	New Role `json:"new"`
+}
+
+// PasswordIssued records a generated password that must be returned to the
+// CRM. Sealed is the password encrypted under KeyID, a key kept outside the
+// event log and destroyed once the password is returned or given up.
+type PasswordIssued struct {
+	KeyID  string `json:"key_id"`
+	Sealed []byte `json:"sealed"`
+	// Field is the FunnelKit field that receives the password.
+	Field string `json:"field"`
+}
+
+// PasswordReturned records that the CRM accepted the password; its key is
+// destroyed afterwards.
+type PasswordReturned struct {
+	KeyID   string `json:"key_id"`
+	Field   string `json:"field"`
+	Attempt int    `json:"attempt"`
+}
+
+// PasswordReturnFailed records a failed return attempt. GaveUp marks the
+// last one: the key is destroyed and the return is failed for good.
+type PasswordReturnFailed struct {
+	KeyID         string    `json:"key_id"`
+	Field         string    `json:"field"`
+	Attempt       int       `json:"attempt"`
+	Error         string    `json:"error"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	GaveUp        bool      `json:"gave_up"`
+}
+
+// WelcomeEmailSent records the welcome email (login and login link, never
+// the password).
+type WelcomeEmailSent struct {
+	To        string `json:"to"`
+	Transport string `json:"transport"`
+	Attempt   int    `json:"attempt"`
+}
+
+// WelcomeEmailFailed records a failed attempt to send the welcome email.
+type WelcomeEmailFailed struct {
+	To            string    `json:"to"`
+	Attempt       int       `json:"attempt"`
+	Error         string    `json:"error"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	GaveUp        bool      `json:"gave_up"`
+}
+
+// EmailReserved records, in an email's reservation stream, which contact's
+// user owns the address.
+type EmailReserved struct {
+	Email     string    `json:"email"`
+	ContactID ContactID `json:"contact_id"`
+	UserID    string    `json:"user_id"`
+}
+
+// EmailReleased frees an address (the user's email changed).
+type EmailReleased struct {
+	Email     string    `json:"email"`
+	ContactID ContactID `json:"contact_id"`
+}
+
+func (WebhookReceived) EventType() string      { return TypeWebhookReceived }
+func (WebhookProcessed) EventType() string     { return TypeWebhookProcessed }
+func (WebhookIgnored) EventType() string       { return TypeWebhookIgnored }
+func (WebhookFailed) EventType() string        { return TypeWebhookFailed }
+func (WebhookRetrying) EventType() string      { return TypeWebhookRetrying }
+func (UserCreated) EventType() string          { return TypeUserCreated }
+func (UserLinked) EventType() string           { return TypeUserLinked }
+func (UserUnlinked) EventType() string         { return TypeUserUnlinked }
+func (MetaPulled) EventType() string           { return TypeMetaPulled }
+func (TagsUpdated) EventType() string          { return TypeTagsUpdated }
+func (RoleChanged) EventType() string          { return TypeRoleChanged }
+func (PasswordIssued) EventType() string       { return TypePasswordIssued }
+func (PasswordReturned) EventType() string     { return TypePasswordReturned }
+func (PasswordReturnFailed) EventType() string { return TypePasswordReturnFailed }
+func (WelcomeEmailSent) EventType() string     { return TypeWelcomeEmailSent }
+func (WelcomeEmailFailed) EventType() string   { return TypeWelcomeEmailFailed }
+func (EmailReserved) EventType() string        { return TypeEmailReserved }
+func (EmailReleased) EventType() string        { return TypeEmailReleased }

@@ -1,0 +1,152 @@
+package domain
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// User is the current state of a contact's user, as its events built it.
+type User struct {
+	UserID       string
+	ContactID    ContactID
+	Login        string
+	Email        string
+	Role         Role
+	PasswordHash string
+	Meta         map[string]string
+	Tags         []Tag
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// PasswordReturn is the state of a generated password on its way to the CRM.
+type PasswordReturn struct {
+	KeyID    string
+	Field    string
+	Sealed   []byte
+	Attempts int
+	// Done is true once returned or given up; the key is then shredded.
+	Done bool
+}
+
+// ContactState is the aggregate of one contact stream.
+type ContactState struct {
+	ContactID ContactID
+	// Version is the version of the last event applied (0: no events).
+	Version uint64
+	// User is nil until a user is created or linked, and after it moved
+	// to another contact.
+	User *User
+	// Password is the latest issued password, nil if none was issued.
+	Password *PasswordReturn
+	// Webhooks maps the id of every webhook recorded in the stream to
+	// whether an outcome (processed, ignored, failed) closed it.
+	Webhooks map[string]bool
+}
+
+// NewContactState is the state of a contact with no events.
+func NewContactState(id ContactID) *ContactState {
+	return &ContactState{ContactID: id, Webhooks: map[string]bool{}}
+}
+
+// LoadContact rebuilds a contact's state from its stream.
+func LoadContact(id ContactID, events []RecordedEvent) (*ContactState, error) {
+	s := NewContactState(id)
+	for _, r := range events {
+		env, err := Decode(r)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", id.Stream(), err)
+		}
+		s.Apply(env)
+		s.Version = r.Version
+	}
+	return s, nil
+}
+
+// Open reports whether the webhook was recorded in this stream and no
+// outcome has closed it yet.
+func (s *ContactState) Open(webhookID string) bool {
+	closed, seen := s.Webhooks[webhookID]
+	return seen && !closed
+}
+
+// Apply evolves the state by one event. It never fails: every decision was
+// checked before its event was recorded.
+func (s *ContactState) Apply(env Envelope) {
+	at := env.OccurredAt
+	switch e := env.Event.(type) {
+	case WebhookReceived:
+		if _, ok := s.Webhooks[e.WebhookID]; !ok {
+			s.Webhooks[e.WebhookID] = false
+		}
+	case WebhookProcessed:
+		s.Webhooks[e.WebhookID] = true
+	case WebhookIgnored:
+		s.Webhooks[e.WebhookID] = true
+	case WebhookFailed:
+		s.Webhooks[e.WebhookID] = true
+	case UserCreated:
+		s.User = &User{
+			UserID: e.UserID, ContactID: s.ContactID, Login: e.Login, Email: e.Email,
+			Role: e.Role, PasswordHash: e.PasswordHash, Meta: map[string]string{},
+			CreatedAt: at, UpdatedAt: at,
+		}
+	case UserLinked:
+		s.User = &User{
+			UserID: e.UserID, ContactID: s.ContactID, Login: e.Login, Email: e.Email,
+			Role: e.Role, PasswordHash: e.PasswordHash, Meta: maps.Clone(e.Meta),
+			Tags: slices.Clone(e.Tags), CreatedAt: e.CreatedAt, UpdatedAt: at,
+		}
+		if s.User.Meta == nil {
+			s.User.Meta = map[string]string{}
+		}
+	case UserUnlinked:
+		s.User = nil
+	case MetaPulled:
+		if s.User != nil {
+			for _, c := range e.Changes {
+				s.User.applyMeta(c)
+			}
+			s.User.UpdatedAt = at
+		}
+	case TagsUpdated:
+		if s.User != nil {
+			s.User.Tags = slices.Clone(e.Tags)
+			s.User.UpdatedAt = at
+		}
+	case RoleChanged:
+		if s.User != nil {
+			s.User.Role = e.New
+			s.User.UpdatedAt = at
+		}
+	case PasswordIssued:
+		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed}
+	case PasswordReturned:
+		if p := s.Password; p != nil && p.KeyID == e.KeyID {
+			p.Attempts = e.Attempt
+			p.Done = true
+		}
+	case PasswordReturnFailed:
+		if p := s.Password; p != nil && p.KeyID == e.KeyID {
+			p.Attempts = e.Attempt
+			p.Done = e.GaveUp
+		}
+	}
+}
+
+// MetaEmail is the meta key whose change is the user's email address.
+const MetaEmail = "user_email"
+
+func (u *User) applyMeta(c MetaChange) {
+	if c.Key == MetaEmail {
+		u.Email = c.New
+		return
+	}
+	if c.New == "" {
+		delete(u.Meta, c.Key)
+		return
+	}
+	u.Meta[c.Key] = c.New
+}

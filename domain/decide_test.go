@@ -63,10 +63,10 @@ func TestDecideTags_ReplacesTheSetNeverMerges(t *testing.T) {
 
 func TestDecideTags(t *testing.T) {
 	tests := []struct {
-		name  string
-		have  []domain.Tag
-		crm   []domain.Tag
-		want  []domain.Event
+		name string
+		have []domain.Tag
+		crm  []domain.Tag
+		want []domain.Event
 	}{
 		{"same set in another order is no change", []domain.Tag{vip, trial}, []domain.Tag{trial, vip}, nil},
 		{"empty to empty is no change", nil, nil, nil},

@@ -75,7 +75,6 @@ func (s *ContactState) Open(webhookID string) bool {
 // Apply evolves the state by one event. It never fails: every decision was
 // checked before its event was recorded.
 func (s *ContactState) Apply(env Envelope) {
-	at := env.OccurredAt
 	switch e := env.Event.(type) {
 	case WebhookReceived:
 		if _, ok := s.Webhooks[e.WebhookID]; !ok {
@@ -87,40 +86,8 @@ func (s *ContactState) Apply(env Envelope) {
 		s.Webhooks[e.WebhookID] = true
 	case WebhookFailed:
 		s.Webhooks[e.WebhookID] = true
-	case UserCreated:
-		s.User = &User{
-			UserID: e.UserID, ContactID: s.ContactID, Login: e.Login, Email: e.Email,
-			Role: e.Role, PasswordHash: e.PasswordHash, Meta: map[string]string{},
-			CreatedAt: at, UpdatedAt: at,
-		}
-	case UserLinked:
-		s.User = &User{
-			UserID: e.UserID, ContactID: s.ContactID, Login: e.Login, Email: e.Email,
-			Role: e.Role, PasswordHash: e.PasswordHash, Meta: maps.Clone(e.Meta),
-			Tags: slices.Clone(e.Tags), CreatedAt: e.CreatedAt, UpdatedAt: at,
-		}
-		if s.User.Meta == nil {
-			s.User.Meta = map[string]string{}
-		}
-	case UserUnlinked:
-		s.User = nil
-	case MetaPulled:
-		if s.User != nil {
-			for _, c := range e.Changes {
-				s.User.applyMeta(c)
-			}
-			s.User.UpdatedAt = at
-		}
-	case TagsUpdated:
-		if s.User != nil {
-			s.User.Tags = slices.Clone(e.Tags)
-			s.User.UpdatedAt = at
-		}
-	case RoleChanged:
-		if s.User != nil {
-			s.User.Role = e.New
-			s.User.UpdatedAt = at
-		}
+	case UserCreated, UserLinked, UserUnlinked, MetaPulled, TagsUpdated, RoleChanged:
+		s.User = EvolveUser(s.User, s.ContactID, env)
 	case PasswordIssued:
 		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed}
 	case PasswordReturned:
@@ -134,6 +101,51 @@ func (s *ContactState) Apply(env Envelope) {
 			p.Done = e.GaveUp
 		}
 	}
+}
+
+// EvolveUser returns the contact's user after one event: a new user for
+// UserCreated and UserLinked, nil for UserUnlinked, the changed user for the
+// rest. u is changed in place; events that do not concern users return u.
+// The user projection and the aggregate share it, so they cannot disagree.
+func EvolveUser(u *User, contact ContactID, env Envelope) *User {
+	at := env.OccurredAt
+	switch e := env.Event.(type) {
+	case UserCreated:
+		return &User{
+			UserID: e.UserID, ContactID: contact, Login: e.Login, Email: e.Email,
+			Role: e.Role, PasswordHash: e.PasswordHash, Meta: map[string]string{},
+			CreatedAt: at, UpdatedAt: at,
+		}
+	case UserLinked:
+		n := &User{
+			UserID: e.UserID, ContactID: contact, Login: e.Login, Email: e.Email,
+			Role: e.Role, PasswordHash: e.PasswordHash, Meta: maps.Clone(e.Meta),
+			Tags: slices.Clone(e.Tags), CreatedAt: e.CreatedAt, UpdatedAt: at,
+		}
+		if n.Meta == nil {
+			n.Meta = map[string]string{}
+		}
+		return n
+	case UserUnlinked:
+		return nil
+	}
+	if u == nil {
+		return nil
+	}
+	switch e := env.Event.(type) {
+	case MetaPulled:
+		for _, c := range e.Changes {
+			u.applyMeta(c)
+		}
+	case TagsUpdated:
+		u.Tags = slices.Clone(e.Tags)
+	case RoleChanged:
+		u.Role = e.New
+	default:
+		return u
+	}
+	u.UpdatedAt = at
+	return u
 }
 
 // MetaEmail is the meta key whose change is the user's email address.

@@ -1,0 +1,462 @@
+package projections_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/projections"
+)
+
+var (
+	vip   = domain.Tag{ID: 5, Name: "VIP"}
+	trial = domain.Tag{ID: 7, Name: "Trial"}
+	gold  = domain.Tag{ID: 9, Name: "Gold"}
+	t0    = time.Date(2026, 1, 2, 10, 0, 0, 0, time.UTC)
+)
+
+type env struct {
+	t     *testing.T
+	dir   string
+	store *eventstore.SQLite
+	views *projections.Views
+	pipe  *projections.Pipeline
+	stop  func()
+	clock time.Time
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func fastRetry() projections.RetryPolicy {
+	return projections.RetryPolicy{MaxRetries: 2, InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond, Multiplier: 2}
+}
+
+// start opens the store and the views in dir and runs the pipeline, with
+// extra consumers beside the views.
+func start(t *testing.T, dir string, extra ...projections.Consumer) *env {
+	t.Helper()
+	ctx := context.Background()
+	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipe, err := projections.NewPipeline(store, views, fastRetry(), quietLog(), append(views.Consumers(), extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pipe.Run(runCtx) }()
+	select {
+	case <-pipe.Running():
+	case <-time.After(10 * time.Second):
+		t.Fatal("pipeline did not start")
+	}
+	e := &env{t: t, dir: dir, store: store, views: views, pipe: pipe, clock: t0}
+	stopped := false
+	e.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("pipeline: %v", err)
+		}
+		views.Close()
+		store.Close()
+	}
+	t.Cleanup(e.stop)
+	return e
+}
+
+// append records events in a stream, one minute apart, caused by webhook wh.
+func (e *env) append(stream, wh string, events ...domain.Event) {
+	e.t.Helper()
+	var envs []domain.Envelope
+	for _, ev := range events {
+		e.clock = e.clock.Add(time.Minute)
+		envs = append(envs, domain.Envelope{Event: ev, OccurredAt: e.clock, WebhookID: wh})
+	}
+	raw, err := domain.EncodeAll(envs)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.store.Append(context.Background(), stream, domain.AnyVersion(), raw...); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// caughtUp waits (with a deadline) until every view applied the head.
+func (e *env) caughtUp() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	head, err := e.store.Head(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.views.WaitAll(ctx, head); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func webhook(id, action, contact string) domain.WebhookReceived {
+	return domain.WebhookReceived{WebhookID: id, Action: action, ContactID: contact, Params: map[string]string{}, Method: "POST", Source: "127.0.0.1", ReceivedAt: t0}
+}
+
+// story appends the life of a few contacts, covering every event the views read.
+func (e *env) story() {
+	c1, c2, c3, c4, c5 := domain.ContactID(1), domain.ContactID(2), domain.ContactID(3), domain.ContactID(4), domain.ContactID(5)
+	e.append(c1.Stream(), "w1", webhook("w1", "add", "1"),
+		domain.UserCreated{UserID: "u1", ContactID: c1, Login: "ann@example.com", Email: "ann@example.com", Role: "subscriber", PasswordHash: "$2a$x"},
+		domain.TagsUpdated{Tags: []domain.Tag{vip, trial}, Added: []domain.Tag{vip, trial}},
+		domain.MetaPulled{Changes: []domain.MetaChange{{Key: "first_name", New: "Ann"}, {Key: "last_name", New: "Lee"}}},
+		domain.PasswordIssued{KeyID: "k1", Sealed: []byte("sealed"), Field: "7"},
+		domain.WebhookProcessed{WebhookID: "w1", Action: "add", Message: "User created", UserID: "u1"})
+	e.append(c2.Stream(), "w2", webhook("w2", "add", "2"),
+		domain.UserCreated{UserID: "u2", ContactID: c2, Login: "bob@example.com", Email: "bob@example.com", Role: "subscriber"},
+		domain.TagsUpdated{Tags: []domain.Tag{vip}, Added: []domain.Tag{vip}},
+		domain.WebhookProcessed{WebhookID: "w2", Action: "add", UserID: "u2"})
+	e.append(c1.Stream(), "w3", webhook("w3", "update_tags", "1"),
+		domain.TagsUpdated{Tags: []domain.Tag{trial, gold}, Added: []domain.Tag{gold}, Removed: []domain.Tag{vip}},
+		domain.WebhookProcessed{WebhookID: "w3", Action: "update_tags", UserID: "u1"})
+	e.append(c1.Stream(), "", domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 1, Error: "503", NextAttemptAt: t0.Add(time.Hour)},
+		domain.PasswordReturned{KeyID: "k1", Field: "7", Attempt: 2})
+	// Contact 3 carries bob's address: his user moves to it.
+	e.append(c3.Stream(), "w4", webhook("w4", "add", "3"),
+		domain.UserLinked{UserID: "u2", ContactID: c3, FromContactID: c2, Login: "bob@example.com", Email: "bob@example.com", Role: "subscriber",
+			Meta: map[string]string{}, Tags: []domain.Tag{{ID: 5, Name: "V.I.P."}}, CreatedAt: t0})
+	e.append(c2.Stream(), "w4", domain.UserUnlinked{UserID: "u2", ToContactID: c3})
+	e.append(c3.Stream(), "w4", domain.WebhookProcessed{WebhookID: "w4", Action: "add", UserID: "u2"})
+	e.append(c4.Stream(), "w5", webhook("w5", "add", "4"),
+		domain.WebhookRetrying{WebhookID: "w5", Attempt: 1, Error: "funnelkit unreachable", NextAttemptAt: t0},
+		domain.WebhookFailed{WebhookID: "w5", Action: "add", Reason: "No email provided for imported user", Status: 500})
+	e.append(domain.WebhookStream("w6"), "w6", webhook("w6", "update", ""), domain.WebhookIgnored{WebhookID: "w6", Action: "update", Reason: "Abort: Contact data not found"})
+	e.append(c5.Stream(), "w7", webhook("w7", "add", "5"),
+		domain.UserCreated{UserID: "u5", ContactID: c5, Login: "cy@example.com", Email: "cy@example.com", Role: "subscriber"},
+		domain.PasswordIssued{KeyID: "k5", Sealed: []byte("sealed"), Field: "7"},
+		domain.RoleChanged{Old: "subscriber", New: "customer"},
+		domain.PasswordReturnFailed{KeyID: "k5", Field: "7", Attempt: 8, Error: "401 bad application password", GaveUp: true},
+		domain.WebhookProcessed{WebhookID: "w7", Action: "add", UserID: "u5"})
+	e.append(c5.Stream(), "w8", webhook("w8", "update", "5"))
+}
+
+// churn appends n random tag, meta and role changes for contacts 100..100+k.
+func (e *env) churn(seed uint64, n, k int) {
+	r := rand.New(rand.NewPCG(seed, 1))
+	created := map[int]bool{}
+	catalogue := []domain.Tag{vip, trial, gold, {ID: 11, Name: "Lead"}, {ID: 12, Name: "Customer"}}
+	for i := range n {
+		c := 100 + r.IntN(k)
+		id := domain.ContactID(c)
+		wh := fmt.Sprintf("c%d-%d", seed, i)
+		if !created[c] {
+			created[c] = true
+			e.append(id.Stream(), wh, webhook(wh, "add", id.String()),
+				domain.UserCreated{UserID: fmt.Sprintf("u%d", c), ContactID: id, Login: fmt.Sprintf("u%d@example.com", c), Email: fmt.Sprintf("u%d@example.com", c), Role: "subscriber"},
+				domain.WebhookProcessed{WebhookID: wh, Action: "add"})
+			continue
+		}
+		var tags []domain.Tag
+		for _, t := range catalogue {
+			if r.IntN(2) == 0 {
+				tags = append(tags, t)
+			}
+		}
+		e.append(id.Stream(), wh, webhook(wh, "update", id.String()),
+			domain.TagsUpdated{Tags: tags},
+			domain.MetaPulled{Changes: []domain.MetaChange{{Key: "n", New: fmt.Sprint(r.IntN(100))}}},
+			domain.WebhookProcessed{WebhookID: wh, Action: "update"})
+	}
+}
+
+// dump reads every table of the views file, row for row, in a fixed order.
+func dump(t *testing.T, path string) map[string][][]any {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	out := map[string][][]any{}
+	for table, order := range map[string]string{
+		"users": "contact_id", "tags": "id", "tag_users": "tag_id, contact_id", "password_returns": "contact_id",
+		"webhooks": "id", "checkpoints": "name", "parked": "handler, position",
+	} {
+		rows, err := db.Query("SELECT * FROM " + table + " ORDER BY " + order)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			if table == "parked" {
+				vals[len(vals)-1] = nil // parked_at is the time of parking
+			}
+			out[table] = append(out[table], vals)
+		}
+		rows.Close()
+	}
+	return out
+}
+
+func TestViews_FollowTheEvents(t *testing.T) {
+	e := start(t, t.TempDir())
+	e.story()
+	e.caughtUp()
+
+	ann, ok := e.views.Users.Get(1)
+	if !ok || !reflect.DeepEqual(ann.Tags, []domain.Tag{trial, gold}) || ann.Meta["first_name"] != "Ann" || ann.Version != 8 {
+		t.Fatalf("ann: %+v", ann)
+	}
+	if _, ok := e.views.Users.Get(2); ok {
+		t.Fatal("contact 2 still has a user after it moved to contact 3")
+	}
+	if bob, ok := e.views.Users.Get(3); !ok || bob.UserID != "u2" || bob.Email != "bob@example.com" {
+		t.Fatalf("contact 3: %+v %v", bob, ok)
+	}
+	if cy, _ := e.views.Users.Get(5); cy.Role != "customer" {
+		t.Fatalf("cy: %+v", cy)
+	}
+	wantTags := []projections.Tag{{ID: 5, Name: "V.I.P.", Users: 1}, {ID: 7, Name: "Trial", Users: 1}, {ID: 9, Name: "Gold", Users: 1}}
+	if got := e.views.Tags.List(); !reflect.DeepEqual(got, wantTags) {
+		t.Fatalf("tags %+v, want %+v", got, wantTags)
+	}
+	if got := e.views.Tags.Users(5); !reflect.DeepEqual(got, []domain.ContactID{3}) {
+		t.Fatalf("users of VIP: %v", got)
+	}
+	if users, _ := e.views.Users.List(0, 10, 7); len(users) != 1 || users[0].ContactID != 1 {
+		t.Fatalf("users tagged Trial: %+v", users)
+	}
+	pr, _ := e.views.Passwords.Get(1)
+	if pr.Status != projections.PasswordReturned || pr.Attempts != 2 || pr.Field != "7" {
+		t.Fatalf("password return 1: %+v", pr)
+	}
+	if failed := e.views.Passwords.List(projections.PasswordFailed); len(failed) != 1 || failed[0].ContactID != 5 || failed[0].LastError == "" {
+		t.Fatalf("failed returns: %+v", failed)
+	}
+	for id, want := range map[string]string{"w1": "processed", "w5": "failed", "w6": "ignored", "w8": "queued"} {
+		if w, _ := e.views.Webhooks.Get(id); w.Status != want {
+			t.Errorf("webhook %s: %+v, want %s", id, w, want)
+		}
+	}
+	if open := e.views.Webhooks.Open(); len(open) != 1 || open[0].ID != "w8" {
+		t.Fatalf("open webhooks: %+v", open)
+	}
+}
+
+func TestRebuild_GivesTheLiveViewsRowForRow(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.story()
+	e.churn(1, 400, 40)
+	e.caughtUp()
+	if err := e.views.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	live := dump(t, filepath.Join(dir, "views.db"))
+	liveUsers, liveTags := e.views.Users.All(), e.views.Tags.List()
+	if len(live["users"]) < 40 || len(live["tag_users"]) == 0 {
+		t.Fatalf("too little to compare: %d users, %d tag rows", len(live["users"]), len(live["tag_users"]))
+	}
+
+	var reports atomic.Int64
+	stats, err := e.views.Rebuild(context.Background(), e.store, func(projections.Progress) { reports.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, _ := e.store.Head(context.Background())
+	if stats.Events != head || stats.Position != head || reports.Load() == 0 {
+		t.Fatalf("stats %+v, head %d, %d progress reports", stats, head, reports.Load())
+	}
+	rebuilt := dump(t, filepath.Join(dir, "views.db"))
+	for table := range live {
+		if !reflect.DeepEqual(live[table], rebuilt[table]) {
+			t.Errorf("table %s differs after rebuild:\nlive    %v\nrebuilt %v", table, live[table], rebuilt[table])
+		}
+	}
+	if !reflect.DeepEqual(liveUsers, e.views.Users.All()) || !reflect.DeepEqual(liveTags, e.views.Tags.List()) {
+		t.Error("in-memory views differ after rebuild")
+	}
+	// The pipeline goes on after the swap: a new event is applied once.
+	e.append(domain.ContactID(1).Stream(), "w9", domain.RoleChanged{Old: "subscriber", New: "customer"})
+	e.caughtUp()
+	if ann, _ := e.views.Users.Get(1); ann.Role != "customer" {
+		t.Fatalf("after rebuild: %+v", ann)
+	}
+}
+
+func TestViews_RestartResumesWithoutApplyingTwice(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.churn(2, 150, 20)
+	e.caughtUp()
+	e.stop()
+
+	e = start(t, dir)
+	e.churn(3, 150, 20)
+	e.caughtUp()
+	if err := e.views.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, filepath.Join(dir, "views.db"))
+	if _, err := e.views.Rebuild(context.Background(), e.store, nil); err != nil {
+		t.Fatal(err)
+	}
+	after := dump(t, filepath.Join(dir, "views.db"))
+	if !reflect.DeepEqual(before, after) {
+		t.Fatal("views after a restart differ from a rebuild: an event was lost or applied twice")
+	}
+}
+
+func TestPipeline_UnknownEventIsParkedNotSkipped(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.append(domain.ContactID(1).Stream(), "w1",
+		domain.UserCreated{UserID: "u1", ContactID: 1, Login: "a@example.com", Email: "a@example.com", Role: "subscriber"})
+	if _, err := e.store.Append(context.Background(), domain.ContactID(1).Stream(), domain.AnyVersion(),
+		domain.NewEvent{Type: "UserTeleported", Data: []byte(`{}`), Metadata: []byte(`{"schema":1}`)},
+		domain.NewEvent{Type: domain.TypeRoleChanged, Data: []byte(`{"old":"subscriber","new":"customer"}`), Metadata: []byte(`{"schema":9}`)}); err != nil {
+		t.Fatal(err)
+	}
+	e.append(domain.ContactID(1).Stream(), "w2", domain.TagsUpdated{Tags: []domain.Tag{vip}, Added: []domain.Tag{vip}})
+	e.caughtUp()
+
+	if u, _ := e.views.Users.Get(1); !reflect.DeepEqual(u.Tags, []domain.Tag{vip}) || u.Role != "subscriber" {
+		t.Fatalf("events after the parked ones were not applied: %+v", u)
+	}
+	parked, err := e.views.Parked(context.Background(), "users")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) != 2 || parked[0].Position != 2 || !strings.Contains(parked[0].Error, "UserTeleported") ||
+		parked[1].Position != 3 || !strings.Contains(parked[1].Error, "schema 9") {
+		t.Fatalf("parked: %+v", parked)
+	}
+	all, _ := e.views.Parked(context.Background(), "")
+	if len(all) != 2*len(e.views.Names()) {
+		t.Fatalf("every view parks the events it cannot read: %d parked", len(all))
+	}
+	if err := e.pipe.Replay(context.Background(), e.views, e.store, parked[0]); err == nil {
+		t.Fatal("replaying a view's event should ask for a rebuild")
+	}
+	// A rebuild parks them again (still unreadable) and keeps going.
+	stats, err := e.views.Rebuild(context.Background(), e.store, nil)
+	if err != nil || stats.Parked != 2*len(e.views.Names()) {
+		t.Fatalf("rebuild: %+v, %v", stats, err)
+	}
+}
+
+// flaky fails on one event a set number of times, then succeeds.
+type flaky struct {
+	name      string
+	failOn    uint64
+	failures  atomic.Int64
+	failTimes int64
+	panics    bool
+	pos       atomic.Uint64
+	handled   atomic.Int64
+}
+
+func (f *flaky) Name() string                                  { return f.name }
+func (f *flaky) Position(context.Context) (uint64, error)      { return f.pos.Load(), nil }
+func (f *flaky) Skip(_ context.Context, position uint64) error { f.pos.Store(position); return nil }
+func (f *flaky) Handle(_ context.Context, rec domain.RecordedEvent) error {
+	if rec.Position == f.failOn && f.failures.Load() < f.failTimes {
+		f.failures.Add(1)
+		if f.panics {
+			panic("handler bug")
+		}
+		return fmt.Errorf("transient failure %d", f.failures.Load())
+	}
+	f.handled.Add(1)
+	f.pos.Store(rec.Position)
+	return nil
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+func TestPipeline_RetriesThenParksAFailingHandler(t *testing.T) {
+	recovers := &flaky{name: "recovers", failOn: 2, failTimes: 2}
+	keepsFailing := &flaky{name: "keeps-failing", failOn: 2, failTimes: 1 << 30}
+	panics := &flaky{name: "panics", failOn: 2, failTimes: 1 << 30, panics: true}
+	e := start(t, t.TempDir(), recovers, keepsFailing, panics)
+	for i := range 3 {
+		e.append(domain.ContactID(i+1).Stream(), "", domain.RoleChanged{Old: "a", New: "b"})
+	}
+	e.caughtUp()
+	for _, f := range []*flaky{recovers, keepsFailing, panics} {
+		waitUntil(t, f.name+" to pass event 3", func() bool { return f.pos.Load() == 3 })
+	}
+	if recovers.handled.Load() != 3 || recovers.failures.Load() != 2 {
+		t.Errorf("recovers: handled %d after %d failures", recovers.handled.Load(), recovers.failures.Load())
+	}
+	// MaxRetries 2: the first try and two retries, then parked.
+	for _, f := range []*flaky{keepsFailing, panics} {
+		if f.handled.Load() != 2 || f.failures.Load() != 3 {
+			t.Errorf("%s: handled %d, failures %d", f.name, f.handled.Load(), f.failures.Load())
+		}
+	}
+	parked, _ := e.views.Parked(context.Background(), "")
+	if len(parked) != 2 || parked[0].Position != 2 || parked[1].Position != 2 {
+		t.Fatalf("parked: %+v", parked)
+	}
+	// Once the cause is fixed, replay hands the event over again and unparks it.
+	keepsFailing.failTimes = 0
+	for _, pe := range parked {
+		if pe.Handler == "keeps-failing" {
+			if err := e.pipe.Replay(context.Background(), e.views, e.store, pe); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if left, _ := e.views.Parked(context.Background(), "keeps-failing"); len(left) != 0 || keepsFailing.handled.Load() != 3 {
+		t.Fatalf("after replay: parked %+v, handled %d", left, keepsFailing.handled.Load())
+	}
+}
+
+func TestOpen_DamagedViewsFileIsNamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "views.db")
+	if err := os.WriteFile(path, []byte("this is not a database, just some text that is long enough"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := projections.Open(context.Background(), path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "rebuild") {
+		t.Fatalf("err %v", err)
+	}
+}

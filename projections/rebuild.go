@@ -1,0 +1,237 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+// EventLog is what a rebuild reads: the global log in position order.
+type EventLog interface {
+	ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error)
+	Head(ctx context.Context) (uint64, error)
+}
+
+// Progress is reported while a rebuild runs.
+type Progress struct {
+	// Position is the position of the last event applied; Head the
+	// position the rebuild runs to.
+	Position, Head uint64
+	// Events is the number of events applied so far.
+	Events  uint64
+	Elapsed time.Duration
+}
+
+// RebuildStats summarises a finished rebuild.
+type RebuildStats struct {
+	Events   uint64
+	Parked   int
+	Position uint64
+	Users    int
+	Tags     int
+	Duration time.Duration
+}
+
+// ParkedEvent is an event a handler could not apply.
+type ParkedEvent struct {
+	Handler  string    `json:"handler"`
+	Position uint64    `json:"position"`
+	Stream   string    `json:"stream"`
+	Version  uint64    `json:"version"`
+	Type     string    `json:"type"`
+	Error    string    `json:"error"`
+	ParkedAt time.Time `json:"parked_at"`
+}
+
+const rebuildBatch = 4096
+
+type decodedBatch struct {
+	recs []domain.RecordedEvent
+	envs []domain.Envelope
+	errs []error
+	done chan struct{}
+}
+
+// Rebuild drops every view and builds it again from the events. The new
+// views are built aside while the old ones keep serving (and keep following
+// live events); then, with the views locked, the new ones catch up to the
+// head and replace the old ones in memory and in the file in one
+// transaction. Events that cannot be decoded are parked, not skipped
+// silently. progress, if not nil, is called every batch.
+func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progress)) (RebuildStats, error) {
+	start := time.Now()
+	head, err := log.Head(ctx)
+	if err != nil {
+		return RebuildStats{}, fmt.Errorf("rebuild: read head: %w", err)
+	}
+	aside := make([]state, len(v.all))
+	for i, p := range v.all {
+		aside[i] = p.newState()
+	}
+	var stats RebuildStats
+	var parked []ParkedEvent
+	apply := func(b *decodedBatch) {
+		for i, rec := range b.recs {
+			if b.errs[i] != nil {
+				for _, p := range v.all {
+					parked = append(parked, parkedFrom(p.name, rec, b.errs[i]))
+				}
+				continue
+			}
+			for _, s := range aside {
+				s.apply(rec, b.envs[i])
+			}
+		}
+		stats.Events += uint64(len(b.recs))
+		stats.Position = b.recs[len(b.recs)-1].Position
+	}
+	report := func() {
+		if progress != nil {
+			progress(Progress{Position: stats.Position, Head: head, Events: stats.Events, Elapsed: time.Since(start)})
+		}
+	}
+	report()
+	if err := readDecoded(ctx, log, 0, head, func(b *decodedBatch) { apply(b); report() }); err != nil {
+		return stats, err
+	}
+
+	// Swap: lock every view, catch up with what arrived meanwhile, replace.
+	for _, p := range v.all {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+	}
+	now, err := log.Head(ctx)
+	if err != nil {
+		return stats, fmt.Errorf("rebuild: read head: %w", err)
+	}
+	if err := readDecoded(ctx, log, stats.Position, now, apply); err != nil {
+		return stats, err
+	}
+	if now > stats.Position {
+		stats.Position = now
+	}
+	tx, err := v.db.BeginTx(ctx, nil)
+	if err != nil {
+		return stats, fmt.Errorf("rebuild: begin: %w", err)
+	}
+	defer tx.Rollback()
+	for i, p := range v.all {
+		if err := aside[i].replace(ctx, tx); err != nil {
+			return stats, fmt.Errorf("rebuild: write view %s: %w", p.name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints(name, position) VALUES(?, ?)
+			ON CONFLICT(name) DO UPDATE SET position = excluded.position`, p.name, stats.Position); err != nil {
+			return stats, fmt.Errorf("rebuild: store checkpoint of %s: %w", p.name, err)
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM parked WHERE handler = ?", p.name); err != nil {
+			return stats, fmt.Errorf("rebuild: clear parked events of %s: %w", p.name, err)
+		}
+	}
+	for _, pe := range parked {
+		if err := insertParked(ctx, tx, pe); err != nil {
+			return stats, fmt.Errorf("rebuild: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return stats, fmt.Errorf("rebuild: commit: %w", err)
+	}
+	for i, p := range v.all {
+		p.st = aside[i]
+		p.advance(stats.Position)
+		p.stored = stats.Position
+	}
+	stats.Parked = len(parked)
+	stats.Users = len(aside[0].(*usersState).rows)
+	stats.Tags = len(aside[1].(*tagsState).names)
+	stats.Duration = time.Since(start)
+	return stats, nil
+}
+
+func parkedFrom(handler string, rec domain.RecordedEvent, err error) ParkedEvent {
+	return ParkedEvent{Handler: handler, Position: rec.Position, Stream: rec.Stream, Version: rec.Version,
+		Type: rec.Type, Error: err.Error(), ParkedAt: time.Now().UTC()}
+}
+
+// readDecoded reads the events in (after, upTo] in batches, decodes them on
+// every core, and hands the batches to fn in order.
+func readDecoded(ctx context.Context, log EventLog, after, upTo uint64, fn func(*decodedBatch)) error {
+	if upTo <= after {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := max(1, runtime.GOMAXPROCS(0))
+	ordered := make(chan *decodedBatch, workers*2)
+	jobs := make(chan *decodedBatch, workers*2)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range jobs {
+				b.envs = make([]domain.Envelope, len(b.recs))
+				b.errs = make([]error, len(b.recs))
+				for i, r := range b.recs {
+					b.envs[i], b.errs[i] = domain.Decode(r)
+				}
+				close(b.done)
+			}
+		}()
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(ordered)
+		defer close(jobs)
+		pos := after
+		for pos < upTo {
+			recs, err := log.ReadAll(ctx, pos, rebuildBatch)
+			if err != nil {
+				readErr <- fmt.Errorf("rebuild: read events after %d: %w", pos, err)
+				return
+			}
+			if len(recs) == 0 {
+				readErr <- fmt.Errorf("rebuild: the log ends at %d, before its head %d", pos, upTo)
+				return
+			}
+			for i, r := range recs {
+				if r.Position > upTo {
+					recs = recs[:i]
+					break
+				}
+			}
+			if len(recs) == 0 {
+				break
+			}
+			pos = recs[len(recs)-1].Position
+			b := &decodedBatch{recs: recs, done: make(chan struct{})}
+			select {
+			case jobs <- b:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case ordered <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for b := range ordered {
+		<-b.done
+		fn(b)
+	}
+	wg.Wait()
+	select {
+	case err := <-readErr:
+		return err
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("rebuild: %w", err)
+	}
+	return nil
+}

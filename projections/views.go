@@ -1,0 +1,342 @@
+// Package projections builds the read views of usersync (users, tags,
+// password returns, webhooks) from the events. Each view is a deterministic
+// function of the events: it can be dropped and rebuilt at any time. A view
+// is held in memory for reads and stored in one SQLite file (views.db) with
+// its checkpoint, written in the same transaction as its rows, so a restart
+// resumes exactly where it stopped and never applies an event twice.
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// state is one view's data: it applies events in memory, remembers what
+// changed, and writes itself to the views file.
+type state interface {
+	apply(rec domain.RecordedEvent, env domain.Envelope)
+	// flush writes the rows changed since the last flush.
+	flush(ctx context.Context, tx *sql.Tx) error
+	// replace deletes every row of the view and writes the whole state.
+	replace(ctx context.Context, tx *sql.Tx) error
+	// load reads the view from the file.
+	load(ctx context.Context, db *sql.DB) error
+}
+
+// projection is a named view with its checkpoint.
+type projection struct {
+	name     string
+	newState func() state
+
+	mu  sync.RWMutex
+	pos uint64
+	st  state
+	// moved is closed and replaced each time pos moves.
+	moved chan struct{}
+	// stored is the checkpoint last written to the file.
+	stored uint64
+}
+
+// advance moves the checkpoint and wakes WaitFor. p.mu is held.
+func (p *projection) advance(pos uint64) {
+	if pos <= p.pos {
+		return
+	}
+	p.pos = pos
+	close(p.moved)
+	p.moved = make(chan struct{})
+}
+
+// Views holds every projection and the file they are stored in.
+type Views struct {
+	db   *sql.DB
+	path string
+
+	Users     *Users
+	Tags      *Tags
+	Passwords *PasswordReturns
+	Webhooks  *Webhooks
+	all       []*projection
+
+	stopFlush chan struct{}
+	flushDone chan struct{}
+	closeOnce sync.Once
+}
+
+// FlushInterval is how often changed views are written to the file. Reads
+// are served from memory, so this bounds only what a crash replays.
+const FlushInterval = 100 * time.Millisecond
+
+const viewsSchema = `
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+	contact_id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, login TEXT NOT NULL, email TEXT NOT NULL,
+	role TEXT NOT NULL, meta TEXT NOT NULL, tags TEXT NOT NULL,
+	created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tag_users (tag_id INTEGER NOT NULL, contact_id INTEGER NOT NULL,
+	PRIMARY KEY (tag_id, contact_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS password_returns (
+	contact_id INTEGER PRIMARY KEY, key_id TEXT NOT NULL, field TEXT NOT NULL, status TEXT NOT NULL,
+	attempts INTEGER NOT NULL, last_error TEXT NOT NULL, next_attempt_at INTEGER NOT NULL,
+	issued_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (
+	id TEXT PRIMARY KEY, action TEXT NOT NULL, contact_id INTEGER NOT NULL, status TEXT NOT NULL,
+	message TEXT NOT NULL, attempts INTEGER NOT NULL, received_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS parked (
+	handler TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
+	type TEXT NOT NULL, error TEXT NOT NULL, parked_at INTEGER NOT NULL,
+	PRIMARY KEY (handler, position)) WITHOUT ROWID;
+`
+
+// viewsSchemaVersion is stored in PRAGMA user_version.
+const viewsSchemaVersion = 1
+
+// Open opens (creating if needed) the views file at path and loads every
+// view into memory. Views are rebuildable, so the file is synced lazily
+// (WAL, synchronous=NORMAL): a crash may lose the last few view updates,
+// never their consistency with the checkpoint, and they are re-applied.
+func Open(ctx context.Context, path string) (*Views, error) {
+	if err := checkSQLiteFile(path); err != nil {
+		return nil, err
+	}
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open views %s: %w", path, err)
+	}
+	v, err := openViews(ctx, db, path)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	v.stopFlush, v.flushDone = make(chan struct{}), make(chan struct{})
+	go v.flushLoop()
+	return v, nil
+}
+
+func openViews(ctx context.Context, db *sql.DB, path string) (*Views, error) {
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return nil, fmt.Errorf("open views %s: %w (the file is damaged or not a usersync views file: move it away and run usersync rebuild)", path, err)
+	}
+	if version > viewsSchemaVersion {
+		return nil, fmt.Errorf("open views %s: schema version %d is newer than this build reads (%d): upgrade usersync or rebuild the views", path, version, viewsSchemaVersion)
+	}
+	if _, err := db.ExecContext(ctx, viewsSchema); err != nil {
+		return nil, fmt.Errorf("open views %s: create tables: %w (move the file away and run usersync rebuild)", path, err)
+	}
+	if _, err := db.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", viewsSchemaVersion)); err != nil {
+		return nil, fmt.Errorf("open views %s: %w", path, err)
+	}
+	v := &Views{db: db, path: path}
+	v.Users = &Users{p: &projection{name: "users", newState: func() state { return newUsersState() }}}
+	v.Tags = &Tags{p: &projection{name: "tags", newState: func() state { return newTagsState() }}}
+	v.Passwords = &PasswordReturns{p: &projection{name: "password_returns", newState: func() state { return newPasswordsState() }}}
+	v.Webhooks = &Webhooks{p: &projection{name: "webhooks", newState: func() state { return newWebhooksState() }}}
+	v.all = []*projection{v.Users.p, v.Tags.p, v.Passwords.p, v.Webhooks.p}
+	for _, p := range v.all {
+		p.st, p.moved = p.newState(), make(chan struct{})
+		if err := p.st.load(ctx, db); err != nil {
+			return nil, fmt.Errorf("load view %s from %s: %w (run usersync rebuild)", p.name, path, err)
+		}
+		err := db.QueryRowContext(ctx, "SELECT position FROM checkpoints WHERE name = ?", p.name).Scan(&p.pos)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("load checkpoint of %s from %s: %w", p.name, path, err)
+		}
+		p.stored = p.pos
+	}
+	return v, nil
+}
+
+// checkSQLiteFile refuses a file that exists but is not SQLite, with a
+// message naming it: the driver's own message does not.
+func checkSQLiteFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open views %s: %w", path, err)
+	}
+	defer f.Close()
+	head := make([]byte, 16)
+	n, _ := f.Read(head)
+	if n == 0 {
+		return nil
+	}
+	if n < 16 || string(head) != "SQLite format 3\x00" {
+		return fmt.Errorf("open views %s: not a SQLite file (damaged?): move it away and run usersync rebuild", path)
+	}
+	return nil
+}
+
+func (v *Views) flushLoop() {
+	defer close(v.flushDone)
+	t := time.NewTicker(FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			// A failed flush keeps the changes dirty; the next tick tries again.
+			_ = v.Flush(context.Background())
+		case <-v.stopFlush:
+			return
+		}
+	}
+}
+
+// Flush writes every view's changed rows and checkpoint to the file, each
+// view in one transaction.
+func (v *Views) Flush(ctx context.Context) error {
+	var errs []error
+	for _, p := range v.all {
+		p.mu.Lock()
+		if p.pos != p.stored {
+			errs = append(errs, v.commit(ctx, p, p.st.flush))
+		}
+		p.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// Close writes what is not yet written and closes the views file.
+func (v *Views) Close() error {
+	var err error
+	v.closeOnce.Do(func() {
+		close(v.stopFlush)
+		<-v.flushDone
+		err = errors.Join(v.Flush(context.Background()), v.db.Close())
+	})
+	return err
+}
+
+// Path is the views file.
+func (v *Views) Path() string { return v.path }
+
+// Names lists the projections in the order they are applied.
+func (v *Views) Names() []string {
+	out := make([]string, len(v.all))
+	for i, p := range v.all {
+		out[i] = p.name
+	}
+	return out
+}
+
+func (v *Views) byName(name string) (*projection, error) {
+	for _, p := range v.all {
+		if p.name == name {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("no projection named %q", name)
+}
+
+// Position is the checkpoint of the named projection: the position of the
+// last event it applied or skipped.
+func (v *Views) Position(name string) (uint64, error) {
+	p, err := v.byName(name)
+	if err != nil {
+		return 0, err
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.pos, nil
+}
+
+// Handle applies one event to the named projection in memory; the changed
+// rows and the new checkpoint reach the file together at the next Flush. An
+// event at or before the checkpoint is not applied again. A decode error (unknown type, newer
+// schema) is returned without changing anything: the pipeline parks it.
+func (v *Views) Handle(ctx context.Context, name string, rec domain.RecordedEvent) error {
+	p, err := v.byName(name)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if rec.Position > p.pos {
+		env, err := domain.Decode(rec)
+		if err != nil {
+			return err
+		}
+		p.st.apply(rec, env)
+		p.advance(rec.Position)
+	}
+	return nil
+}
+
+// Skip moves the named projection's checkpoint past an event without
+// applying it (the event was parked).
+func (v *Views) Skip(ctx context.Context, name string, position uint64) error {
+	p, err := v.byName(name)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.advance(position)
+	return nil
+}
+
+// commit runs write and stores p's checkpoint in one transaction. p.mu is held.
+func (v *Views) commit(ctx context.Context, p *projection, write func(context.Context, *sql.Tx) error) error {
+	tx, err := v.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("view %s: begin: %w", p.name, err)
+	}
+	defer tx.Rollback()
+	if err := write(ctx, tx); err != nil {
+		return fmt.Errorf("view %s: write rows: %w", p.name, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints(name, position) VALUES(?, ?)
+		ON CONFLICT(name) DO UPDATE SET position = excluded.position`, p.name, p.pos); err != nil {
+		return fmt.Errorf("view %s: store checkpoint %d: %w", p.name, p.pos, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("view %s: commit at %d: %w", p.name, p.pos, err)
+	}
+	p.stored = p.pos
+	return nil
+}
+
+// WaitFor blocks until the named projection has applied the event at
+// position (or a later one), or ctx is done.
+func (v *Views) WaitFor(ctx context.Context, name string, position uint64) error {
+	p, err := v.byName(name)
+	if err != nil {
+		return err
+	}
+	for {
+		p.mu.RLock()
+		pos, moved := p.pos, p.moved
+		p.mu.RUnlock()
+		if pos >= position {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for view %s to reach %d (at %d): %w", name, position, pos, ctx.Err())
+		}
+	}
+}
+
+// WaitAll is WaitFor for every projection.
+func (v *Views) WaitAll(ctx context.Context, position uint64) error {
+	for _, p := range v.all {
+		if err := v.WaitFor(ctx, p.name, position); err != nil {
+			return err
+		}
+	}
+	return nil
+}

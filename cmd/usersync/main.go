@@ -1,0 +1,62 @@
+// Command usersync is the FunnelKit webhook-to-user sync engine.
+//
+//	usersync rebuild --data DIR   drop and rebuild every view from the events
+//	usersync parked --data DIR    list the events a handler parked
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usersync: an event-sourced FunnelKit webhook-to-user sync engine
+
+Usage:
+  usersync rebuild [--data DIR]   drop and rebuild every view from the events
+  usersync parked [--data DIR]    list the events a handler parked
+
+Run "usersync COMMAND --help" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "rebuild":
+		err = rebuildCmd(ctx, args[1:], stdout, stderr)
+	case "parked":
+		err = parkedCmd(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "usersync: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "usersync %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+// errUsage is returned after a flag error was already printed.
+var errUsage = errors.New("usage")

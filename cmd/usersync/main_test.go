@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
+)
+
+func TestRebuildCommand(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 1, 2, 10, 0, 0, 0, time.UTC)
+	raw, err := domain.EncodeAll([]domain.Envelope{
+		{Event: domain.UserCreated{UserID: "u1", ContactID: 12, Login: "ann@example.com", Email: "ann@example.com", Role: "subscriber"}, OccurredAt: at},
+		{Event: domain.TagsUpdated{Tags: []domain.Tag{{ID: 5, Name: "VIP"}}}, OccurredAt: at},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, domain.ContactID(12).Stream(), domain.NoStream(), raw...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, "contact-13", domain.NoStream(), domain.NewEvent{Type: "FromTheFuture", Data: []byte(`{}`), Metadata: []byte(`{"schema":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"rebuild", "--data", dir, "--progress", "on"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "from 3 events") || !strings.Contains(out.String(), "1 users, 1 tags") ||
+		!strings.Contains(out.String(), "parked") || !strings.Contains(errb.String(), "100.0%") {
+		t.Fatalf("stdout %q\nstderr %q", out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run(ctx, []string{"parked", "--data", dir}, &out, &errb); code != 0 || !strings.Contains(out.String(), "FromTheFuture") {
+		t.Fatalf("parked: exit %d, %q", code, out.String())
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args    []string
+		code    int
+		mention string
+	}{
+		{nil, 2, "Usage"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"rebuild", "--nope"}, 2, "flag provided but not defined"},
+		{[]string{"rebuild", "--progress", "maybe"}, 2, "auto, on or off"},
+		{[]string{"rebuild", "--data", file}, 1, "is a file, not a directory"},
+		{[]string{"rebuild", "--data", ""}, 1, "--data is empty"},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), tt.args, &out, &errb)
+		if code != tt.code || !strings.Contains(errb.String(), tt.mention) {
+			t.Errorf("%v: exit %d, stderr %q; want %d mentioning %q", tt.args, code, errb.String(), tt.code, tt.mention)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/usersync/usersync/projections"
+)
+
+func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("parked", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", envOr("USERSYNC_DATA", "./data"), "data directory; env USERSYNC_DATA")
+	handler := fs.String("handler", "", "only this handler's parked events")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	paths, err := openData(*data)
+	if err != nil {
+		return err
+	}
+	views, err := projections.Open(ctx, paths.views())
+	if err != nil {
+		return err
+	}
+	defer views.Close()
+	parked, err := views.Parked(ctx, *handler)
+	if err != nil {
+		return err
+	}
+	if len(parked) == 0 {
+		fmt.Fprintln(stdout, "no parked events")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HANDLER\tPOSITION\tSTREAM\tVERSION\tTYPE\tPARKED AT\tERROR")
+	for _, pe := range parked {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\n", pe.Handler, pe.Position, pe.Stream, pe.Version, pe.Type, pe.ParkedAt.Format(time.RFC3339), pe.Error)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "\nA view's parked events are applied again by usersync rebuild once this build can read them.")
+	return nil
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/projections"
+)
+
+// dataPaths are the files of a data directory.
+type dataPaths struct{ dir string }
+
+func (d dataPaths) events() string { return filepath.Join(d.dir, "events.db") }
+func (d dataPaths) views() string  { return filepath.Join(d.dir, "views.db") }
+func (d dataPaths) keys() string   { return filepath.Join(d.dir, "keys.db") }
+
+// openData checks the data directory and creates it if it does not exist.
+func openData(dir string) (dataPaths, error) {
+	if strings.TrimSpace(dir) == "" {
+		return dataPaths{}, errors.New("--data is empty: give the data directory (default ./data)")
+	}
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return dataPaths{}, fmt.Errorf("--data %s is a file, not a directory", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return dataPaths{}, fmt.Errorf("create data directory: %w", err)
+	}
+	return dataPaths{dir: dir}, nil
+}
+
+func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", envOr("USERSYNC_DATA", "./data"), "data directory (event store, keys, views); env USERSYNC_DATA")
+	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "usersync rebuild: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	var bar bool
+	switch *progress {
+	case "auto":
+		f, ok := stderr.(*os.File)
+		bar = ok && term.IsTerminal(int(f.Fd()))
+	case "on":
+		bar = true
+	case "off":
+	default:
+		fmt.Fprintf(stderr, "usersync rebuild: --progress must be auto, on or off, not %q\n", *progress)
+		return errUsage
+	}
+	paths, err := openData(*data)
+	if err != nil {
+		return err
+	}
+	store, err := eventstore.Open(ctx, paths.events())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	views, err := projections.Open(ctx, paths.views())
+	if err != nil {
+		return err
+	}
+	defer views.Close()
+
+	var report func(projections.Progress)
+	if bar {
+		pb := &progressBar{w: stderr}
+		report = pb.update
+		defer pb.finish()
+	}
+	stats, err := views.Rebuild(ctx, store, report)
+	if err != nil {
+		return err
+	}
+	rate := float64(stats.Events) / max(stats.Duration.Seconds(), 1e-9)
+	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d parked events, position %d\n",
+		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Parked, stats.Position)
+	if stats.Parked > 0 {
+		fmt.Fprintf(stdout, "some events could not be read by this build and were parked: list them with usersync parked\n")
+	}
+	return nil
+}
+
+// progressBar draws one line: bar, percent, events/s, ETA.
+type progressBar struct {
+	w    io.Writer
+	last time.Time
+	drew bool
+}
+
+func (p *progressBar) update(pr projections.Progress) {
+	if time.Since(p.last) < 100*time.Millisecond && pr.Position < pr.Head {
+		return
+	}
+	p.last = time.Now()
+	frac := 1.0
+	if pr.Head > 0 {
+		frac = float64(pr.Position) / float64(pr.Head)
+	}
+	const width = 30
+	filled := int(frac * width)
+	rate := float64(pr.Events) / max(pr.Elapsed.Seconds(), 1e-9)
+	eta := "--"
+	if rate > 0 && pr.Head >= pr.Position {
+		eta = time.Duration(float64(pr.Head-pr.Position) / rate * float64(time.Second)).Round(time.Second).String()
+	}
+	fmt.Fprintf(p.w, "\r[%s%s] %5.1f%%  %d/%d events  %.0f events/s  ETA %s   ",
+		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), frac*100, pr.Position, pr.Head, rate, eta)
+	p.drew = true
+}
+
+func (p *progressBar) finish() {
+	if p.drew {
+		fmt.Fprintln(p.w)
+	}
+}
+
+// envOr reads an environment variable with a default.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}

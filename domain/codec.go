@@ -127,6 +127,8 @@ func newEvent(typ string) Event {
 		return &EmailReserved{}
 	case TypeEmailReleased:
 		return &EmailReleased{}
+	case TypeLoginReserved:
+		return &LoginReserved{}
 	}
 	return nil
 }
@@ -170,6 +172,8 @@ func deref(e Event) Event {
 	case *EmailReserved:
 		return *v
 	case *EmailReleased:
+		return *v
+	case *LoginReserved:
 		return *v
 	}
 	return e

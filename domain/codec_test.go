@@ -66,6 +66,8 @@ func samples() []struct {
 		{domain.EmailReserved{Email: "ann@example.com", ContactID: 12, UserID: "3f1c2a9e-8d7b-4c6a-9e5f-1a2b3c4d5e6f"},
 			"Stream `email-<address in lower case>`: the address belongs to this contact's user. Appended with an expected version, so two users never hold one address."},
 		{domain.EmailReleased{Email: "ann@old.example", ContactID: 12}, "The address is free again (the user's email changed)."},
+		{domain.LoginReserved{Login: "ann@example.com", ContactID: 12, UserID: "3f1c2a9e-8d7b-4c6a-9e5f-1a2b3c4d5e6f"},
+			"Stream `login-<login in lower case>`: the login belongs to this contact's user; a clash gets a number appended."},
 	}
 }
 
@@ -131,7 +133,7 @@ var allTypes = []string{
 	domain.TypeWebhookRetrying, domain.TypeUserCreated, domain.TypeUserLinked, domain.TypeUserUnlinked,
 	domain.TypeMetaPulled, domain.TypeTagsUpdated, domain.TypeRoleChanged, domain.TypePasswordIssued,
 	domain.TypePasswordReturned, domain.TypePasswordReturnFailed, domain.TypeWelcomeEmailSent,
-	domain.TypeWelcomeEmailFailed, domain.TypeEmailReserved, domain.TypeEmailReleased,
+	domain.TypeWelcomeEmailFailed, domain.TypeEmailReserved, domain.TypeEmailReleased, domain.TypeLoginReserved,
 }
 
 func pretty(t *testing.T, ne domain.NewEvent) []byte {
@@ -196,7 +198,7 @@ below are stable) and **metadata**:
 | ` + "`webhook_id`" + ` | the webhook that caused it (causation); absent for events a background process caused on its own |
 
 Streams: ` + "`contact-<FunnelKit contact id>`" + ` for everything about a contact
-and its user; ` + "`email-<address>`" + ` for email reservations;
+and its user; ` + "`email-<address>`" + ` and ` + "`login-<login>`" + ` for reservations;
 ` + "`webhook-<id>`" + ` for webhooks that name no valid contact.
 
 No event holds a secret: the access key is stripped from ` + "`WebhookReceived`" + `,

@@ -28,6 +28,7 @@ const (
 	TypeWelcomeEmailFailed   = "WelcomeEmailFailed"
 	TypeEmailReserved        = "EmailReserved"
 	TypeEmailReleased        = "EmailReleased"
+	TypeLoginReserved        = "LoginReserved"
 )
 
 // WebhookReceived records a webhook as it arrived, minus its access key and
@@ -208,6 +209,15 @@ type EmailReleased struct {
 	ContactID ContactID `json:"contact_id"`
 }
 
+// LoginReserved records, in a login's reservation stream, which contact's
+// user owns the login.
+type LoginReserved struct {
+	Login     string    `json:"login"`
+	ContactID ContactID `json:"contact_id"`
+	UserID    string    `json:"user_id"`
+}
+
+func (LoginReserved) EventType() string        { return TypeLoginReserved }
 func (WebhookReceived) EventType() string      { return TypeWebhookReceived }
 func (WebhookProcessed) EventType() string     { return TypeWebhookProcessed }
 func (WebhookIgnored) EventType() string       { return TypeWebhookIgnored }

@@ -47,6 +47,9 @@ func WebhookStream(webhookID string) string { return "webhook-" + webhookID }
 // unique across users. The key is the address in lower case.
 func EmailStream(email string) string { return "email-" + EmailKey(email) }
 
+// LoginStream names the reservation stream that keeps a login unique.
+func LoginStream(login string) string { return "login-" + strings.ToLower(strings.TrimSpace(login)) }
+
 // NormalizeEmail trims an address as FunnelKit renders it (spaces, %40 for
 // @) without changing its case.
 func NormalizeEmail(s string) string {

@@ -44,6 +44,16 @@ type ContactState struct {
 	// Webhooks maps the id of every webhook recorded in the stream to
 	// whether an outcome (processed, ignored, failed) closed it.
 	Webhooks map[string]bool
+	// Pending are the webhooks not yet closed, in the order received.
+	Pending []PendingWebhook
+}
+
+// PendingWebhook is a webhook waiting to be processed.
+type PendingWebhook struct {
+	WebhookReceived
+	// Attempts counts the transient failures so far.
+	Attempts      int
+	NextAttemptAt time.Time
 }
 
 // NewContactState is the state of a contact with no events.
@@ -79,13 +89,20 @@ func (s *ContactState) Apply(env Envelope) {
 	case WebhookReceived:
 		if _, ok := s.Webhooks[e.WebhookID]; !ok {
 			s.Webhooks[e.WebhookID] = false
+			s.Pending = append(s.Pending, PendingWebhook{WebhookReceived: e})
+		}
+	case WebhookRetrying:
+		for i := range s.Pending {
+			if s.Pending[i].WebhookID == e.WebhookID {
+				s.Pending[i].Attempts, s.Pending[i].NextAttemptAt = e.Attempt, e.NextAttemptAt
+			}
 		}
 	case WebhookProcessed:
-		s.Webhooks[e.WebhookID] = true
+		s.close(e.WebhookID)
 	case WebhookIgnored:
-		s.Webhooks[e.WebhookID] = true
+		s.close(e.WebhookID)
 	case WebhookFailed:
-		s.Webhooks[e.WebhookID] = true
+		s.close(e.WebhookID)
 	case UserCreated, UserLinked, UserUnlinked, MetaPulled, TagsUpdated, RoleChanged:
 		s.User = EvolveUser(s.User, s.ContactID, env)
 	case PasswordIssued:
@@ -101,6 +118,11 @@ func (s *ContactState) Apply(env Envelope) {
 			p.Done = e.GaveUp
 		}
 	}
+}
+
+func (s *ContactState) close(webhookID string) {
+	s.Webhooks[webhookID] = true
+	s.Pending = slices.DeleteFunc(s.Pending, func(p PendingWebhook) bool { return p.WebhookID == webhookID })
 }
 
 // EvolveUser returns the contact's user after one event: a new user for

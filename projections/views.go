@@ -340,3 +340,26 @@ func (v *Views) WaitAll(ctx context.Context, position uint64) error {
 	}
 	return nil
 }
+
+// Checkpoint returns the stored checkpoint of a consumer that is not a view
+// (a process manager); 0 when it has none.
+func (v *Views) Checkpoint(ctx context.Context, name string) (uint64, error) {
+	var pos uint64
+	err := v.db.QueryRowContext(ctx, "SELECT position FROM checkpoints WHERE name = ?", name).Scan(&pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read checkpoint of %s: %w", name, err)
+	}
+	return pos, nil
+}
+
+// SaveCheckpoint stores a process manager's checkpoint.
+func (v *Views) SaveCheckpoint(ctx context.Context, name string, pos uint64) error {
+	if _, err := v.db.ExecContext(ctx, `INSERT INTO checkpoints(name, position) VALUES(?, ?)
+		ON CONFLICT(name) DO UPDATE SET position = excluded.position`, name, pos); err != nil {
+		return fmt.Errorf("store checkpoint of %s at %d: %w", name, pos, err)
+	}
+	return nil
+}

@@ -1,0 +1,231 @@
+package domain
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Dispatcher runs the Processor: webhooks of one contact in the order
+// received, different contacts concurrently (up to a limit). A webhook that
+// must be retried holds its contact's later webhooks back until its next
+// attempt, so per-contact order holds through failures.
+type Dispatcher struct {
+	proc *Processor
+	// OnError is told about store errors; the contact is tried again after
+	// a pause.
+	onError func(id ContactID, err error)
+	// OnOutcome is told about every outcome.
+	onOutcome func(Outcome)
+	errPause  time.Duration
+	sem       chan struct{}
+
+	mu      sync.Mutex
+	ctx     context.Context
+	cancel  context.CancelFunc
+	closed  bool
+	active  map[ContactID]*run
+	timers  map[ContactID]*time.Timer
+	waiters map[string][]chan Outcome
+	wg      sync.WaitGroup
+}
+
+type run struct{ again bool }
+
+// DispatcherConfig configures NewDispatcher.
+type DispatcherConfig struct {
+	// Concurrency is how many contacts are processed at once (default 8).
+	Concurrency int
+	// ErrorPause is the wait before a contact whose processing hit a store
+	// error is tried again (default 1s).
+	ErrorPause time.Duration
+	OnError    func(id ContactID, err error)
+	OnOutcome  func(Outcome)
+}
+
+// NewDispatcher starts a dispatcher around proc.
+func NewDispatcher(proc *Processor, cfg DispatcherConfig) *Dispatcher {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.ErrorPause <= 0 {
+		cfg.ErrorPause = time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Dispatcher{
+		proc: proc, onError: cfg.OnError, onOutcome: cfg.OnOutcome, errPause: cfg.ErrorPause,
+		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, cancel: cancel,
+		active: map[ContactID]*run{}, timers: map[ContactID]*time.Timer{}, waiters: map[string][]chan Outcome{},
+	}
+}
+
+// ErrClosed is returned by Submit after Close.
+var ErrClosed = errors.New("dispatcher is shutting down")
+
+// Submit asks for the contact's open webhooks to be processed and returns a
+// channel that receives webhookID's outcome (retrying included) once.
+func (d *Dispatcher) Submit(id ContactID, webhookID string) (<-chan Outcome, error) {
+	ch := make(chan Outcome, 1)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	if webhookID != "" {
+		d.waiters[webhookID] = append(d.waiters[webhookID], ch)
+	}
+	d.notifyLocked(id)
+	return ch, nil
+}
+
+// Notify asks for the contact's open webhooks to be processed.
+func (d *Dispatcher) Notify(id ContactID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.notifyLocked(id)
+	}
+}
+
+// Forget drops the waiters of a webhook whose answer is no longer awaited.
+func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ws := d.waiters[webhookID]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(d.waiters, webhookID)
+	} else {
+		d.waiters[webhookID] = ws
+	}
+}
+
+func (d *Dispatcher) notifyLocked(id ContactID) {
+	if r, ok := d.active[id]; ok {
+		r.again = true
+		return
+	}
+	if _, scheduled := d.timers[id]; scheduled {
+		// A retry is scheduled: the contact waits for it, in order.
+		return
+	}
+	d.active[id] = &run{}
+	d.wg.Add(1)
+	go d.work(id)
+}
+
+func (d *Dispatcher) work(id ContactID) {
+	defer d.wg.Done()
+	select {
+	case d.sem <- struct{}{}:
+	case <-d.ctx.Done():
+		d.finish(id, 0)
+		return
+	}
+	defer func() { <-d.sem }()
+	for {
+		out, ok, err := d.proc.ProcessNext(d.ctx, id)
+		if err != nil {
+			if d.ctx.Err() == nil && d.onError != nil {
+				d.onError(id, err)
+			}
+			d.finish(id, d.errPause)
+			return
+		}
+		if ok {
+			d.deliver(out)
+			if out.Status == StatusRetrying {
+				d.finish(id, max(time.Until(out.RetryAt), time.Millisecond))
+				return
+			}
+			d.mu.Lock()
+			closed := d.closed
+			d.mu.Unlock()
+			if closed {
+				d.finish(id, 0)
+				return
+			}
+			continue
+		}
+		d.mu.Lock()
+		r := d.active[id]
+		if r.again && d.ctx.Err() == nil {
+			r.again = false
+			d.mu.Unlock()
+			continue
+		}
+		delete(d.active, id)
+		d.mu.Unlock()
+		return
+	}
+}
+
+// finish ends a contact's run; after > 0 schedules the next one.
+func (d *Dispatcher) finish(id ContactID, after time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.active, id)
+	if after <= 0 || d.closed {
+		return
+	}
+	d.timers[id] = time.AfterFunc(after, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		delete(d.timers, id)
+		if !d.closed {
+			d.notifyLocked(id)
+		}
+	})
+}
+
+func (d *Dispatcher) deliver(out Outcome) {
+	if d.onOutcome != nil {
+		d.onOutcome(out)
+	}
+	d.mu.Lock()
+	ws := d.waiters[out.WebhookID]
+	delete(d.waiters, out.WebhookID)
+	d.mu.Unlock()
+	for _, w := range ws {
+		w <- out
+	}
+}
+
+// Close stops taking work, lets the webhooks being processed finish (until
+// ctx is done, then cancels them), and stops the retry timers. Open
+// webhooks stay recorded and are processed at the next start.
+func (d *Dispatcher) Close(ctx context.Context) error {
+	d.mu.Lock()
+	d.closed = true
+	for id, t := range d.timers {
+		t.Stop()
+		delete(d.timers, id)
+	}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		// Runs stop after their current webhook: no new ones start.
+		d.mu.Lock()
+		for _, r := range d.active {
+			r.again = false
+		}
+		d.mu.Unlock()
+		d.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		d.cancel()
+		return nil
+	case <-ctx.Done():
+		d.cancel()
+		<-done
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,204 @@
+package http
+
+import (
+	"encoding/json"
+	nethttp "net/http"
+	"strconv"
+
+	"github.com/gorilla/mux"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/projections"
+)
+
+const (
+	defaultLimit = 100
+	maxLimit     = 1000
+)
+
+// page reads limit and after; ok is false once an error was written.
+func page(w nethttp.ResponseWriter, r *nethttp.Request) (limit int, after domain.ContactID, ok bool) {
+	limit = defaultLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLimit {
+			writeError(w, nethttp.StatusBadRequest, "limit must be a whole number from 1 to 1000")
+			return 0, 0, false
+		}
+		limit = n
+	}
+	if v := r.URL.Query().Get("after"); v != "" {
+		id, err := domain.ParseContactID(v)
+		if err != nil {
+			writeError(w, nethttp.StatusBadRequest, "after must be the next cursor of a previous page")
+			return 0, 0, false
+		}
+		after = id
+	}
+	return limit, after, true
+}
+
+type usersPage struct {
+	Users []projections.User `json:"users"`
+	Next  string             `json:"next"`
+}
+
+func (s *Server) writeUsers(w nethttp.ResponseWriter, r *nethttp.Request, tag uint64) {
+	limit, after, ok := page(w, r)
+	if !ok {
+		return
+	}
+	users, more := s.cfg.Views.Users.List(after, limit, tag)
+	p := usersPage{Users: users}
+	if more && len(users) > 0 {
+		p.Next = users[len(users)-1].ContactID.String()
+	}
+	writeJSON(w, nethttp.StatusOK, p)
+}
+
+func (s *Server) listUsers(w nethttp.ResponseWriter, r *nethttp.Request) {
+	var tag uint64
+	if v := r.URL.Query().Get("tag"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			writeError(w, nethttp.StatusBadRequest, "tag must be a FunnelKit tag id (a positive integer)")
+			return
+		}
+		tag = n
+	}
+	s.writeUsers(w, r, tag)
+}
+
+func (s *Server) tagUsers(w nethttp.ResponseWriter, r *nethttp.Request) {
+	n, err := strconv.ParseUint(mux.Vars(r)["id"], 10, 64)
+	if err != nil || n == 0 {
+		writeError(w, nethttp.StatusBadRequest, "tag id must be a positive integer")
+		return
+	}
+	if _, ok := s.cfg.Views.Tags.Get(n); !ok {
+		writeError(w, nethttp.StatusNotFound, "no user has ever had tag "+strconv.FormatUint(n, 10))
+		return
+	}
+	s.writeUsers(w, r, n)
+}
+
+func contactVar(w nethttp.ResponseWriter, r *nethttp.Request) (domain.ContactID, bool) {
+	id, err := domain.ParseContactID(mux.Vars(r)["contact_id"])
+	if err != nil {
+		writeError(w, nethttp.StatusBadRequest, err.Error())
+		return 0, false
+	}
+	return id, true
+}
+
+func (s *Server) getUser(w nethttp.ResponseWriter, r *nethttp.Request) {
+	id, ok := contactVar(w, r)
+	if !ok {
+		return
+	}
+	u, ok := s.cfg.Views.Users.Get(id)
+	if !ok {
+		writeError(w, nethttp.StatusNotFound, "contact "+id.String()+" has no user")
+		return
+	}
+	writeJSON(w, nethttp.StatusOK, u)
+}
+
+// historyEvent is one event of a contact's history.
+type historyEvent struct {
+	Position   uint64          `json:"position"`
+	Version    uint64          `json:"version"`
+	Type       string          `json:"type"`
+	OccurredAt string          `json:"occurred_at"`
+	WebhookID  string          `json:"webhook_id"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// redacted fields are replaced in history output: a password hash or a
+// sealed password is of no use to a reader of the audit trail.
+var redactedFields = []string{"password_hash", "sealed"}
+
+func (s *Server) history(w nethttp.ResponseWriter, r *nethttp.Request) {
+	id, ok := contactVar(w, r)
+	if !ok {
+		return
+	}
+	recs, err := s.cfg.Store.ReadStream(r.Context(), id.Stream())
+	if err != nil {
+		s.cfg.Log.Error("read history", "contact_id", id, "err", err)
+		writeError(w, nethttp.StatusInternalServerError, "could not read the event store; see the server log")
+		return
+	}
+	if len(recs) == 0 {
+		writeError(w, nethttp.StatusNotFound, "contact "+id.String()+" has no history")
+		return
+	}
+	out := make([]historyEvent, 0, len(recs))
+	for _, rec := range recs {
+		var meta domain.Metadata
+		_ = json.Unmarshal(rec.Metadata, &meta)
+		data := rec.Data
+		var fields map[string]json.RawMessage
+		if json.Unmarshal(rec.Data, &fields) == nil {
+			changed := false
+			for _, f := range redactedFields {
+				if _, ok := fields[f]; ok {
+					fields[f] = json.RawMessage(`"[redacted]"`)
+					changed = true
+				}
+			}
+			if changed {
+				if b, err := json.Marshal(fields); err == nil {
+					data = b
+				}
+			}
+		}
+		out = append(out, historyEvent{
+			Position: rec.Position, Version: rec.Version, Type: rec.Type,
+			OccurredAt: meta.OccurredAt.UTC().Format("2006-01-02T15:04:05.999999999Z07:00"), WebhookID: meta.WebhookID, Data: data,
+		})
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]any{"events": out})
+}
+
+func (s *Server) listTags(w nethttp.ResponseWriter, r *nethttp.Request) {
+	writeJSON(w, nethttp.StatusOK, map[string]any{"tags": s.cfg.Views.Tags.List()})
+}
+
+func (s *Server) passwordReturns(w nethttp.ResponseWriter, r *nethttp.Request) {
+	status := r.URL.Query().Get("status")
+	switch status {
+	case "", projections.PasswordPending, projections.PasswordReturned, projections.PasswordFailed:
+	default:
+		writeError(w, nethttp.StatusBadRequest, "status must be pending, returned or failed")
+		return
+	}
+	rows := s.cfg.Views.Passwords.List(status)
+	if rows == nil {
+		rows = []projections.PasswordReturn{}
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]any{"password_returns": rows})
+}
+
+func (s *Server) getWebhook(w nethttp.ResponseWriter, r *nethttp.Request) {
+	id := mux.Vars(r)["id"]
+	wh, ok := s.cfg.Views.Webhooks.Get(id)
+	if !ok {
+		writeError(w, nethttp.StatusNotFound, "no webhook "+truncate(id, 60)+" (the receipt may take a moment to appear)")
+		return
+	}
+	writeJSON(w, nethttp.StatusOK, wh)
+}
+
+func (s *Server) parked(w nethttp.ResponseWriter, r *nethttp.Request) {
+	parked, err := s.cfg.Views.Parked(r.Context(), r.URL.Query().Get("handler"))
+	if err != nil {
+		s.cfg.Log.Error("list parked events", "err", err)
+		writeError(w, nethttp.StatusInternalServerError, "could not read the parked events; see the server log")
+		return
+	}
+	if parked == nil {
+		parked = []projections.ParkedEvent{}
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]any{"parked": parked})
+}

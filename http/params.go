@@ -1,0 +1,143 @@
+package http
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	nethttp "net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// maxBody bounds a webhook body. FunnelKit sends a few rows of data.
+const maxBody = 1 << 20
+
+// readParams merges the query string and the body (form or JSON) of a
+// webhook; the body wins. JSON values are turned into strings the way
+// FunnelKit renders merge tags; nested objects become dotted keys.
+func readParams(r *nethttp.Request) (map[string]string, error) {
+	params := map[string]string{}
+	for k, vs := range r.URL.Query() {
+		if len(vs) > 0 {
+			params[k] = vs[0]
+		}
+	}
+	if r.Method == nethttp.MethodGet || r.Method == nethttp.MethodHead || r.Body == nil {
+		return params, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	if len(body) > maxBody {
+		return nil, fmt.Errorf("body is larger than %d bytes", maxBody)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return params, nil
+	}
+	ct, mediaParams, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch {
+	case ct == "application/json" || (ct == "" && looksJSON(body)):
+		var v any
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("body is not valid JSON: %w", err)
+		}
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil, errors.New("JSON body must be an object of key/value rows")
+		}
+		flatten("", obj, params)
+	case ct == "application/x-www-form-urlencoded" || ct == "" || ct == "text/plain":
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, fmt.Errorf("body is not a valid form: %w", err)
+		}
+		for k, vs := range form {
+			if len(vs) > 0 {
+				params[k] = vs[0]
+			}
+		}
+	case ct == "multipart/form-data":
+		form, err := multipart.NewReader(bytes.NewReader(body), mediaParams["boundary"]).ReadForm(maxBody)
+		if err != nil {
+			return nil, fmt.Errorf("body is not a valid multipart form: %w", err)
+		}
+		defer form.RemoveAll()
+		for k, vs := range form.Value {
+			if len(vs) > 0 {
+				params[k] = vs[0]
+			}
+		}
+	default:
+		return nil, fmt.Errorf("unsupported Content-Type %q: send a form or JSON", ct)
+	}
+	return params, nil
+}
+
+func looksJSON(b []byte) bool {
+	s := strings.TrimSpace(string(b))
+	return strings.HasPrefix(s, "{")
+}
+
+func flatten(prefix string, obj map[string]any, out map[string]string) {
+	for k, v := range obj {
+		key := k
+		if prefix != "" {
+			key = prefix + "." + k
+		}
+		switch x := v.(type) {
+		case map[string]any:
+			flatten(key, x, out)
+		case string:
+			out[key] = x
+		case json.Number:
+			out[key] = x.String()
+		case bool:
+			out[key] = strconv.FormatBool(x)
+		case nil:
+			out[key] = ""
+		case []any:
+			parts := make([]string, 0, len(x))
+			for _, e := range x {
+				parts = append(parts, fmt.Sprint(e))
+			}
+			out[key] = strings.Join(parts, ",")
+		default:
+			out[key] = fmt.Sprint(x)
+		}
+	}
+}
+
+// recordable drops the access key and anything that looks like a secret
+// from the parameters before they are recorded.
+func recordable(params map[string]string) map[string]string {
+	out := make(map[string]string, len(params))
+	for k, v := range params {
+		if secretParam(k) {
+			continue
+		}
+		switch k {
+		case "wpf_action", "contact_id":
+			continue // recorded in their own fields
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func secretParam(k string) bool {
+	l := strings.ToLower(k)
+	for _, s := range []string{"access_key", "pass", "secret", "token", "key"} {
+		if strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
+}

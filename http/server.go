@@ -1,0 +1,194 @@
+// Package http is usersync's HTTP interface: the FunnelKit webhook
+// (recognised on any path by wpf_action, as WP Fusion does), the read API
+// under /api (bearer token) and the health endpoints.
+package http
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	nethttp "net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/projections"
+)
+
+// Store is what the server needs of the event store.
+type Store interface {
+	domain.EventStore
+	projections.EventLog
+}
+
+// Queue takes recorded webhooks for processing.
+type Queue interface {
+	Submit(id domain.ContactID, webhookID string) (<-chan domain.Outcome, error)
+	Forget(webhookID string, ch <-chan domain.Outcome)
+}
+
+// Config is what the server is built from.
+type Config struct {
+	AccessKey  Secret
+	AdminToken Secret
+	// Wait is how long a webhook answer waits for processing before it
+	// answers 202 queued.
+	Wait  time.Duration
+	Store Store
+	Views *projections.Views
+	Queue Queue
+	Log   *slog.Logger
+	NewID func() string
+	Now   func() time.Time
+	// Ready reports whether the server can take webhooks (nil: always).
+	Ready func(ctx context.Context) error
+	// Metrics serves /metrics when set.
+	Metrics nethttp.Handler
+	// Observe, when set, is told each webhook's action, outcome and duration.
+	Observe func(action, outcome string, d time.Duration)
+}
+
+// Server serves the webhook and the API.
+type Server struct {
+	cfg     Config
+	router  *mux.Router
+	rebuild rebuildState
+}
+
+// New builds the server's routes.
+func New(cfg Config) *Server {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, router: mux.NewRouter()}
+	r := s.router
+	r.HandleFunc("/healthz", s.healthz).Methods("GET", "HEAD")
+	r.HandleFunc("/readyz", s.readyz).Methods("GET", "HEAD")
+	if cfg.Metrics != nil {
+		r.Handle("/metrics", cfg.Metrics).Methods("GET")
+	}
+	api := r.PathPrefix("/api/").Subrouter()
+	api.Use(s.requireAdmin)
+	api.HandleFunc("/users", s.listUsers).Methods("GET")
+	api.HandleFunc("/users/{contact_id}", s.getUser).Methods("GET")
+	api.HandleFunc("/users/{contact_id}/history", s.history).Methods("GET")
+	api.HandleFunc("/tags", s.listTags).Methods("GET")
+	api.HandleFunc("/tags/{id}/users", s.tagUsers).Methods("GET")
+	api.HandleFunc("/password-returns", s.passwordReturns).Methods("GET")
+	api.HandleFunc("/webhooks/{id}", s.getWebhook).Methods("GET")
+	api.HandleFunc("/parked", s.parked).Methods("GET")
+	api.HandleFunc("/rebuild", s.startRebuild).Methods("POST")
+	api.HandleFunc("/rebuild", s.rebuildStatus).Methods("GET")
+	api.NotFoundHandler = nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		writeError(w, nethttp.StatusNotFound, "no such API endpoint: see docs/api.md")
+	})
+	api.MethodNotAllowedHandler = nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		writeError(w, nethttp.StatusMethodNotAllowed, "method "+r.Method+" not allowed here: see docs/api.md")
+	})
+	// Everything else is the webhook, on any path, as WP Fusion does.
+	r.NotFoundHandler = nethttp.HandlerFunc(s.webhook)
+	r.MethodNotAllowedHandler = nethttp.HandlerFunc(s.webhook)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) healthz(w nethttp.ResponseWriter, r *nethttp.Request) {
+	writeJSON(w, nethttp.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(r.Context()); err != nil {
+			writeJSON(w, nethttp.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) requireAdmin(next nethttp.Handler) nethttp.Handler {
+	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !s.cfg.AdminToken.Matches(strings.TrimSpace(token)) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="usersync"`)
+			writeError(w, nethttp.StatusUnauthorized, "missing or wrong admin token: send Authorization: Bearer <admin token>")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w nethttp.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+func writeError(w nethttp.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// rebuildState is the progress of the last rebuild started through the API.
+type rebuildState struct {
+	mu         sync.Mutex
+	Status     string     `json:"status"`
+	Position   uint64     `json:"position"`
+	Head       uint64     `json:"head"`
+	Events     uint64     `json:"events"`
+	Parked     int        `json:"parked"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Error      string     `json:"error,omitempty"`
+}
+
+func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
+	st := &s.rebuild
+	st.mu.Lock()
+	if st.Status == "running" {
+		st.mu.Unlock()
+		writeError(w, nethttp.StatusConflict, "a rebuild is already running: follow it at GET /api/rebuild")
+		return
+	}
+	now := s.cfg.Now().UTC()
+	st.Status, st.Position, st.Head, st.Events, st.Parked, st.StartedAt, st.FinishedAt, st.Error = "running", 0, 0, 0, 0, &now, nil, ""
+	st.mu.Unlock()
+	go func() {
+		stats, err := s.cfg.Views.Rebuild(context.Background(), s.cfg.Store, func(p projections.Progress) {
+			st.mu.Lock()
+			st.Position, st.Head, st.Events = p.Position, p.Head, p.Events
+			st.mu.Unlock()
+		})
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		end := s.cfg.Now().UTC()
+		st.FinishedAt, st.Parked = &end, stats.Parked
+		if err != nil {
+			st.Status, st.Error = "failed", err.Error()
+			s.cfg.Log.Error("rebuild failed", "err", err)
+			return
+		}
+		st.Status, st.Position, st.Events = "done", stats.Position, stats.Events
+		s.cfg.Log.Info("rebuild done", "events", stats.Events, "users", stats.Users, "parked", stats.Parked, "duration", stats.Duration)
+	}()
+	writeJSON(w, nethttp.StatusAccepted, map[string]string{"status": "running", "progress": "/api/rebuild"})
+}
+
+func (s *Server) rebuildStatus(w nethttp.ResponseWriter, r *nethttp.Request) {
+	st := &s.rebuild
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.Status == "" {
+		writeJSON(w, nethttp.StatusOK, map[string]string{"status": "idle"})
+		return
+	}
+	writeJSON(w, nethttp.StatusOK, st)
+}
+

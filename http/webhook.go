@@ -1,0 +1,208 @@
+package http
+
+import (
+	"context"
+	"fmt"
+	"net"
+	nethttp "net/http"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/projections"
+)
+
+// webhookAnswer is the JSON body of every webhook answer.
+type webhookAnswer struct {
+	Success   bool              `json:"success"`
+	Message   string            `json:"message"`
+	WebhookID string            `json:"webhook_id"`
+	Status    string            `json:"status,omitempty"`
+	User      *projections.User `json:"user,omitempty"`
+}
+
+// webhook handles a FunnelKit webhook on any path. The order of checks and
+// the status codes follow docs/api.md (the protocol reference's usersync
+// column). Once the webhook is recorded, nothing loses it: the answer only
+// says how far processing got within the wait.
+func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
+	start := time.Now()
+	action, outcome := "none", "rejected"
+	defer func() {
+		if s.cfg.Observe != nil {
+			s.cfg.Observe(action, outcome, time.Since(start))
+		}
+	}()
+	params, err := readParams(r)
+	if err != nil {
+		writeJSON(w, nethttp.StatusBadRequest, webhookAnswer{Message: "Could not read the webhook: " + err.Error()})
+		return
+	}
+	rawAction := params["wpf_action"]
+	if rawAction == "" {
+		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "No Action Specified: add wpf_action=add, update or update_tags"})
+		return
+	}
+	if !s.cfg.AccessKey.Matches(params["access_key"]) {
+		writeJSON(w, nethttp.StatusForbidden, webhookAnswer{Message: "Invalid Access Key"})
+		return
+	}
+	act, known := domain.NormalizeAction(rawAction)
+	if known {
+		action = act
+	} else {
+		action = "unknown"
+	}
+	id := s.cfg.NewID()
+	log := s.cfg.Log.With("webhook_id", id, "action", action)
+	if act == domain.ActionTest {
+		outcome = "processed"
+		log.Info("webhook", "outcome", "test", "duration", time.Since(start))
+		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: domain.StatusProcessed})
+		return
+	}
+	received := domain.WebhookReceived{
+		WebhookID: id, Action: act, ContactID: params["contact_id"], Params: recordable(params),
+		Method: r.Method, Source: remoteHost(r), ReceivedAt: s.cfg.Now().UTC(),
+	}
+	// Answers decided here, before processing, are recorded with the webhook.
+	reject := func(stream string, status int, final domain.Event, msg string) {
+		if err := s.record(r.Context(), stream, received, final); err != nil {
+			log.Error("record webhook", "err", err)
+			outcome = "failed"
+			writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+			return
+		}
+		outcome = map[int]string{nethttp.StatusOK: "ignored"}[status]
+		if outcome == "" {
+			outcome = "rejected"
+		}
+		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration", time.Since(start))
+		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
+	}
+	if !known {
+		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", truncate(rawAction, 40))
+		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: msg, Status: 400}, msg)
+		return
+	}
+	if params["contact_id"] == "" {
+		msg := "Abort: Contact data not found"
+		reject(domain.WebhookStream(id), nethttp.StatusOK, domain.WebhookIgnored{WebhookID: id, Action: act, Reason: msg}, msg)
+		return
+	}
+	contact, err := domain.ParseContactID(params["contact_id"])
+	if err != nil {
+		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
+		return
+	}
+	log = log.With("contact_id", contact)
+	req, err := domain.ParseRequest(received)
+	if err != nil {
+		reject(contact.Stream(), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
+		return
+	}
+	if err := s.record(r.Context(), contact.Stream(), received, nil); err != nil {
+		log.Error("record webhook", "err", err)
+		outcome = "failed"
+		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+		return
+	}
+	// Recorded: from here on the webhook is processed whatever happens to
+	// this request.
+	if req.Async {
+		if _, err := s.cfg.Queue.Submit(contact, ""); err != nil {
+			log.Warn("webhook recorded while shutting down; processed at next start", "err", err)
+		}
+		outcome = "queued"
+		log.Info("webhook", "outcome", outcome, "duration", time.Since(start))
+		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued", WebhookID: id, Status: domain.StatusQueued})
+		return
+	}
+	ch, err := s.cfg.Queue.Submit(contact, id)
+	if err != nil {
+		outcome = "queued"
+		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued: usersync is restarting", WebhookID: id, Status: domain.StatusQueued})
+		return
+	}
+	wait := time.NewTimer(s.cfg.Wait)
+	defer wait.Stop()
+	select {
+	case out := <-ch:
+		outcome = out.Status
+		if out.Status == domain.StatusRetrying {
+			outcome = "queued"
+		}
+		log.Info("webhook", "outcome", out.Status, "status", out.HTTPStatus, "message", out.Message, "duration", time.Since(start))
+		s.answer(r.Context(), w, out, start)
+	case <-wait.C:
+		s.cfg.Queue.Forget(id, ch)
+		outcome = "queued"
+		log.Info("webhook", "outcome", "queued", "duration", time.Since(start))
+		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued: processing continues", WebhookID: id, Status: domain.StatusQueued})
+	case <-r.Context().Done():
+		s.cfg.Queue.Forget(id, ch)
+		outcome = "queued"
+	}
+}
+
+// answer writes the answer for a processed webhook, with the user view
+// once the views have applied the outcome.
+func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out domain.Outcome, start time.Time) {
+	a := webhookAnswer{Success: out.Success(), Message: out.Message, WebhookID: out.WebhookID, Status: out.Status}
+	status := out.HTTPStatus
+	if out.Status == domain.StatusRetrying {
+		a.Success, a.Status, status = true, domain.StatusQueued, nethttp.StatusAccepted
+	}
+	if out.Status == domain.StatusProcessed {
+		wctx, cancel := context.WithTimeout(ctx, max(s.cfg.Wait-time.Since(start), 100*time.Millisecond))
+		defer cancel()
+		if err := s.cfg.Views.WaitFor(wctx, "users", out.Position); err == nil {
+			if u, ok := s.cfg.Views.Users.Get(out.ContactID); ok {
+				a.User = &u
+			}
+		}
+	}
+	writeJSON(w, status, a)
+}
+
+// record appends the webhook (and an outcome decided at once) durably.
+func (s *Server) record(ctx context.Context, stream string, received domain.WebhookReceived, final domain.Event) error {
+	now := s.cfg.Now().UTC()
+	envs := []domain.Envelope{{Event: received, OccurredAt: now, WebhookID: received.WebhookID}}
+	if final != nil {
+		envs = append(envs, domain.Envelope{Event: final, OccurredAt: now, WebhookID: received.WebhookID})
+	}
+	raw, err := domain.EncodeAll(envs)
+	if err != nil {
+		return err
+	}
+	// The request may be cancelled by the sender; the record must not be.
+	if _, err := s.cfg.Store.Append(context.WithoutCancel(ctx), stream, domain.AnyVersion(), raw...); err != nil {
+		return fmt.Errorf("append webhook %s to %s: %w", received.WebhookID, stream, err)
+	}
+	return nil
+}
+
+func statusOf(e domain.Event) string {
+	switch e.(type) {
+	case domain.WebhookIgnored:
+		return domain.StatusIgnored
+	case domain.WebhookFailed:
+		return domain.StatusFailed
+	}
+	return ""
+}
+
+func remoteHost(r *nethttp.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

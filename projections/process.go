@@ -1,0 +1,309 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+// Checkpoints stores the checkpoints of process managers (Views does).
+type Checkpoints interface {
+	Checkpoint(ctx context.Context, name string) (uint64, error)
+	SaveCheckpoint(ctx context.Context, name string, pos uint64) error
+}
+
+// process is what the password returner and the welcome mailer share: a
+// checkpoint saved after each event they act on (acting is idempotent, so
+// an event seen again after a crash is checked and skipped), and a bounded
+// retry schedule.
+type process struct {
+	name        string
+	store       domain.EventStore
+	checkpoints Checkpoints
+	retry       domain.Backoff
+	maxAttempts int
+	now         func() time.Time
+	log         *slog.Logger
+
+	mu  sync.Mutex
+	pos uint64
+}
+
+func (p *process) Name() string { return p.name }
+
+func (p *process) Position(ctx context.Context) (uint64, error) {
+	pos, err := p.checkpoints.Checkpoint(ctx, p.name)
+	if err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	p.pos = pos
+	p.mu.Unlock()
+	return pos, nil
+}
+
+func (p *process) Skip(ctx context.Context, position uint64) error {
+	return p.done(ctx, position, true)
+}
+
+// done moves the checkpoint; save writes it now (after an action).
+func (p *process) done(ctx context.Context, position uint64, save bool) error {
+	p.mu.Lock()
+	p.pos = max(p.pos, position)
+	p.mu.Unlock()
+	if !save {
+		return nil
+	}
+	return p.checkpoints.SaveCheckpoint(ctx, p.name, position)
+}
+
+func (p *process) record(ctx context.Context, id domain.ContactID, e domain.Event) error {
+	raw, err := domain.Encode(domain.Envelope{Event: e, OccurredAt: p.now().UTC()})
+	if err != nil {
+		return err
+	}
+	if _, err := p.store.Append(ctx, id.Stream(), domain.AnyVersion(), raw); err != nil {
+		return fmt.Errorf("record %s in %s: %w", e.EventType(), id.Stream(), err)
+	}
+	return nil
+}
+
+// pause waits before the next attempt; false when ctx ends first.
+func (p *process) pause(ctx context.Context, until time.Time) bool {
+	t := time.NewTimer(max(time.Until(until), 0))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// FieldWriter writes contact fields in the CRM (FunnelKit's POST
+// v3/contacts/{id}/fields).
+type FieldWriter interface {
+	SetFields(ctx context.Context, id domain.ContactID, fields map[string]string) error
+}
+
+// Unsealer opens sealed passwords and destroys their keys.
+type Unsealer interface {
+	Unseal(ctx context.Context, keyID string, sealed []byte) ([]byte, error)
+	Shred(ctx context.Context, keyID string) error
+}
+
+// PasswordReturner sends each generated password to its FunnelKit field,
+// retrying with backoff up to a limit, records the result, and destroys the
+// password's key once it is returned or given up.
+type PasswordReturner struct {
+	process
+	crm  FieldWriter
+	keys Unsealer
+}
+
+// ProcessConfig configures a process manager.
+type ProcessConfig struct {
+	Store       domain.EventStore
+	Checkpoints Checkpoints
+	Retry       domain.Backoff
+	// MaxAttempts is how many tries before giving up (default 8).
+	MaxAttempts int
+	Now         func() time.Time
+	Log         *slog.Logger
+}
+
+func newProcess(name string, cfg ProcessConfig) process {
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 8
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return process{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry,
+		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log}
+}
+
+// NewPasswordReturner makes the password-return process manager.
+func NewPasswordReturner(cfg ProcessConfig, crm FieldWriter, keys Unsealer) *PasswordReturner {
+	return &PasswordReturner{process: newProcess("password_return", cfg), crm: crm, keys: keys}
+}
+
+// Handle acts on PasswordIssued; other events only move the checkpoint.
+func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent) error {
+	if rec.Type != domain.TypePasswordIssued {
+		return p.done(ctx, rec.Position, false)
+	}
+	id, ok := domain.ContactIDFromStream(rec.Stream)
+	if !ok {
+		return p.done(ctx, rec.Position, false)
+	}
+	env, err := domain.Decode(rec)
+	if err != nil {
+		return err
+	}
+	issued := env.Event.(domain.PasswordIssued)
+	if err := p.deliver(ctx, id, issued); err != nil {
+		return err
+	}
+	return p.done(ctx, rec.Position, true)
+}
+
+// deliver runs the attempts left for one password, from what the contact's
+// stream says was already tried.
+func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, issued domain.PasswordIssued) error {
+	for {
+		recs, err := p.store.ReadStream(ctx, id.Stream())
+		if err != nil {
+			return fmt.Errorf("read %s: %w", id.Stream(), err)
+		}
+		s, err := domain.LoadContact(id, recs)
+		if err != nil {
+			return err
+		}
+		pr := s.Password
+		if pr == nil || pr.KeyID != issued.KeyID || pr.Done {
+			// Returned or given up already, or a newer password replaced it.
+			if pr != nil && pr.KeyID != issued.KeyID {
+				return p.keys.Shred(ctx, issued.KeyID)
+			}
+			return nil
+		}
+		attempt := pr.Attempts + 1
+		err = p.try(ctx, id, issued)
+		if err == nil {
+			if err := p.record(ctx, id, domain.PasswordReturned{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt}); err != nil {
+				return err
+			}
+			p.log.Info("password returned to FunnelKit", "contact_id", id, "field", issued.Field, "attempt", attempt)
+			return p.keys.Shred(ctx, issued.KeyID)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Every failure is retried, permanent-looking ones too: a wrong
+		// application password is fixed by the operator, and giving up
+		// destroys the password for good.
+		giveUp := attempt >= p.maxAttempts
+		failed := domain.PasswordReturnFailed{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt, Error: err.Error(), GaveUp: giveUp}
+		if !giveUp {
+			failed.NextAttemptAt = p.now().Add(p.retry.Delay(attempt)).UTC()
+		}
+		if err := p.record(ctx, id, failed); err != nil {
+			return err
+		}
+		if giveUp {
+			p.log.Error("password return given up; the key is destroyed", "contact_id", id, "field", issued.Field, "attempts", attempt, "err", err)
+			return p.keys.Shred(ctx, issued.KeyID)
+		}
+		p.log.Warn("password return failed; retrying", "contact_id", id, "attempt", attempt, "next_attempt_at", failed.NextAttemptAt, "err", err)
+		if !p.pause(ctx, failed.NextAttemptAt) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (p *PasswordReturner) try(ctx context.Context, id domain.ContactID, issued domain.PasswordIssued) error {
+	plain, err := p.keys.Unseal(ctx, issued.KeyID, issued.Sealed)
+	if err != nil {
+		return fmt.Errorf("unseal password: %w", err)
+	}
+	defer clear(plain)
+	return p.crm.SetFields(ctx, id, map[string]string{issued.Field: string(plain)})
+}
+
+// Mailer sends the welcome email: the login and a login link, never the
+// password. transport names how it went out (smtp or outbox).
+type Mailer interface {
+	SendWelcome(ctx context.Context, to, login string) (transport string, err error)
+}
+
+// Welcomer sends the welcome email of each user created with
+// send_notification, retrying with backoff; a failure never blocks the user.
+type Welcomer struct {
+	process
+	mail Mailer
+}
+
+// NewWelcomer makes the welcome-email process manager.
+func NewWelcomer(cfg ProcessConfig, mail Mailer) *Welcomer {
+	return &Welcomer{process: newProcess("welcome_email", cfg), mail: mail}
+}
+
+// Handle acts on UserCreated with welcome_email; other events only move
+// the checkpoint.
+func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
+	if rec.Type != domain.TypeUserCreated {
+		return w.done(ctx, rec.Position, false)
+	}
+	id, ok := domain.ContactIDFromStream(rec.Stream)
+	if !ok {
+		return w.done(ctx, rec.Position, false)
+	}
+	env, err := domain.Decode(rec)
+	if err != nil {
+		return err
+	}
+	created := env.Event.(domain.UserCreated)
+	if !created.WelcomeEmail {
+		return w.done(ctx, rec.Position, false)
+	}
+	if err := w.send(ctx, id, created); err != nil {
+		return err
+	}
+	return w.done(ctx, rec.Position, true)
+}
+
+func (w *Welcomer) send(ctx context.Context, id domain.ContactID, created domain.UserCreated) error {
+	for {
+		recs, err := w.store.ReadStream(ctx, id.Stream())
+		if err != nil {
+			return fmt.Errorf("read %s: %w", id.Stream(), err)
+		}
+		attempts := 0
+		for _, r := range recs {
+			switch r.Type {
+			case domain.TypeWelcomeEmailSent:
+				return nil
+			case domain.TypeWelcomeEmailFailed:
+				env, err := domain.Decode(r)
+				if err != nil {
+					return err
+				}
+				f := env.Event.(domain.WelcomeEmailFailed)
+				if f.GaveUp {
+					return nil
+				}
+				attempts = f.Attempt
+			}
+		}
+		attempt := attempts + 1
+		transport, err := w.mail.SendWelcome(ctx, created.Email, created.Login)
+		if err == nil {
+			w.log.Info("welcome email sent", "contact_id", id, "transport", transport, "attempt", attempt)
+			return w.record(ctx, id, domain.WelcomeEmailSent{To: created.Email, Transport: transport, Attempt: attempt})
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		giveUp := attempt >= w.maxAttempts || !domain.Temporary(err)
+		failed := domain.WelcomeEmailFailed{To: created.Email, Attempt: attempt, Error: err.Error(), GaveUp: giveUp}
+		if !giveUp {
+			failed.NextAttemptAt = w.now().Add(w.retry.Delay(attempt)).UTC()
+		}
+		if err := w.record(ctx, id, failed); err != nil {
+			return err
+		}
+		if giveUp {
+			w.log.Error("welcome email given up", "contact_id", id, "attempts", attempt, "err", err)
+			return nil
+		}
+		w.log.Warn("welcome email failed; retrying", "contact_id", id, "attempt", attempt, "err", err)
+		if !w.pause(ctx, failed.NextAttemptAt) {
+			return ctx.Err()
+		}
+	}
+}

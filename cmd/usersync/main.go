@@ -1,5 +1,6 @@
 // Command usersync is the FunnelKit webhook-to-user sync engine.
 //
+//	usersync serve [flags]        receive FunnelKit webhooks, serve the read API
 //	usersync rebuild --data DIR   drop and rebuild every view from the events
 //	usersync parked --data DIR    list the events a handler parked
 package main
@@ -17,6 +18,7 @@ import (
 const usage = `usersync: an event-sourced FunnelKit webhook-to-user sync engine
 
 Usage:
+  usersync serve [flags]          receive FunnelKit webhooks and serve the API (see --help)
   usersync rebuild [--data DIR]   drop and rebuild every view from the events
   usersync parked [--data DIR]    list the events a handler parked
 
@@ -37,6 +39,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	switch args[0] {
+	case "serve":
+		err = serveCmd(ctx, args[1:], stdout, stderr)
 	case "rebuild":
 		err = rebuildCmd(ctx, args[1:], stdout, stderr)
 	case "parked":

@@ -23,6 +23,7 @@ type dataPaths struct{ dir string }
 func (d dataPaths) events() string { return filepath.Join(d.dir, "events.db") }
 func (d dataPaths) views() string  { return filepath.Join(d.dir, "views.db") }
 func (d dataPaths) keys() string   { return filepath.Join(d.dir, "keys.db") }
+func (d dataPaths) outbox() string { return filepath.Join(d.dir, "outbox") }
 
 // openData checks the data directory and creates it if it does not exist.
 func openData(dir string) (dataPaths, error) {

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	usershttp "github.com/usersync/usersync/http"
+)
+
+// serveConfig is every flag of usersync serve.
+type serveConfig struct {
+	Addr              string
+	Data              string
+	AccessKey         string
+	AdminToken        string
+	FunnelKitURL      string
+	FunnelKitUser     string
+	FunnelKitPassword string
+	PasswordField     string
+	DefaultRole       string
+	Roles             string
+	FieldMap          string
+	SMTPURL           string
+	MailFrom          string
+	LoginURL          string
+	Wait              time.Duration
+	Demo              bool
+	RetryInitial      time.Duration
+	RetryMax          time.Duration
+	ReturnAttempts    int
+	MailAttempts      int
+	Concurrency       int
+	LogFormat         string
+	LogLevel          string
+	MetricsAddr       string
+	FunnelKitTimeout  time.Duration
+}
+
+// envName is the environment variable that sets a flag.
+func envName(flagName string) string {
+	return "USERSYNC_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
+	c := &serveConfig{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address")
+	fs.StringVar(&c.Data, "data", "./data", "data directory (event store, keys, views, mail outbox)")
+	fs.StringVar(&c.AccessKey, "access-key", "", "webhook access key (default: generated on first start, printed once, stored as a hash)")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for /api/* (default: generated like the access key)")
+	fs.StringVar(&c.FunnelKitURL, "funnelkit-url", "", "FunnelKit site base URL, e.g. https://shop.example.com (required unless --demo)")
+	fs.StringVar(&c.FunnelKitUser, "funnelkit-user", "", "WordPress user name for the Application Password")
+	fs.StringVar(&c.FunnelKitPassword, "funnelkit-password", "", "WordPress Application Password (HTTP Basic)")
+	fs.StringVar(&c.PasswordField, "password-field", "", "FunnelKit custom field id that receives a generated password; empty turns password return off")
+	fs.StringVar(&c.DefaultRole, "default-role", "subscriber", "role of new users")
+	fs.StringVar(&c.Roles, "roles", "subscriber", "comma list of roles a webhook may grant (administrator is always refused)")
+	fs.StringVar(&c.FieldMap, "field-map", "", "comma list meta_key=funnelkit_field added to the default map")
+	fs.StringVar(&c.SMTPURL, "smtp-url", "", "SMTP server for the welcome email, smtp://user:pass@host:port (default: write .eml files to DATA/outbox)")
+	fs.StringVar(&c.MailFrom, "mail-from", "usersync@localhost", "sender address of the welcome email")
+	fs.StringVar(&c.LoginURL, "login-url", "", "login link in the welcome email")
+	fs.DurationVar(&c.Wait, "wait", 10*time.Second, "how long a webhook answer waits for processing before answering 202")
+	fs.BoolVar(&c.Demo, "demo", false, "run against an in-process FunnelKit simulator with sample contacts and print ready-to-paste curl lines")
+	fs.DurationVar(&c.RetryInitial, "retry-initial", 500*time.Millisecond, "first retry delay when FunnelKit or SMTP fails (doubles each time)")
+	fs.DurationVar(&c.RetryMax, "retry-max", 5*time.Minute, "longest retry delay")
+	fs.IntVar(&c.ReturnAttempts, "password-return-attempts", 10, "password return attempts before giving up (the password is then destroyed)")
+	fs.IntVar(&c.MailAttempts, "mail-attempts", 10, "welcome email attempts before giving up")
+	fs.IntVar(&c.Concurrency, "concurrency", 8, "contacts processed at once (webhooks of one contact are always processed in order)")
+	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, else json)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")
+	fs.DurationVar(&c.FunnelKitTimeout, "funnelkit-timeout", 15*time.Second, "timeout of each FunnelKit request")
+	return fs, c
+}
+
+// parseServe reads flags from the environment (USERSYNC_<NAME>) and then
+// the command line, which wins, and validates them.
+func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
+	fs, c := serveFlags(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: usersync serve [flags]\n\nEvery flag can also be set as USERSYNC_<NAME> (upper case, dashes to underscores);\nthe command line wins. See docs/configuration.md.\n\n")
+		fs.PrintDefaults()
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, flag.ErrHelp
+		}
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	return c, c.validate()
+}
+
+func (c *serveConfig) validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("--addr %q is not host:port (for example 127.0.0.1:8080)", c.Addr)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr %q is not host:port", c.MetricsAddr)
+		}
+	}
+	if !c.Demo {
+		if c.FunnelKitURL == "" {
+			return errors.New("--funnelkit-url is required (your FunnelKit site, e.g. https://shop.example.com), or try --demo")
+		}
+		if c.FunnelKitUser == "" || c.FunnelKitPassword == "" {
+			return errors.New("--funnelkit-user and --funnelkit-password are required: a WordPress user and an Application Password (Users → Profile → Application Passwords)")
+		}
+	}
+	if c.Wait < 0 || c.Wait > 40*time.Second {
+		return fmt.Errorf("--wait %s must be between 0s and 40s (FunnelKit gives up after 45s)", c.Wait)
+	}
+	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
+		return fmt.Errorf("--retry-initial (%s) must be positive and at most --retry-max (%s)", c.RetryInitial, c.RetryMax)
+	}
+	if c.RetryInitial > time.Second {
+		return fmt.Errorf("--retry-initial %s: the first retry must come within 1s", c.RetryInitial)
+	}
+	if c.ReturnAttempts < 1 || c.MailAttempts < 1 || c.Concurrency < 1 {
+		return errors.New("--password-return-attempts, --mail-attempts and --concurrency must be at least 1")
+	}
+	if c.FunnelKitTimeout <= 0 {
+		return errors.New("--funnelkit-timeout must be positive")
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		return fmt.Errorf("--log-format must be auto, text or json, not %q", c.LogFormat)
+	}
+	if c.LoginURL != "" {
+		if u, err := url.Parse(c.LoginURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--login-url %q must be an http or https URL", c.LoginURL)
+		}
+	}
+	if strings.TrimSpace(c.Data) == "" {
+		return errors.New("--data is empty: give the data directory")
+	}
+	_, err := c.policy()
+	return err
+}
+
+// policy builds the domain policy from the role and field flags.
+func (c *serveConfig) policy() (domain.Policy, error) {
+	p := domain.Policy{
+		DefaultRole:   domain.Role(strings.ToLower(strings.TrimSpace(c.DefaultRole))),
+		FieldMap:      domain.DefaultFieldMap(),
+		PasswordField: strings.TrimSpace(c.PasswordField),
+	}
+	for _, r := range strings.Split(c.Roles, ",") {
+		r = strings.ToLower(strings.TrimSpace(r))
+		if r == "" || r == string(domain.Administrator) {
+			continue
+		}
+		p.AllowedRoles = append(p.AllowedRoles, domain.Role(r))
+	}
+	if c.FieldMap != "" {
+		for _, entry := range strings.Split(c.FieldMap, ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(entry), "=")
+			k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+			if !ok || k == "" || v == "" {
+				return p, fmt.Errorf("--field-map entry %q must be meta_key=funnelkit_field", entry)
+			}
+			p.FieldMap[k] = v
+		}
+	}
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("--default-role/--roles/--field-map: %w", err)
+	}
+	return p, nil
+}
+
+// credentials are the stored digests of the generated access key and admin
+// token: the plain values are shown once and never written.
+type credentials struct {
+	AccessKeySHA256  string `json:"access_key_sha256"`
+	AdminTokenSHA256 string `json:"admin_token_sha256"`
+}
+
+// secrets resolves the access key and admin token: from the flags, else
+// from the stored digests, else newly generated. fresh holds the plain text
+// of what was generated now, to print once.
+func secrets(dir string, accessKey, adminToken string, regenerate bool) (access, admin usershttp.Secret, fresh map[string]string, err error) {
+	path := filepath.Join(dir, "credentials.json")
+	var stored credentials
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &stored); err != nil {
+			return access, admin, nil, fmt.Errorf("read %s: %w (delete it to generate a new access key and admin token)", path, err)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return access, admin, nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	fresh = map[string]string{}
+	resolve := func(name, flagValue string, digest *string) (usershttp.Secret, error) {
+		if flagValue != "" {
+			return usershttp.NewSecret(flagValue), nil
+		}
+		if *digest != "" && !regenerate {
+			s, err := usershttp.SecretFromDigest(*digest)
+			if err != nil {
+				return s, fmt.Errorf("%s in %s: %w (delete the file to generate new ones)", name, path, err)
+			}
+			return s, nil
+		}
+		plain, err := randomToken()
+		if err != nil {
+			return usershttp.Secret{}, err
+		}
+		s := usershttp.NewSecret(plain)
+		*digest = s.Digest()
+		fresh[name] = plain
+		return s, nil
+	}
+	if access, err = resolve("access key", accessKey, &stored.AccessKeySHA256); err != nil {
+		return
+	}
+	if admin, err = resolve("admin token", adminToken, &stored.AdminTokenSHA256); err != nil {
+		return
+	}
+	if len(fresh) > 0 {
+		b, _ := json.MarshalIndent(stored, "", "  ")
+		tmp := path + ".tmp"
+		if err = os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+			return access, admin, nil, fmt.Errorf("write %s: %w", path, err)
+		}
+		if err = os.Rename(tmp, path); err != nil {
+			return access, admin, nil, fmt.Errorf("write %s: %w", path, err)
+		}
+	}
+	return access, admin, fresh, nil
+}
+
+func randomToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate a token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}

@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	nethttp "net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/term"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/eventstore/keystore"
+	"github.com/usersync/usersync/funnelkit"
+	"github.com/usersync/usersync/funnelkit/simulator"
+	usershttp "github.com/usersync/usersync/http"
+	"github.com/usersync/usersync/projections"
+	"github.com/usersync/usersync/projections/mail"
+)
+
+// readyLag is how many events a view may be behind the head for /readyz.
+const readyLag = 1000
+
+func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseServe(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+	app, err := startApp(ctx, cfg, log, stdout)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down: draining in-flight webhooks")
+	return app.shutdown()
+}
+
+// app is a running usersync server.
+type app struct {
+	log      *slog.Logger
+	store    *eventstore.SQLite
+	keys     *keystore.Keys
+	views    *projections.Views
+	pipe     *projections.Pipeline
+	pipeDone chan error
+	pipeStop context.CancelFunc
+	disp     *domain.Dispatcher
+	servers  []*nethttp.Server
+	serveErr chan error
+	addr     string
+	sim      func()
+	once     sync.Once
+}
+
+// startApp opens the data directory, recovers what was queued, and starts
+// listening. It returns once the server accepts webhooks.
+func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
+	a := &app{log: log}
+	defer func() {
+		if err != nil {
+			_ = a.shutdown()
+		}
+	}()
+	paths, err := openData(cfg.Data)
+	if err != nil {
+		return nil, err
+	}
+	access, admin, fresh, err := secrets(cfg.Data, cfg.AccessKey, cfg.AdminToken, cfg.Demo)
+	if err != nil {
+		return nil, err
+	}
+	policy, err := cfg.policy()
+	if err != nil {
+		return nil, err
+	}
+	if a.store, err = eventstore.Open(ctx, paths.events()); err != nil {
+		return nil, err
+	}
+	if a.keys, err = keystore.Open(ctx, paths.keys()); err != nil {
+		return nil, err
+	}
+	if a.views, err = projections.Open(ctx, paths.views()); err != nil {
+		return nil, err
+	}
+
+	fkCfg := funnelkit.Config{BaseURL: cfg.FunnelKitURL, User: cfg.FunnelKitUser, Password: cfg.FunnelKitPassword, Timeout: cfg.FunnelKitTimeout}
+	if cfg.Demo {
+		sim := simulator.New("demo", "demo app password")
+		sim.SampleData()
+		url, closeSim := sim.Start()
+		a.sim = closeSim
+		fkCfg.BaseURL, fkCfg.User, fkCfg.Password = url, "demo", "demo app password"
+		if policy.PasswordField == "" {
+			policy.PasswordField = "password"
+		}
+	}
+	crm, err := funnelkit.New(fkCfg)
+	if err != nil {
+		return nil, err
+	}
+	mailer, err := newMailer(cfg, paths)
+	if err != nil {
+		return nil, err
+	}
+
+	retry := domain.Backoff{Initial: cfg.RetryInitial, Max: cfg.RetryMax}
+	procCfg := projections.ProcessConfig{Store: a.store, Checkpoints: a.views, Retry: retry, Log: log}
+	returnCfg, mailCfg := procCfg, procCfg
+	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
+	consumers := a.views.Consumers()
+	consumers = append(consumers, projections.NewWelcomer(mailCfg, mailer))
+	if policy.PasswordField != "" {
+		consumers = append(consumers, projections.NewPasswordReturner(returnCfg, crm, a.keys))
+	}
+	if a.pipe, err = projections.NewPipeline(a.store, a.views, projections.DefaultRetry(), log, consumers...); err != nil {
+		return nil, err
+	}
+	pipeCtx, stop := context.WithCancel(context.Background())
+	a.pipeStop, a.pipeDone = stop, make(chan error, 1)
+	go func() { a.pipeDone <- a.pipe.Run(pipeCtx) }()
+	select {
+	case <-a.pipe.Running():
+	case err := <-a.pipeDone:
+		return nil, fmt.Errorf("start pipeline: %w", err)
+	}
+
+	proc := &domain.Processor{
+		Policy: policy, Store: a.store, CRM: crm,
+		Secrets: keystore.Secrets{Keys: a.keys},
+		NewID:   func() string { return uuid.NewString() },
+		Now:     time.Now, Retry: retry,
+	}
+	a.disp = domain.NewDispatcher(proc, domain.DispatcherConfig{
+		Concurrency: cfg.Concurrency,
+		OnError: func(id domain.ContactID, err error) {
+			log.Error("processing a webhook failed; retrying", "contact_id", id, "err", err)
+		},
+	})
+	if err := a.recover(ctx); err != nil {
+		return nil, err
+	}
+
+	srv := usershttp.New(usershttp.Config{
+		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
+		Store: a.store, Views: a.views, Queue: a.disp, Log: log,
+		NewID: func() string { return uuid.Must(uuid.NewV7()).String() },
+		Ready: a.ready,
+	})
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --addr %s: %w", cfg.Addr, err)
+	}
+	a.addr = ln.Addr().String()
+	a.serveErr = make(chan error, 2)
+	hs := &nethttp.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	a.servers = append(a.servers, hs)
+	go func() { a.serveErr <- hs.Serve(ln) }()
+	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.sender.Transport())
+	printWelcome(stdout, a.addr, fresh, cfg.Demo)
+	return a, nil
+}
+
+// recover waits for the views to catch up, then queues every webhook that
+// was recorded but not finished before the last stop.
+func (a *app) recover(ctx context.Context) error {
+	head, err := a.store.Head(ctx)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := a.views.WaitFor(wctx, "webhooks", head); err != nil {
+		return fmt.Errorf("catch up the webhooks view before recovery: %w", err)
+	}
+	open := a.views.Webhooks.Open()
+	seen := map[domain.ContactID]bool{}
+	for _, w := range open {
+		if w.ContactID != 0 && !seen[w.ContactID] {
+			seen[w.ContactID] = true
+			a.disp.Notify(w.ContactID)
+		}
+	}
+	if len(open) > 0 {
+		a.log.Info("resuming webhooks recorded before the last stop", "webhooks", len(open), "contacts", len(seen))
+	}
+	return nil
+}
+
+// ready is /readyz: the store answers and the views are close to the head.
+func (a *app) ready(ctx context.Context) error {
+	head, err := a.store.Head(ctx)
+	if err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	for _, name := range a.views.Names() {
+		pos, err := a.views.Position(name)
+		if err != nil {
+			return err
+		}
+		if head > pos+readyLag {
+			return fmt.Errorf("view %s is %d events behind", name, head-pos)
+		}
+	}
+	return nil
+}
+
+// shutdown drains: stop taking requests (letting answers in flight finish),
+// finish the webhooks being processed, stop the pipeline, close the files.
+func (a *app) shutdown() error {
+	var errs []error
+	a.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, s := range a.servers {
+			if err := s.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
+			}
+		}
+		if a.disp != nil {
+			if err := a.disp.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("drain webhooks: %w", err))
+			}
+		}
+		if a.pipe != nil {
+			a.pipeStop()
+			if err := <-a.pipeDone; err != nil {
+				errs = append(errs, fmt.Errorf("stop pipeline: %w", err))
+			}
+		}
+		if a.views != nil {
+			errs = append(errs, a.views.Close())
+		}
+		if a.keys != nil {
+			errs = append(errs, a.keys.Close())
+		}
+		if a.store != nil {
+			errs = append(errs, a.store.Close())
+		}
+		if a.sim != nil {
+			a.sim()
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// mailer sends welcome emails through SMTP or the outbox folder.
+type mailer struct {
+	sender   mail.Sender
+	from     string
+	loginURL string
+}
+
+func newMailer(cfg *serveConfig, paths dataPaths) (*mailer, error) {
+	m := &mailer{from: cfg.MailFrom, loginURL: cfg.LoginURL}
+	if _, err := mail.ParseAddress("--mail-from", cfg.MailFrom); err != nil {
+		return nil, err
+	}
+	var err error
+	if cfg.SMTPURL != "" {
+		m.sender, err = mail.NewSMTP(cfg.SMTPURL, 30*time.Second)
+	} else {
+		m.sender, err = mail.NewOutbox(paths.outbox())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// SendWelcome composes and sends the welcome email.
+func (m *mailer) SendWelcome(ctx context.Context, to, login string) (string, error) {
+	msg, err := mail.Compose(m.from, mail.Welcome{To: to, Login: login, LoginURL: m.loginURL}, time.Now(), "")
+	if err != nil {
+		return "", err
+	}
+	return m.sender.Transport(), m.sender.Send(ctx, m.from, to, msg)
+}
+
+func newLogger(format, level string, w io.Writer) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "text"
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func redactedURL(raw string) string {
+	if i := strings.Index(raw, "@"); i >= 0 {
+		if j := strings.Index(raw, "://"); j >= 0 && j < i {
+			return raw[:j+3] + "[redacted]@" + raw[i+1:]
+		}
+	}
+	return raw
+}
+
+// printWelcome prints what a new user needs: generated secrets (once) and,
+// in demo mode, curl lines to try.
+func printWelcome(w io.Writer, addr string, fresh map[string]string, demo bool) {
+	if k, ok := fresh["access key"]; ok {
+		fmt.Fprintf(w, "Generated webhook access key (shown once, stored only as a hash): %s\n", k)
+	}
+	if t, ok := fresh["admin token"]; ok {
+		fmt.Fprintf(w, "Generated admin token for /api (shown once, stored only as a hash): %s\n", t)
+	}
+	if !demo {
+		return
+	}
+	key := fresh["access key"]
+	if key == "" {
+		key = "<your access key>"
+	}
+	token := fresh["admin token"]
+	if token == "" {
+		token = "<your admin token>"
+	}
+	base := "http://" + addr
+	fmt.Fprintf(w, `
+Demo: usersync is wired to an in-process FunnelKit with contacts 1-3 and tags 1-3.
+Try (as FunnelKit would send them):
+
+  curl -s '%[1]s/?wpf_action=add&contact_id=1&send_notification=true&access_key=%[2]s'
+  curl -s -X POST %[1]s/ -d wpf_action=update_tags -d contact_id=1 -d access_key=%[2]s
+  curl -s -X POST %[1]s/ -H 'Content-Type: application/json' -d '{"wpf_action":"update","contact_id":"1","access_key":"%[2]s"}'
+  curl -s -H 'Authorization: Bearer %[3]s' %[1]s/api/users/1
+  curl -s -H 'Authorization: Bearer %[3]s' %[1]s/api/users/1/history
+
+Stop with Ctrl-C.
+`, base, key, token)
+}

@@ -120,9 +120,12 @@ type work struct {
 	id      ContactID
 	wh      string
 	contact *CRMContact
-	catalog []Tag
-	creds   *credentials
-	used    bool
+	// contactErr is the CRM's failure, kept like its answer: a decision
+	// made again after a conflict sees the same CRM answer.
+	contactErr error
+	catalog    []Tag
+	creds      *credentials
+	used       bool
 }
 
 type credentials struct {
@@ -198,15 +201,20 @@ func failCRM(prefix string, err error) error {
 
 // contactFromCRM reads the contact once per ProcessNext.
 func (w *work) contactFromCRM(ctx context.Context) (CRMContact, error) {
-	if w.contact != nil {
+	if w.contact != nil || w.contactErr != nil {
+		if w.contactErr != nil {
+			return CRMContact{}, w.contactErr
+		}
 		return *w.contact, nil
 	}
 	c, err := w.p.CRM.Contact(ctx, w.id)
-	if err != nil {
-		return CRMContact{}, failCRM("read contact from FunnelKit", err)
-	}
-	if c.ID != w.id {
-		return CRMContact{}, &crmError{status: 502, msg: fmt.Sprintf("FunnelKit answered contact %d for contact %d", c.ID, w.id)}
+	switch {
+	case err != nil:
+		w.contactErr = failCRM("read contact from FunnelKit", err)
+		return CRMContact{}, w.contactErr
+	case c.ID != w.id:
+		w.contactErr = &crmError{status: 502, msg: fmt.Sprintf("FunnelKit answered contact %d for contact %d", c.ID, w.id)}
+		return CRMContact{}, w.contactErr
 	}
 	w.contact = &c
 	return c, nil

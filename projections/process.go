@@ -61,8 +61,9 @@ func (p *process) done(ctx context.Context, position uint64, save bool) error {
 	return p.checkpoints.SaveCheckpoint(ctx, p.name, position)
 }
 
-func (p *process) record(ctx context.Context, id domain.ContactID, e domain.Event) error {
-	raw, err := domain.Encode(domain.Envelope{Event: e, OccurredAt: p.now().UTC()})
+// record appends an event caused by the webhook wh to the contact's stream.
+func (p *process) record(ctx context.Context, id domain.ContactID, wh string, e domain.Event) error {
+	raw, err := domain.Encode(domain.Envelope{Event: e, OccurredAt: p.now().UTC(), WebhookID: wh})
 	if err != nil {
 		return err
 	}
@@ -146,7 +147,7 @@ func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent)
 		return err
 	}
 	issued := env.Event.(domain.PasswordIssued)
-	if err := p.deliver(ctx, id, issued); err != nil {
+	if err := p.deliver(ctx, id, env.WebhookID, issued); err != nil {
 		return err
 	}
 	return p.done(ctx, rec.Position, true)
@@ -154,7 +155,7 @@ func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent)
 
 // deliver runs the attempts left for one password, from what the contact's
 // stream says was already tried.
-func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, issued domain.PasswordIssued) error {
+func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh string, issued domain.PasswordIssued) error {
 	for {
 		recs, err := p.store.ReadStream(ctx, id.Stream())
 		if err != nil {
@@ -175,7 +176,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, iss
 		attempt := pr.Attempts + 1
 		err = p.try(ctx, id, issued)
 		if err == nil {
-			if err := p.record(ctx, id, domain.PasswordReturned{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt}); err != nil {
+			if err := p.record(ctx, id, wh, domain.PasswordReturned{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt}); err != nil {
 				return err
 			}
 			p.log.Info("password returned to FunnelKit", "contact_id", id, "field", issued.Field, "attempt", attempt)
@@ -192,7 +193,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, iss
 		if !giveUp {
 			failed.NextAttemptAt = p.now().Add(p.retry.Delay(attempt)).UTC()
 		}
-		if err := p.record(ctx, id, failed); err != nil {
+		if err := p.record(ctx, id, wh, failed); err != nil {
 			return err
 		}
 		if giveUp {
@@ -251,13 +252,13 @@ func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
 	if !created.WelcomeEmail {
 		return w.done(ctx, rec.Position, false)
 	}
-	if err := w.send(ctx, id, created); err != nil {
+	if err := w.send(ctx, id, env.WebhookID, created); err != nil {
 		return err
 	}
 	return w.done(ctx, rec.Position, true)
 }
 
-func (w *Welcomer) send(ctx context.Context, id domain.ContactID, created domain.UserCreated) error {
+func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, created domain.UserCreated) error {
 	for {
 		recs, err := w.store.ReadStream(ctx, id.Stream())
 		if err != nil {
@@ -284,7 +285,7 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, created domain
 		transport, err := w.mail.SendWelcome(ctx, created.Email, created.Login)
 		if err == nil {
 			w.log.Info("welcome email sent", "contact_id", id, "transport", transport, "attempt", attempt)
-			return w.record(ctx, id, domain.WelcomeEmailSent{To: created.Email, Transport: transport, Attempt: attempt})
+			return w.record(ctx, id, wh, domain.WelcomeEmailSent{To: created.Email, Transport: transport, Attempt: attempt})
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -294,7 +295,7 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, created domain
 		if !giveUp {
 			failed.NextAttemptAt = w.now().Add(w.retry.Delay(attempt)).UTC()
 		}
-		if err := w.record(ctx, id, failed); err != nil {
+		if err := w.record(ctx, id, wh, failed); err != nil {
 			return err
 		}
 		if giveUp {

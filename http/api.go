@@ -2,6 +2,7 @@ package http
 
 import (
 	"encoding/json"
+	"errors"
 	nethttp "net/http"
 	"strconv"
 
@@ -201,4 +202,57 @@ func (s *Server) parked(w nethttp.ResponseWriter, r *nethttp.Request) {
 		parked = []projections.ParkedEvent{}
 	}
 	writeJSON(w, nethttp.StatusOK, map[string]any{"parked": parked})
+}
+
+// replayParked hands the parked events of a process manager (all of them,
+// or the one at position) to it again.
+func (s *Server) replayParked(w nethttp.ResponseWriter, r *nethttp.Request) {
+	handler := r.URL.Query().Get("handler")
+	if handler == "" {
+		writeError(w, nethttp.StatusBadRequest, "handler is required: the handler column of GET /api/parked")
+		return
+	}
+	var position uint64
+	if v := r.URL.Query().Get("position"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			writeError(w, nethttp.StatusBadRequest, "position must be the position of a parked event")
+			return
+		}
+		position = n
+	}
+	if s.cfg.Replay == nil {
+		writeError(w, nethttp.StatusNotImplemented, "replay is not available")
+		return
+	}
+	parked, err := s.cfg.Views.Parked(r.Context(), handler)
+	if err != nil {
+		writeError(w, nethttp.StatusInternalServerError, "could not read the parked events; see the server log")
+		return
+	}
+	type result struct {
+		Position uint64 `json:"position"`
+		Replayed bool   `json:"replayed"`
+		Error    string `json:"error,omitempty"`
+	}
+	results := []result{}
+	for _, pe := range parked {
+		if position != 0 && pe.Position != position {
+			continue
+		}
+		res := result{Position: pe.Position, Replayed: true}
+		if err := s.cfg.Replay(r.Context(), pe); err != nil {
+			if errors.Is(err, projections.ErrRebuildToReplay) {
+				writeError(w, nethttp.StatusConflict, err.Error()+" (or POST /api/rebuild)")
+				return
+			}
+			res.Replayed, res.Error = false, err.Error()
+		}
+		results = append(results, res)
+	}
+	if len(results) == 0 {
+		writeError(w, nethttp.StatusNotFound, "no parked event matches")
+		return
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]any{"replayed": results})
 }

@@ -49,6 +49,10 @@ type Config struct {
 	Metrics nethttp.Handler
 	// Observe, when set, is told each webhook's action, outcome and duration.
 	Observe func(action, outcome string, d time.Duration)
+	// Replay hands a parked event to its handler again (nil: not offered).
+	Replay func(ctx context.Context, pe projections.ParkedEvent) error
+	// OnRebuild, when set, follows a rebuild started through the API.
+	OnRebuild func(p projections.Progress, done bool)
 }
 
 // Server serves the webhook and the API.
@@ -80,6 +84,7 @@ func New(cfg Config) *Server {
 	api.HandleFunc("/password-returns", s.passwordReturns).Methods("GET")
 	api.HandleFunc("/webhooks/{id}", s.getWebhook).Methods("GET")
 	api.HandleFunc("/parked", s.parked).Methods("GET")
+	api.HandleFunc("/parked/replay", s.replayParked).Methods("POST")
 	api.HandleFunc("/rebuild", s.startRebuild).Methods("POST")
 	api.HandleFunc("/rebuild", s.rebuildStatus).Methods("GET")
 	api.NotFoundHandler = nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
@@ -161,11 +166,20 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 	st.Status, st.Position, st.Head, st.Events, st.Parked, st.StartedAt, st.FinishedAt, st.Error = "running", 0, 0, 0, 0, &now, nil, ""
 	st.mu.Unlock()
 	go func() {
+		var last projections.Progress
 		stats, err := s.cfg.Views.Rebuild(context.Background(), s.cfg.Store, func(p projections.Progress) {
 			st.mu.Lock()
 			st.Position, st.Head, st.Events = p.Position, p.Head, p.Events
 			st.mu.Unlock()
+			last = p
+			if s.cfg.OnRebuild != nil {
+				s.cfg.OnRebuild(p, false)
+			}
 		})
+		if s.cfg.OnRebuild != nil {
+			last.Position, last.Events = stats.Position, stats.Events
+			s.cfg.OnRebuild(last, true)
+		}
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		end := s.cfg.Now().UTC()
@@ -191,4 +205,3 @@ func (s *Server) rebuildStatus(w nethttp.ResponseWriter, r *nethttp.Request) {
 	}
 	writeJSON(w, nethttp.StatusOK, st)
 }
-

@@ -32,18 +32,25 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 			s.cfg.Observe(action, outcome, time.Since(start))
 		}
 	}()
+	// Refused before it is recorded: logged without parameters (the access
+	// key may be among them) and without the query string.
+	refuse := func(status int, msg string) {
+		s.cfg.Log.Info("webhook", "outcome", "rejected", "status", status, "reason", msg, "method", r.Method,
+			"source", remoteHost(r), "duration_seconds", time.Since(start).Seconds())
+		writeJSON(w, status, webhookAnswer{Message: msg})
+	}
 	params, err := readParams(r)
 	if err != nil {
-		writeJSON(w, nethttp.StatusBadRequest, webhookAnswer{Message: "Could not read the webhook: " + err.Error()})
+		refuse(nethttp.StatusBadRequest, "Could not read the webhook: "+err.Error())
 		return
 	}
 	rawAction := params["wpf_action"]
 	if rawAction == "" {
-		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "No Action Specified: add wpf_action=add, update or update_tags"})
+		refuse(nethttp.StatusInternalServerError, "No Action Specified: add wpf_action=add, update or update_tags")
 		return
 	}
 	if !s.cfg.AccessKey.Matches(params["access_key"]) {
-		writeJSON(w, nethttp.StatusForbidden, webhookAnswer{Message: "Invalid Access Key"})
+		refuse(nethttp.StatusForbidden, "Invalid Access Key")
 		return
 	}
 	act, known := domain.NormalizeAction(rawAction)
@@ -56,7 +63,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	log := s.cfg.Log.With("webhook_id", id, "action", action)
 	if act == domain.ActionTest {
 		outcome = "processed"
-		log.Info("webhook", "outcome", "test", "duration", time.Since(start))
+		log.Info("webhook", "outcome", "test", "duration_seconds", time.Since(start).Seconds())
 		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: domain.StatusProcessed})
 		return
 	}
@@ -76,7 +83,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if outcome == "" {
 			outcome = "rejected"
 		}
-		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration", time.Since(start))
+		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration_seconds", time.Since(start).Seconds())
 		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
 	}
 	if !known {
@@ -113,7 +120,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 			log.Warn("webhook recorded while shutting down; processed at next start", "err", err)
 		}
 		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "duration", time.Since(start))
+		log.Info("webhook", "outcome", outcome, "duration_seconds", time.Since(start).Seconds())
 		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued", WebhookID: id, Status: domain.StatusQueued})
 		return
 	}
@@ -131,12 +138,12 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if out.Status == domain.StatusRetrying {
 			outcome = "queued"
 		}
-		log.Info("webhook", "outcome", out.Status, "status", out.HTTPStatus, "message", out.Message, "duration", time.Since(start))
+		log.Info("webhook", "outcome", out.Status, "status", out.HTTPStatus, "message", out.Message, "duration_seconds", time.Since(start).Seconds())
 		s.answer(r.Context(), w, out, start)
 	case <-wait.C:
 		s.cfg.Queue.Forget(id, ch)
 		outcome = "queued"
-		log.Info("webhook", "outcome", "queued", "duration", time.Since(start))
+		log.Info("webhook", "outcome", "queued", "duration_seconds", time.Since(start).Seconds())
 		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued: processing continues", WebhookID: id, Status: domain.StatusQueued})
 	case <-r.Context().Done():
 		s.cfg.Queue.Forget(id, ch)

@@ -54,18 +54,31 @@ type Pipeline struct {
 	consumers map[string]Consumer
 	parker    Parker
 	log       *slog.Logger
+	onPark    func(pe ParkedEvent)
+}
+
+// PipelineConfig is what NewPipeline needs beyond the consumers.
+type PipelineConfig struct {
+	Store  Follower
+	Parker Parker
+	Retry  RetryPolicy
+	Log    *slog.Logger
+	// Instrument, if set, is given the router before handlers are added
+	// (to add metrics middleware).
+	Instrument func(*message.Router)
 	// OnPark, if set, is called after an event is parked (for metrics).
 	OnPark func(pe ParkedEvent)
 }
 
 // NewPipeline wires consumers to the store.
-func NewPipeline(store Follower, parker Parker, retry RetryPolicy, log *slog.Logger, consumers ...Consumer) (*Pipeline, error) {
+func NewPipeline(cfg PipelineConfig, consumers ...Consumer) (*Pipeline, error) {
+	store, parker, retry, log := cfg.Store, cfg.Parker, cfg.Retry, cfg.Log
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
-	p := &Pipeline{router: router, consumers: map[string]Consumer{}, parker: parker, log: log}
+	p := &Pipeline{router: router, consumers: map[string]Consumer{}, parker: parker, log: log, onPark: cfg.OnPark}
 	for _, c := range consumers {
 		if _, dup := p.consumers[c.Name()]; dup {
 			return nil, fmt.Errorf("pipeline: two consumers named %q", c.Name())
@@ -91,6 +104,9 @@ func NewPipeline(store Follower, parker Parker, retry RetryPolicy, log *slog.Log
 		}.Middleware,
 		middleware.Recoverer,
 	)
+	if cfg.Instrument != nil {
+		cfg.Instrument(router)
+	}
 	for name, c := range p.consumers {
 		router.AddConsumerHandler(name, name, sub, func(msg *message.Message) error {
 			rec, err := FromMessage(msg)
@@ -133,8 +149,8 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 		}
 		p.log.Error("event parked: handler gave up on it; fix the cause, then replay it or rebuild",
 			"handler", name, "position", rec.Position, "stream", rec.Stream, "version", rec.Version, "type", rec.Type, "err", err)
-		if p.OnPark != nil {
-			p.OnPark(pe)
+		if p.onPark != nil {
+			p.onPark(pe)
 		}
 		return nil, nil
 	}

@@ -28,10 +28,16 @@ type process struct {
 	maxAttempts int
 	now         func() time.Time
 	log         *slog.Logger
+	onResult    func(outcome string)
 
-	mu  sync.Mutex
-	pos uint64
+	mu    sync.Mutex
+	pos   uint64
+	saved uint64
 }
+
+// saveEvery bounds how many events a process manager handles without acting
+// before its checkpoint is written anyway.
+const saveEvery = 256
 
 func (p *process) Name() string { return p.name }
 
@@ -41,7 +47,7 @@ func (p *process) Position(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	p.mu.Lock()
-	p.pos = pos
+	p.pos, p.saved = pos, pos
 	p.mu.Unlock()
 	return pos, nil
 }
@@ -50,15 +56,37 @@ func (p *process) Skip(ctx context.Context, position uint64) error {
 	return p.done(ctx, position, true)
 }
 
-// done moves the checkpoint; save writes it now (after an action).
-func (p *process) done(ctx context.Context, position uint64, save bool) error {
+// done moves the checkpoint; acted writes it now (after an action), else
+// it is written every saveEvery events. Acting is idempotent, so events
+// handled again after a crash are harmless.
+func (p *process) done(ctx context.Context, position uint64, acted bool) error {
 	p.mu.Lock()
 	p.pos = max(p.pos, position)
+	save := acted || p.pos-p.saved >= saveEvery
 	p.mu.Unlock()
 	if !save {
 		return nil
 	}
-	return p.checkpoints.SaveCheckpoint(ctx, p.name, position)
+	if err := p.checkpoints.SaveCheckpoint(ctx, p.name, position); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.saved = max(p.saved, position)
+	p.mu.Unlock()
+	return nil
+}
+
+// Current is the in-memory checkpoint (for metrics).
+func (p *process) Current() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pos
+}
+
+func (p *process) result(outcome string) {
+	if p.onResult != nil {
+		p.onResult(outcome)
+	}
 }
 
 // record appends an event caused by the webhook wh to the contact's stream.
@@ -115,6 +143,9 @@ type ProcessConfig struct {
 	MaxAttempts int
 	Now         func() time.Time
 	Log         *slog.Logger
+	// OnResult, if set, is told the outcome of each attempt (for metrics):
+	// returned or sent, failed, gave_up.
+	OnResult func(outcome string)
 }
 
 func newProcess(name string, cfg ProcessConfig) process {
@@ -125,7 +156,7 @@ func newProcess(name string, cfg ProcessConfig) process {
 		cfg.Now = time.Now
 	}
 	return process{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry,
-		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log}
+		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult}
 }
 
 // NewPasswordReturner makes the password-return process manager.
@@ -179,7 +210,8 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 			if err := p.record(ctx, id, wh, domain.PasswordReturned{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt}); err != nil {
 				return err
 			}
-			p.log.Info("password returned to FunnelKit", "contact_id", id, "field", issued.Field, "attempt", attempt)
+			p.result("returned")
+			p.log.Info("password returned to FunnelKit", "webhook_id", wh, "contact_id", id, "field", issued.Field, "attempt", attempt)
 			return p.keys.Shred(ctx, issued.KeyID)
 		}
 		if ctx.Err() != nil {
@@ -197,10 +229,12 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 			return err
 		}
 		if giveUp {
-			p.log.Error("password return given up; the key is destroyed", "contact_id", id, "field", issued.Field, "attempts", attempt, "err", err)
+			p.result("gave_up")
+			p.log.Error("password return given up; the key is destroyed", "webhook_id", wh, "contact_id", id, "field", issued.Field, "attempts", attempt, "err", err)
 			return p.keys.Shred(ctx, issued.KeyID)
 		}
-		p.log.Warn("password return failed; retrying", "contact_id", id, "attempt", attempt, "next_attempt_at", failed.NextAttemptAt, "err", err)
+		p.result("failed")
+		p.log.Warn("password return failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", attempt, "next_attempt_at", failed.NextAttemptAt, "err", err)
 		if !p.pause(ctx, failed.NextAttemptAt) {
 			return ctx.Err()
 		}
@@ -284,7 +318,8 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, cre
 		attempt := attempts + 1
 		transport, err := w.mail.SendWelcome(ctx, created.Email, created.Login)
 		if err == nil {
-			w.log.Info("welcome email sent", "contact_id", id, "transport", transport, "attempt", attempt)
+			w.result("sent")
+			w.log.Info("welcome email sent", "webhook_id", wh, "contact_id", id, "transport", transport, "attempt", attempt)
 			return w.record(ctx, id, wh, domain.WelcomeEmailSent{To: created.Email, Transport: transport, Attempt: attempt})
 		}
 		if ctx.Err() != nil {
@@ -299,10 +334,12 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, cre
 			return err
 		}
 		if giveUp {
-			w.log.Error("welcome email given up", "contact_id", id, "attempts", attempt, "err", err)
+			w.result("gave_up")
+			w.log.Error("welcome email given up", "webhook_id", wh, "contact_id", id, "attempts", attempt, "err", err)
 			return nil
 		}
-		w.log.Warn("welcome email failed; retrying", "contact_id", id, "attempt", attempt, "err", err)
+		w.result("failed")
+		w.log.Warn("welcome email failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", attempt, "err", err)
 		if !w.pause(ctx, failed.NextAttemptAt) {
 			return ctx.Err()
 		}

@@ -56,7 +56,8 @@ func start(t *testing.T, dir string, extra ...projections.Consumer) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pipe, err := projections.NewPipeline(store, views, fastRetry(), quietLog(), append(views.Consumers(), extra...)...)
+	pipe, err := projections.NewPipeline(projections.PipelineConfig{Store: store, Parker: views, Retry: fastRetry(), Log: quietLog()},
+		append(views.Consumers(), extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ func TestAPIDocListsEveryEndpoint(t *testing.T) {
 		"GET /healthz", "GET /readyz", "GET /metrics",
 		"GET /api/users/{contact_id}", "GET /api/users?", "GET /api/users/{contact_id}/history",
 		"GET /api/tags", "GET /api/tags/{id}/users", "GET /api/password-returns", "GET /api/webhooks/{id}",
-		"GET /api/parked", "POST /api/rebuild", "GET /api/rebuild",
+		"GET /api/parked", "POST /api/parked/replay", "POST /api/rebuild", "GET /api/rebuild",
 	} {
 		if !strings.Contains(string(doc), "`"+ep) {
 			t.Errorf("docs/api.md does not document %s", ep)

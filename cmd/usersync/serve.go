@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	wmetrics "github.com/ThreeDotsLabs/watermill/components/metrics"
 	"github.com/google/uuid"
 	"golang.org/x/term"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/usersync/usersync/funnelkit"
 	"github.com/usersync/usersync/funnelkit/simulator"
 	usershttp "github.com/usersync/usersync/http"
+	"github.com/usersync/usersync/http/metrics"
 	"github.com/usersync/usersync/projections"
 	"github.com/usersync/usersync/projections/mail"
 )
@@ -50,19 +52,21 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // app is a running usersync server.
 type app struct {
-	log      *slog.Logger
-	store    *eventstore.SQLite
-	keys     *keystore.Keys
-	views    *projections.Views
-	pipe     *projections.Pipeline
-	pipeDone chan error
-	pipeStop context.CancelFunc
-	disp     *domain.Dispatcher
-	servers  []*nethttp.Server
-	serveErr chan error
-	addr     string
-	sim      func()
-	once     sync.Once
+	log         *slog.Logger
+	store       *eventstore.SQLite
+	keys        *keystore.Keys
+	views       *projections.Views
+	pipe        *projections.Pipeline
+	pipeDone    chan error
+	pipeStop    context.CancelFunc
+	disp        *domain.Dispatcher
+	servers     []*nethttp.Server
+	serveErr    chan error
+	addr        string
+	metricsAddr string
+	metrics     *metrics.Metrics
+	sim         func()
+	once        sync.Once
 }
 
 // startApp opens the data directory, recovers what was queued, and starts
@@ -86,9 +90,12 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	if a.store, err = eventstore.Open(ctx, paths.events()); err != nil {
+	m := metrics.New()
+	a.metrics = m
+	if a.store, err = eventstore.Open(ctx, paths.events(), eventstore.WithCommitObserver(m.ObserveCommit)); err != nil {
 		return nil, err
 	}
+	store := observedStore{SQLite: a.store, m: m}
 	if a.keys, err = keystore.Open(ctx, paths.keys()); err != nil {
 		return nil, err
 	}
@@ -96,7 +103,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, err
 	}
 
-	fkCfg := funnelkit.Config{BaseURL: cfg.FunnelKitURL, User: cfg.FunnelKitUser, Password: cfg.FunnelKitPassword, Timeout: cfg.FunnelKitTimeout}
+	fkCfg := funnelkit.Config{BaseURL: cfg.FunnelKitURL, User: cfg.FunnelKitUser, Password: cfg.FunnelKitPassword, Timeout: cfg.FunnelKitTimeout,
+		Observe: func(endpoint string, status int, kind funnelkit.Kind, d time.Duration) {
+			m.ObserveFunnelKit(endpoint, status, kind.String(), d)
+		}}
 	if cfg.Demo {
 		sim := simulator.New("demo", "demo app password")
 		sim.SampleData()
@@ -117,17 +127,33 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 
 	retry := domain.Backoff{Initial: cfg.RetryInitial, Max: cfg.RetryMax}
-	procCfg := projections.ProcessConfig{Store: a.store, Checkpoints: a.views, Retry: retry, Log: log}
+	procCfg := projections.ProcessConfig{Store: store, Checkpoints: a.views, Retry: retry, Log: log}
 	returnCfg, mailCfg := procCfg, procCfg
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
+	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	consumers := a.views.Consumers()
-	consumers = append(consumers, projections.NewWelcomer(mailCfg, mailer))
+	processes := map[string]interface{ Current() uint64 }{}
+	welcomer := projections.NewWelcomer(mailCfg, mailer)
+	consumers, processes[welcomer.Name()] = append(consumers, welcomer), welcomer
 	if policy.PasswordField != "" {
-		consumers = append(consumers, projections.NewPasswordReturner(returnCfg, crm, a.keys))
+		returner := projections.NewPasswordReturner(returnCfg, crm, a.keys)
+		consumers, processes[returner.Name()] = append(consumers, returner), returner
 	}
-	if a.pipe, err = projections.NewPipeline(a.store, a.views, projections.DefaultRetry(), log, consumers...); err != nil {
+	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
+	a.pipe, err = projections.NewPipeline(projections.PipelineConfig{
+		Store: a.store, Parker: a.views, Retry: projections.DefaultRetry(), Log: log,
+		Instrument: wm.AddPrometheusRouterMetrics, OnPark: m.Parked,
+	}, consumers...)
+	if err != nil {
 		return nil, err
 	}
+	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Consumers: func(context.Context) map[string]uint64 {
+		out := make(map[string]uint64, len(processes))
+		for name, p := range processes {
+			out[name] = p.Current()
+		}
+		return out
+	}})
 	pipeCtx, stop := context.WithCancel(context.Background())
 	a.pipeStop, a.pipeDone = stop, make(chan error, 1)
 	go func() { a.pipeDone <- a.pipe.Run(pipeCtx) }()
@@ -138,7 +164,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 
 	proc := &domain.Processor{
-		Policy: policy, Store: a.store, CRM: crm,
+		Policy: policy, Store: store, CRM: crm,
 		Secrets: keystore.Secrets{Keys: a.keys},
 		NewID:   func() string { return uuid.NewString() },
 		Now:     time.Now, Retry: retry,
@@ -155,16 +181,43 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 
 	srv := usershttp.New(usershttp.Config{
 		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
-		Store: a.store, Views: a.views, Queue: a.disp, Log: log,
-		NewID: func() string { return uuid.Must(uuid.NewV7()).String() },
-		Ready: a.ready,
+		Store: store, Views: a.views, Queue: a.disp, Log: log,
+		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
+		Ready:   a.ready,
+		Metrics: m.Handler(),
+		Replay: func(ctx context.Context, pe projections.ParkedEvent) error {
+			return a.pipe.Replay(ctx, a.views, a.store, pe)
+		},
+		Observe: m.ObserveWebhook,
+		OnRebuild: func() func(projections.Progress, bool) {
+			var last uint64
+			return func(p projections.Progress, done bool) {
+				if p.Events < last {
+					last = 0
+				}
+				m.RebuildProgress(p, &last, done)
+			}
+		}(),
 	})
+	a.serveErr = make(chan error, 2)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on --addr %s: %w", cfg.Addr, err)
 	}
 	a.addr = ln.Addr().String()
-	a.serveErr = make(chan error, 2)
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen on --metrics-addr %s: %w", cfg.MetricsAddr, err)
+		}
+		mux := nethttp.NewServeMux()
+		mux.Handle("/metrics", m.Handler())
+		ms := &nethttp.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		a.servers = append(a.servers, ms)
+		a.metricsAddr = mln.Addr().String()
+		go func() { a.serveErr <- ms.Serve(mln) }()
+	}
 	hs := &nethttp.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	a.servers = append(a.servers, hs)
 	go func() { a.serveErr <- hs.Serve(ln) }()
@@ -349,4 +402,17 @@ Try (as FunnelKit would send them):
 
 Stop with Ctrl-C.
 `, base, key, token)
+}
+
+// observedStore counts appends and their latency.
+type observedStore struct {
+	*eventstore.SQLite
+	m *metrics.Metrics
+}
+
+func (s observedStore) Append(ctx context.Context, stream string, expected domain.ExpectedVersion, events ...domain.NewEvent) (domain.AppendResult, error) {
+	start := time.Now()
+	res, err := s.SQLite.Append(ctx, stream, expected, events...)
+	s.m.ObserveAppend(events, time.Since(start), err)
+	return res, err
 }

@@ -1,0 +1,107 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usersync/usersync/projections"
+)
+
+var (
+	descHead = prometheus.NewDesc(ns+"_head_position", "Position of the last event in the event store.", nil, nil)
+	descPos  = prometheus.NewDesc(ns+"_projection_position", "Checkpoint of each projection and process manager: the last event it handled.",
+		[]string{"projection"}, nil)
+	descLag = prometheus.NewDesc(ns+"_projection_lag_events", "Events each projection and process manager has still to handle.",
+		[]string{"projection"}, nil)
+	descLagSeconds = prometheus.NewDesc(ns+"_projection_lag_seconds", "Age of the oldest event each projection and process manager has still to handle (0 when caught up).",
+		[]string{"projection"}, nil)
+	descParked  = prometheus.NewDesc(ns+"_parked_events", "Events parked now, by handler.", []string{"handler"}, nil)
+	descReturns = prometheus.NewDesc(ns+"_password_returns", "Generated passwords by return status (pending, returned, failed).",
+		[]string{"status"}, nil)
+	descPendingAge   = prometheus.NewDesc(ns+"_password_return_oldest_pending_seconds", "Age of the oldest password still pending return (0 when none).", nil, nil)
+	descUsers        = prometheus.NewDesc(ns+"_users", "Users in the users view.", nil, nil)
+	descWebhooksOpen = prometheus.NewDesc(ns+"_webhooks_open", "Webhooks recorded and not yet finished (queued or retrying).", nil, nil)
+	descScrapeErrors = prometheus.NewDesc(ns+"_state_scrape_errors", "1 when the last scrape could not read part of the state.", nil, nil)
+)
+
+// stateCollector reads the state at each scrape: cheap reads of memory and
+// one indexed read per lagging consumer.
+type stateCollector struct{ src Source }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHead, descPos, descLag, descLagSeconds, descParked, descReturns, descPendingAge, descUsers, descWebhooksOpen, descScrapeErrors} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	failed := 0.0
+	head, err := c.src.Log.Head(ctx)
+	if err != nil {
+		failed = 1
+		c.src.Logger.Warn("metrics: read head", "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(descHead, prometheus.GaugeValue, float64(head))
+	positions := map[string]uint64{}
+	for _, name := range c.src.Views.Names() {
+		pos, _ := c.src.Views.Position(name)
+		positions[name] = pos
+	}
+	if c.src.Consumers != nil {
+		for name, pos := range c.src.Consumers(ctx) {
+			positions[name] = pos
+		}
+	}
+	for name, pos := range positions {
+		lag := uint64(0)
+		if head > pos {
+			lag = head - pos
+		}
+		ch <- prometheus.MustNewConstMetric(descPos, prometheus.GaugeValue, float64(pos), name)
+		ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(lag), name)
+		age := 0.0
+		if lag > 0 {
+			if next, err := c.src.Log.ReadAll(ctx, pos, 1); err == nil && len(next) == 1 {
+				age = max(time.Since(next[0].RecordedAt).Seconds(), 0)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, age, name)
+	}
+	parked, err := c.src.Views.Parked(ctx, "")
+	if err != nil {
+		failed = 1
+	}
+	byHandler := map[string]int{}
+	for name := range positions {
+		byHandler[name] = 0
+	}
+	for _, pe := range parked {
+		byHandler[pe.Handler]++
+	}
+	for h, n := range byHandler {
+		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(n), h)
+	}
+	counts := map[string]int{projections.PasswordPending: 0, projections.PasswordReturned: 0, projections.PasswordFailed: 0}
+	oldest := time.Time{}
+	for _, r := range c.src.Views.Passwords.List("") {
+		counts[r.Status]++
+		if r.Status == projections.PasswordPending && (oldest.IsZero() || r.IssuedAt.Before(oldest)) {
+			oldest = r.IssuedAt
+		}
+	}
+	for s, n := range counts {
+		ch <- prometheus.MustNewConstMetric(descReturns, prometheus.GaugeValue, float64(n), s)
+	}
+	age := 0.0
+	if !oldest.IsZero() {
+		age = max(time.Since(oldest).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(descPendingAge, prometheus.GaugeValue, age)
+	ch <- prometheus.MustNewConstMetric(descUsers, prometheus.GaugeValue, float64(c.src.Views.Users.Count()))
+	ch <- prometheus.MustNewConstMetric(descWebhooksOpen, prometheus.GaugeValue, float64(len(c.src.Views.Webhooks.Open())))
+	ch <- prometheus.MustNewConstMetric(descScrapeErrors, prometheus.GaugeValue, failed)
+}

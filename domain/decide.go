@@ -57,6 +57,9 @@ func (p Policy) Validate() error {
 		if k == "" || v == "" {
 			return fmt.Errorf("field map entry %q=%q: both the meta key and the CRM field are needed", k, v)
 		}
+		if p.PasswordField != "" && v == p.PasswordField && k != MetaPassword {
+			return fmt.Errorf("field map entry %s=%s reads the password field: the returned password would be copied into user meta; map another field", k, v)
+		}
 	}
 	return nil
 }
@@ -112,6 +115,9 @@ func (p Policy) MetaFrom(c CRMContact) map[string]string {
 		switch key {
 		case MetaEmail, MetaLogin, MetaPassword:
 			continue
+		}
+		if p.PasswordField != "" && field == p.PasswordField {
+			continue // never copy a returned password into meta
 		}
 		if v := c.field(field); v != "" {
 			out[key] = v
@@ -276,9 +282,12 @@ func DecideMeta(u *User, values map[string]string) []Event {
 // compared, so a field emptied in the CRM clears the meta key.
 func (p Policy) UpdateMeta(u *User, c CRMContact) []Event {
 	values := p.MetaFrom(c)
-	for key := range p.FieldMap {
+	for key, field := range p.FieldMap {
 		switch key {
 		case MetaEmail, MetaLogin, MetaPassword:
+			continue
+		}
+		if p.PasswordField != "" && field == p.PasswordField {
 			continue
 		}
 		if _, ok := values[key]; !ok && u.Meta[key] != "" {

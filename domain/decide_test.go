@@ -289,3 +289,23 @@ func TestCleanFieldValue(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestMetaFrom_NeverCopiesThePasswordField(t *testing.T) {
+	// Given a policy that returns passwords to field 7 and (wrongly) maps it
+	p := policy()
+	p.PasswordField = "7"
+	p.FieldMap["membership"] = "7"
+	// Then the policy is refused at start-up
+	if err := p.Validate(); err == nil {
+		t.Fatal("a field map reading the password field validated")
+	}
+	// And even so, the returned password never reaches meta
+	c := domain.CRMContact{ID: 12, Email: "ann@example.com", Fields: map[string]string{"7": "the-returned-password"}}
+	if v, ok := p.MetaFrom(c)["membership"]; ok {
+		t.Fatalf("meta got %q from the password field", v)
+	}
+	u := &domain.User{Meta: map[string]string{"membership": "gold"}}
+	if ev := p.UpdateMeta(u, c); ev != nil {
+		t.Fatalf("update pulled %+v", ev)
+	}
+}

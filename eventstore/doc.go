@@ -1,0 +1,21 @@
+// Package eventstore holds usersync's event store: the Store interface that
+// extends domain.EventStore with a global, ordered log (ReadAll, Subscribe,
+// Head), and SQLite, the embedded implementation kept in one SQLite file.
+//
+// SQLite writes through a single goroutine that does group commit: the
+// appends that queue up while a transaction is being made durable are
+// checked against their expected versions (held in memory) and written
+// together in the next transaction, so one fsync acknowledges many appends.
+// Positions are dense (1, 2, 3, ...) and an append is acknowledged only once
+// it is on disk: the write-ahead log is fsynced, pipelined with the next
+// commit, before anyone is answered or any reader sees the events. Reads go
+// through their own connections and the SQLite API directly, which keeps a
+// full replay (ReadAll) fast.
+//
+// Subscriptions are generic: Follow turns any Feed (a ReadAll plus a Changed
+// signal) into a gap-free, duplicate-free stream of events in position order
+// that catches up from a position and then goes live.
+//
+// The package eventstoretest holds a conformance suite every Store adapter
+// should pass.
+package eventstore

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 )
 
 const insertParkedSQL = `INSERT INTO parked(handler, position, stream, version, type, error, parked_at)
@@ -59,4 +60,18 @@ func (v *Views) Unpark(ctx context.Context, handler string, position uint64) err
 		return fmt.Errorf("unpark event %d of %s: %w", position, handler, err)
 	}
 	return nil
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
 }

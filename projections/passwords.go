@@ -4,7 +4,8 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"fmt"
+
+	json "github.com/goccy/go-json"
 	"slices"
 	"time"
 
@@ -37,12 +38,28 @@ type PasswordReturn struct {
 type PasswordReturns struct{ p *projection }
 
 type passwordsState struct {
-	rows  map[domain.ContactID]*PasswordReturn
-	dirty map[domain.ContactID]struct{}
+	rows *buckets[domain.ContactID, *PasswordReturn]
+}
+
+// storedReturn is a password return as written: with its key id, which the
+// API does not show.
+type storedReturn struct {
+	PasswordReturn
+	Key string `json:"key_id"`
 }
 
 func newPasswordsState() *passwordsState {
-	return &passwordsState{rows: map[domain.ContactID]*PasswordReturn{}, dirty: map[domain.ContactID]struct{}{}}
+	return &passwordsState{rows: newBuckets("password_returns", 256, hashContact[domain.ContactID],
+		func(_ domain.ContactID, r *PasswordReturn) any { return storedReturn{PasswordReturn: *r, Key: r.KeyID} },
+		func(raw json.RawMessage) (domain.ContactID, *PasswordReturn, error) {
+			var st storedReturn
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return 0, nil, err
+			}
+			r := st.PasswordReturn
+			r.KeyID = st.Key
+			return r.ContactID, &r, nil
+		})}
 }
 
 func (s *passwordsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
@@ -50,123 +67,39 @@ func (s *passwordsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 	if !ok {
 		return
 	}
-	at := env.OccurredAt
+	at := env.OccurredAt.UTC()
 	switch e := env.Event.(type) {
 	case domain.PasswordIssued:
-		s.rows[id] = &PasswordReturn{ContactID: id, KeyID: e.KeyID, Field: e.Field, Status: PasswordPending, IssuedAt: at, UpdatedAt: at}
+		s.rows.put(id, &PasswordReturn{ContactID: id, KeyID: e.KeyID, Field: e.Field, Status: PasswordPending, IssuedAt: at, UpdatedAt: at})
 	case domain.PasswordReturned:
-		r := s.rows[id]
-		if r == nil || r.KeyID != e.KeyID {
+		r, ok := s.rows.get(id)
+		if !ok || r.KeyID != e.KeyID {
 			return
 		}
 		r.Status, r.Attempts, r.NextAttemptAt, r.UpdatedAt = PasswordReturned, e.Attempt, time.Time{}, at
+		s.rows.touch(id)
 	case domain.PasswordReturnFailed:
-		r := s.rows[id]
-		if r == nil || r.KeyID != e.KeyID {
+		r, ok := s.rows.get(id)
+		if !ok || r.KeyID != e.KeyID {
 			return
 		}
-		r.Attempts, r.LastError, r.NextAttemptAt, r.UpdatedAt = e.Attempt, e.Error, e.NextAttemptAt, at
+		r.Attempts, r.LastError, r.NextAttemptAt, r.UpdatedAt = e.Attempt, e.Error, e.NextAttemptAt.UTC(), at
 		if e.GaveUp {
 			r.Status, r.NextAttemptAt = PasswordFailed, time.Time{}
 		}
-	default:
-		return
-	}
-	s.dirty[id] = struct{}{}
-}
-
-const upsertPassword = `INSERT INTO password_returns(contact_id, key_id, field, status, attempts, last_error, next_attempt_at, issued_at, updated_at)
-	VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT(contact_id) DO UPDATE SET key_id=excluded.key_id, field=excluded.field, status=excluded.status,
-	attempts=excluded.attempts, last_error=excluded.last_error, next_attempt_at=excluded.next_attempt_at,
-	issued_at=excluded.issued_at, updated_at=excluded.updated_at`
-
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromUnixNano(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-func (s *passwordsState) write(ctx context.Context, tx *sql.Tx, ids func(yield func(domain.ContactID) bool)) error {
-	stmt, err := tx.PrepareContext(ctx, upsertPassword)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for id := range ids {
-		r := s.rows[id]
-		if _, err := stmt.ExecContext(ctx, int64(id), r.KeyID, r.Field, r.Status, r.Attempts, r.LastError,
-			unixNano(r.NextAttemptAt), unixNano(r.IssuedAt), unixNano(r.UpdatedAt)); err != nil {
-			return fmt.Errorf("write password return of contact %d: %w", id, err)
-		}
-	}
-	return nil
-}
-
-func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error {
-	if len(s.dirty) == 0 {
-		return nil
-	}
-	if err := s.write(ctx, tx, mapKeys(s.dirty)); err != nil {
-		return err
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func (s *passwordsState) replace(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, "DELETE FROM password_returns"); err != nil {
-		return err
-	}
-	if err := s.write(ctx, tx, mapKeys(s.rows)); err != nil {
-		return err
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(yield func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
+		s.rows.touch(id)
 	}
 }
 
-func (s *passwordsState) load(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, `SELECT contact_id, key_id, field, status, attempts, last_error, next_attempt_at, issued_at, updated_at FROM password_returns`)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var r PasswordReturn
-		var id, next, issued, updated int64
-		if err := rows.Scan(&id, &r.KeyID, &r.Field, &r.Status, &r.Attempts, &r.LastError, &next, &issued, &updated); err != nil {
-			return err
-		}
-		r.ContactID = domain.ContactID(id)
-		r.NextAttemptAt, r.IssuedAt, r.UpdatedAt = fromUnixNano(next), fromUnixNano(issued), fromUnixNano(updated)
-		s.rows[r.ContactID] = &r
-	}
-	return rows.Err()
-}
+func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
+func (s *passwordsState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
+func (s *passwordsState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
 
 // Get returns the password return of a contact.
 func (v *PasswordReturns) Get(id domain.ContactID) (PasswordReturn, bool) {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	r, ok := v.p.st.(*passwordsState).rows[id]
+	r, ok := v.p.st.(*passwordsState).rows.get(id)
 	if !ok {
 		return PasswordReturn{}, false
 	}
@@ -179,7 +112,7 @@ func (v *PasswordReturns) List(status string) []PasswordReturn {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
 	var out []PasswordReturn
-	for _, r := range v.p.st.(*passwordsState).rows {
+	for _, r := range v.p.st.(*passwordsState).rows.rows {
 		if status == "" || r.Status == status {
 			out = append(out, *r)
 		}

@@ -3,8 +3,8 @@ package projections
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
-	"fmt"
+
+	json "github.com/goccy/go-json"
 	"maps"
 	"slices"
 	"time"
@@ -37,12 +37,27 @@ type userEntry struct {
 }
 
 type usersState struct {
-	rows  map[domain.ContactID]*userEntry
-	dirty map[domain.ContactID]struct{}
+	rows *buckets[domain.ContactID, *userEntry]
 }
 
+// userBuckets spreads users over the views file.
+const userBuckets = 1024
+
 func newUsersState() *usersState {
-	return &usersState{rows: map[domain.ContactID]*userEntry{}, dirty: map[domain.ContactID]struct{}{}}
+	return &usersState{rows: newBuckets("users", userBuckets, hashContact[domain.ContactID],
+		func(_ domain.ContactID, e *userEntry) any { return e.row() },
+		func(raw json.RawMessage) (domain.ContactID, *userEntry, error) {
+			var r User
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return 0, nil, err
+			}
+			if r.Meta == nil {
+				r.Meta = map[string]string{}
+			}
+			u := &domain.User{UserID: r.UserID, ContactID: r.ContactID, Login: r.Login, Email: r.Email, Role: r.Role,
+				Meta: r.Meta, Tags: r.Tags, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+			return r.ContactID, &userEntry{u: u, version: r.Version}, nil
+		})}
 }
 
 func (s *usersState) apply(rec domain.RecordedEvent, env domain.Envelope) {
@@ -55,18 +70,16 @@ func (s *usersState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 	if !ok {
 		return
 	}
-	e := s.rows[id]
 	var cur *domain.User
-	if e != nil {
+	if e, ok := s.rows.get(id); ok {
 		cur = e.u
 	}
 	next := domain.EvolveUser(cur, id, env)
 	if next == nil {
-		delete(s.rows, id)
-	} else {
-		s.rows[id] = &userEntry{u: next, version: rec.Version}
+		s.rows.del(id)
+		return
 	}
-	s.dirty[id] = struct{}{}
+	s.rows.put(id, &userEntry{u: next, version: rec.Version})
 }
 
 func (e *userEntry) row() User {
@@ -76,110 +89,19 @@ func (e *userEntry) row() User {
 	}
 	return User{
 		ContactID: e.u.ContactID, UserID: e.u.UserID, Login: e.u.Login, Email: e.u.Email, Role: e.u.Role,
-		Meta: maps.Clone(e.u.Meta), Tags: slices.Clone(tags), CreatedAt: e.u.CreatedAt, UpdatedAt: e.u.UpdatedAt, Version: e.version,
+		Meta: maps.Clone(e.u.Meta), Tags: slices.Clone(tags), CreatedAt: e.u.CreatedAt.UTC(), UpdatedAt: e.u.UpdatedAt.UTC(), Version: e.version,
 	}
 }
 
-const upsertUser = `INSERT INTO users(contact_id, user_id, login, email, role, meta, tags, created_at, updated_at, version)
-	VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT(contact_id) DO UPDATE SET user_id=excluded.user_id, login=excluded.login, email=excluded.email,
-	role=excluded.role, meta=excluded.meta, tags=excluded.tags, created_at=excluded.created_at,
-	updated_at=excluded.updated_at, version=excluded.version`
-
-func (s *usersState) write(ctx context.Context, stmt *sql.Stmt, e *userEntry) error {
-	meta, err := json.Marshal(e.u.Meta)
-	if err != nil {
-		return err
-	}
-	tags, err := json.Marshal(e.u.Tags)
-	if err != nil {
-		return err
-	}
-	_, err = stmt.ExecContext(ctx, int64(e.u.ContactID), e.u.UserID, e.u.Login, e.u.Email, string(e.u.Role),
-		meta, tags, e.u.CreatedAt.UnixNano(), e.u.UpdatedAt.UnixNano(), int64(e.version))
-	if err != nil {
-		return fmt.Errorf("write user %d: %w", e.u.ContactID, err)
-	}
-	return nil
-}
-
-func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error {
-	if len(s.dirty) == 0 {
-		return nil
-	}
-	stmt, err := tx.PrepareContext(ctx, upsertUser)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for id := range s.dirty {
-		if e, ok := s.rows[id]; ok {
-			if err := s.write(ctx, stmt, e); err != nil {
-				return err
-			}
-		} else if _, err := tx.ExecContext(ctx, "DELETE FROM users WHERE contact_id = ?", int64(id)); err != nil {
-			return fmt.Errorf("delete user %d: %w", id, err)
-		}
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func (s *usersState) replace(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, "DELETE FROM users"); err != nil {
-		return err
-	}
-	stmt, err := tx.PrepareContext(ctx, upsertUser)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for _, e := range s.rows {
-		if err := s.write(ctx, stmt, e); err != nil {
-			return err
-		}
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func (s *usersState) load(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, `SELECT contact_id, user_id, login, email, role, meta, tags, created_at, updated_at, version FROM users`)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id, created, updated, version int64
-			u                             domain.User
-			role                          string
-			meta, tags                    []byte
-		)
-		if err := rows.Scan(&id, &u.UserID, &u.Login, &u.Email, &role, &meta, &tags, &created, &updated, &version); err != nil {
-			return err
-		}
-		if err := json.Unmarshal(meta, &u.Meta); err != nil {
-			return fmt.Errorf("user %d meta: %w", id, err)
-		}
-		if err := json.Unmarshal(tags, &u.Tags); err != nil {
-			return fmt.Errorf("user %d tags: %w", id, err)
-		}
-		if u.Meta == nil {
-			u.Meta = map[string]string{}
-		}
-		u.ContactID, u.Role = domain.ContactID(id), domain.Role(role)
-		u.CreatedAt, u.UpdatedAt = time.Unix(0, created).UTC(), time.Unix(0, updated).UTC()
-		s.rows[u.ContactID] = &userEntry{u: &u, version: uint64(version)}
-	}
-	return rows.Err()
-}
+func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
+func (s *usersState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
+func (s *usersState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
 
 // Get returns the user of a contact.
 func (v *Users) Get(id domain.ContactID) (User, bool) {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	e, ok := v.p.st.(*usersState).rows[id]
+	e, ok := v.p.st.(*usersState).rows.get(id)
 	if !ok {
 		return User{}, false
 	}
@@ -190,7 +112,7 @@ func (v *Users) Get(id domain.ContactID) (User, bool) {
 func (v *Users) Count() int {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	return len(v.p.st.(*usersState).rows)
+	return len(v.p.st.(*usersState).rows.rows)
 }
 
 // List returns up to limit users with contact id greater than after, in
@@ -199,7 +121,7 @@ func (v *Users) Count() int {
 func (v *Users) List(after domain.ContactID, limit int, tag uint64) (users []User, more bool) {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	rows := v.p.st.(*usersState).rows
+	rows := v.p.st.(*usersState).rows.rows
 	ids := make([]domain.ContactID, 0, len(rows))
 	for id, e := range rows {
 		if id <= after {

@@ -26,8 +26,8 @@ type state interface {
 	apply(rec domain.RecordedEvent, env domain.Envelope)
 	// flush writes the rows changed since the last flush.
 	flush(ctx context.Context, tx *sql.Tx) error
-	// replace deletes every row of the view and writes the whole state.
-	replace(ctx context.Context, tx *sql.Tx) error
+	// encodeAll encodes the whole state for writing, bucket by bucket.
+	encodeAll(out chan<- encoded) error
 	// load reads the view from the file.
 	load(ctx context.Context, db *sql.DB) error
 }
@@ -78,20 +78,8 @@ const FlushInterval = 100 * time.Millisecond
 
 const viewsSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS users (
-	contact_id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, login TEXT NOT NULL, email TEXT NOT NULL,
-	role TEXT NOT NULL, meta TEXT NOT NULL, tags TEXT NOT NULL,
-	created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tag_users (tag_id INTEGER NOT NULL, contact_id INTEGER NOT NULL,
-	PRIMARY KEY (tag_id, contact_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS password_returns (
-	contact_id INTEGER PRIMARY KEY, key_id TEXT NOT NULL, field TEXT NOT NULL, status TEXT NOT NULL,
-	attempts INTEGER NOT NULL, last_error TEXT NOT NULL, next_attempt_at INTEGER NOT NULL,
-	issued_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS webhooks (
-	id TEXT PRIMARY KEY, action TEXT NOT NULL, contact_id INTEGER NOT NULL, status TEXT NOT NULL,
-	message TEXT NOT NULL, attempts INTEGER NOT NULL, received_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS view_buckets (view TEXT NOT NULL, bucket INTEGER NOT NULL, rows BLOB NOT NULL,
+	PRIMARY KEY (view, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parked (
 	handler TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
 	type TEXT NOT NULL, error TEXT NOT NULL, parked_at INTEGER NOT NULL,

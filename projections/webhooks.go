@@ -4,7 +4,8 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"fmt"
+
+	json "github.com/goccy/go-json"
 	"slices"
 	"time"
 
@@ -36,120 +37,88 @@ type Webhook struct {
 // Webhooks is the webhooks view: every webhook received and where it stands.
 type Webhooks struct{ p *projection }
 
+// storedWebhook is a receipt as written: a JSON array, since there is one
+// per webhook ever received and field names would double the file.
+type storedWebhook struct {
+	ID         string
+	Action     string
+	ContactID  domain.ContactID
+	Status     string
+	Message    string
+	Attempts   int
+	ReceivedAt int64
+	UpdatedAt  int64
+}
+
+// MarshalJSON writes the array form.
+func (w storedWebhook) MarshalJSON() ([]byte, error) {
+	return json.Marshal([]any{w.ID, w.Action, w.ContactID, w.Status, w.Message, w.Attempts, w.ReceivedAt, w.UpdatedAt})
+}
+
+// UnmarshalJSON reads the array form.
+func (w *storedWebhook) UnmarshalJSON(b []byte) error {
+	return json.Unmarshal(b, &[]any{&w.ID, &w.Action, &w.ContactID, &w.Status, &w.Message, &w.Attempts, &w.ReceivedAt, &w.UpdatedAt})
+}
+
 type webhooksState struct {
-	rows  map[string]*Webhook
-	dirty map[string]struct{}
+	rows *buckets[string, *Webhook]
 }
 
 func newWebhooksState() *webhooksState {
-	return &webhooksState{rows: map[string]*Webhook{}, dirty: map[string]struct{}{}}
+	return &webhooksState{rows: newBuckets("webhooks", 4096, hashString,
+		func(_ string, w *Webhook) any {
+			return storedWebhook{w.ID, w.Action, w.ContactID, w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)}
+		},
+		func(raw json.RawMessage) (string, *Webhook, error) {
+			var st storedWebhook
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return "", nil, err
+			}
+			w := &Webhook{ID: st.ID, Action: st.Action, ContactID: st.ContactID, Status: st.Status, Message: st.Message,
+				Attempts: st.Attempts, ReceivedAt: fromUnixNano(st.ReceivedAt), UpdatedAt: fromUnixNano(st.UpdatedAt)}
+			return w.ID, w, nil
+		})}
 }
 
 func (s *webhooksState) apply(rec domain.RecordedEvent, env domain.Envelope) {
-	at := env.OccurredAt
-	var id string
+	at := env.OccurredAt.UTC()
 	switch e := env.Event.(type) {
 	case domain.WebhookReceived:
-		id = e.WebhookID
 		contact, _ := domain.ParseContactID(e.ContactID)
-		s.rows[id] = &Webhook{ID: id, Action: e.Action, ContactID: contact, Status: WebhookQueued, ReceivedAt: e.ReceivedAt, UpdatedAt: at}
+		s.rows.put(e.WebhookID, &Webhook{ID: e.WebhookID, Action: e.Action, ContactID: contact, Status: WebhookQueued, ReceivedAt: e.ReceivedAt.UTC(), UpdatedAt: at})
 	case domain.WebhookRetrying:
-		id = e.WebhookID
-		s.update(id, WebhookRetrying, e.Error, at).Attempts = e.Attempt
+		s.update(e.WebhookID, WebhookRetrying, e.Error, at).Attempts = e.Attempt
 	case domain.WebhookProcessed:
-		id = e.WebhookID
-		s.update(id, WebhookProcessed, e.Message, at)
+		s.update(e.WebhookID, WebhookProcessed, e.Message, at)
 	case domain.WebhookIgnored:
-		id = e.WebhookID
-		s.update(id, WebhookIgnored, e.Reason, at)
+		s.update(e.WebhookID, WebhookIgnored, e.Reason, at)
 	case domain.WebhookFailed:
-		id = e.WebhookID
-		s.update(id, WebhookFailed, e.Reason, at)
-	default:
-		return
+		s.update(e.WebhookID, WebhookFailed, e.Reason, at)
 	}
-	s.dirty[id] = struct{}{}
 }
 
 // update changes a webhook's status; an outcome for a webhook the view never
 // saw received still gets a row, so nothing recorded is invisible.
 func (s *webhooksState) update(id, status, message string, at time.Time) *Webhook {
-	w := s.rows[id]
-	if w == nil {
+	w, ok := s.rows.get(id)
+	if !ok {
 		w = &Webhook{ID: id, ReceivedAt: at}
-		s.rows[id] = w
+		s.rows.put(id, w)
 	}
 	w.Status, w.Message, w.UpdatedAt = status, message, at
+	s.rows.touch(id)
 	return w
 }
 
-const upsertWebhook = `INSERT INTO webhooks(id, action, contact_id, status, message, attempts, received_at, updated_at)
-	VALUES(?, ?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT(id) DO UPDATE SET action=excluded.action, contact_id=excluded.contact_id, status=excluded.status,
-	message=excluded.message, attempts=excluded.attempts, received_at=excluded.received_at, updated_at=excluded.updated_at`
-
-func (s *webhooksState) write(ctx context.Context, tx *sql.Tx, ids func(yield func(string) bool)) error {
-	stmt, err := tx.PrepareContext(ctx, upsertWebhook)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for id := range ids {
-		w := s.rows[id]
-		if _, err := stmt.ExecContext(ctx, id, w.Action, int64(w.ContactID), w.Status, w.Message, w.Attempts,
-			unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)); err != nil {
-			return fmt.Errorf("write webhook %s: %w", id, err)
-		}
-	}
-	return nil
-}
-
-func (s *webhooksState) flush(ctx context.Context, tx *sql.Tx) error {
-	if len(s.dirty) == 0 {
-		return nil
-	}
-	if err := s.write(ctx, tx, mapKeys(s.dirty)); err != nil {
-		return err
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func (s *webhooksState) replace(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, "DELETE FROM webhooks"); err != nil {
-		return err
-	}
-	if err := s.write(ctx, tx, mapKeys(s.rows)); err != nil {
-		return err
-	}
-	clear(s.dirty)
-	return nil
-}
-
-func (s *webhooksState) load(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, `SELECT id, action, contact_id, status, message, attempts, received_at, updated_at FROM webhooks`)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var w Webhook
-		var contact, received, updated int64
-		if err := rows.Scan(&w.ID, &w.Action, &contact, &w.Status, &w.Message, &w.Attempts, &received, &updated); err != nil {
-			return err
-		}
-		w.ContactID = domain.ContactID(contact)
-		w.ReceivedAt, w.UpdatedAt = fromUnixNano(received), fromUnixNano(updated)
-		s.rows[w.ID] = &w
-	}
-	return rows.Err()
-}
+func (s *webhooksState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
+func (s *webhooksState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
+func (s *webhooksState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
 
 // Get returns a webhook's receipt.
 func (v *Webhooks) Get(id string) (Webhook, bool) {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	w, ok := v.p.st.(*webhooksState).rows[id]
+	w, ok := v.p.st.(*webhooksState).rows.get(id)
 	if !ok {
 		return Webhook{}, false
 	}
@@ -161,7 +130,7 @@ func (v *Webhooks) Open() []Webhook {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
 	var out []Webhook
-	for _, w := range v.p.st.(*webhooksState).rows {
+	for _, w := range v.p.st.(*webhooksState).rows.rows {
 		if w.Status == WebhookQueued || w.Status == WebhookRetrying {
 			out = append(out, *w)
 		}
@@ -174,8 +143,8 @@ func (v *Webhooks) Open() []Webhook {
 func (v *Webhooks) All() []Webhook {
 	v.p.mu.RLock()
 	defer v.p.mu.RUnlock()
-	out := make([]Webhook, 0, len(v.p.st.(*webhooksState).rows))
-	for _, w := range v.p.st.(*webhooksState).rows {
+	out := make([]Webhook, 0, len(v.p.st.(*webhooksState).rows.rows))
+	for _, w := range v.p.st.(*webhooksState).rows.rows {
 		out = append(out, *w)
 	}
 	sortWebhooks(out)

@@ -1,0 +1,139 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/projections"
+)
+
+// benchEvents is the size of the store BenchmarkRebuild replays: 1,000,000
+// by default, USERSYNC_BENCH_EVENTS to change it (0 skips).
+func benchEvents(b *testing.B) int {
+	n := 1_000_000
+	if v := os.Getenv("USERSYNC_BENCH_EVENTS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 0 {
+			b.Fatalf("USERSYNC_BENCH_EVENTS=%q: want a count of events", v)
+		}
+	}
+	if n == 0 {
+		b.Skip("USERSYNC_BENCH_EVENTS=0")
+	}
+	return n
+}
+
+// contactLife is the events of one contact as webhooks make them: an add
+// (receipt, user, tags, meta, outcome) and then update_tags webhooks.
+func contactLife(c int, n int) []domain.Envelope {
+	id := domain.ContactID(c)
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(c) * time.Second)
+	wh := fmt.Sprintf("wh-%d-0", c)
+	tags := []domain.Tag{{ID: uint64(c%50 + 1), Name: fmt.Sprintf("Tag %d", c%50+1)}, {ID: 100, Name: "Customer"}}
+	out := []domain.Envelope{
+		{Event: domain.WebhookReceived{WebhookID: wh, Action: "add", ContactID: id.String(), Params: map[string]string{"send_notification": "1"}, Method: "POST", Source: "127.0.0.1", ReceivedAt: at}},
+		{Event: domain.UserCreated{UserID: fmt.Sprintf("u-%d", c), ContactID: id, Login: fmt.Sprintf("c%d@example.com", c), Email: fmt.Sprintf("c%d@example.com", c), Role: "subscriber", PasswordHash: "$2a$10$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01"}},
+		{Event: domain.TagsUpdated{Tags: tags, Added: tags}},
+		{Event: domain.MetaPulled{Changes: []domain.MetaChange{{Key: "first_name", New: "Ann"}, {Key: "last_name", New: fmt.Sprint(c)}}}},
+		{Event: domain.WebhookProcessed{WebhookID: wh, Action: "add", Message: "User created", UserID: fmt.Sprintf("u-%d", c), Changed: []string{"UserCreated", "TagsUpdated", "MetaPulled"}}},
+	}
+	for i := 1; len(out) < n; i++ {
+		wh := fmt.Sprintf("wh-%d-%d", c, i)
+		next := []domain.Tag{{ID: uint64((c+i)%50 + 1), Name: fmt.Sprintf("Tag %d", (c+i)%50+1)}, {ID: 100, Name: "Customer"}}
+		out = append(out,
+			domain.Envelope{Event: domain.WebhookReceived{WebhookID: wh, Action: "update_tags", ContactID: id.String(), Params: map[string]string{}, Method: "GET", Source: "127.0.0.1", ReceivedAt: at}},
+			domain.Envelope{Event: domain.TagsUpdated{Tags: next, Added: next[:1], Removed: tags[:1]}},
+			domain.Envelope{Event: domain.WebhookProcessed{WebhookID: wh, Action: "update_tags", Message: "User updated", UserID: fmt.Sprintf("u-%d", c), Changed: []string{"TagsUpdated"}}},
+		)
+		tags = next
+	}
+	for i := range out {
+		out[i].OccurredAt, out[i].WebhookID = at, wh
+	}
+	return out[:n]
+}
+
+// loadContacts fills a store with n events, 11 per contact, appended by 64
+// writers (one stream each at a time), as the server would.
+func loadContacts(b *testing.B, store *eventstore.SQLite, n int) (users int) {
+	const perContact = 11
+	contacts := (n + perContact - 1) / perContact
+	work := make(chan int)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				size := min(perContact, n-(c-1)*perContact)
+				raw, err := domain.EncodeAll(contactLife(c, size))
+				if err == nil {
+					_, err = store.Append(context.Background(), domain.ContactID(c).Stream(), domain.NoStream(), raw...)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for c := 1; c <= contacts; c++ {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	users = n / perContact
+	if n%perContact >= 2 {
+		users++ // the last contact's events include its UserCreated
+	}
+	return users
+}
+
+// BenchmarkRebuild rebuilds every view from a store of 1,000,000 events
+// (USERSYNC_BENCH_EVENTS) and reports events/s.
+func BenchmarkRebuild(b *testing.B) {
+	n := benchEvents(b)
+	dir := b.TempDir()
+	ctx := context.Background()
+	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	start := time.Now()
+	users := loadContacts(b, store, n)
+	b.Logf("loaded %d events (%d users) in %s", n, users, time.Since(start).Round(time.Millisecond))
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer views.Close()
+	b.ResetTimer()
+	var total time.Duration
+	for b.Loop() {
+		stats, err := views.Rebuild(ctx, store, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if stats.Events != uint64(n) || stats.Users != users {
+			b.Fatalf("rebuilt %d events, %d users; want %d, %d", stats.Events, stats.Users, n, users)
+		}
+		total += stats.Duration
+		b.Logf("read+decode+apply %s, write %s", stats.ReadApply.Round(time.Millisecond), (stats.Duration - stats.ReadApply).Round(time.Millisecond))
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/total.Seconds(), "events/s")
+}

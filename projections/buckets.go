@@ -1,0 +1,199 @@
+package projections
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"fmt"
+	"hash/fnv"
+	"slices"
+
+	json "github.com/goccy/go-json"
+)
+
+// buckets stores a view's rows in the views file grouped in a fixed number
+// of buckets, one SQLite row per bucket holding a JSON array of the view's
+// rows sorted by key. A change rewrites only its bucket; a rebuild writes a
+// few thousand blobs instead of a row per user and webhook (writing rows one
+// by one made the write phase of a rebuild slower than reading the events).
+type buckets[K cmp.Ordered, R any] struct {
+	view  string
+	n     uint32
+	hash  func(K) uint32
+	rows  map[K]R
+	dirty map[uint32]struct{}
+	// stored converts a row into what is written, and back.
+	store func(K, R) any
+	load  func(json.RawMessage) (K, R, error)
+}
+
+func newBuckets[K cmp.Ordered, R any](view string, n uint32, hash func(K) uint32, store func(K, R) any, load func(json.RawMessage) (K, R, error)) *buckets[K, R] {
+	return &buckets[K, R]{view: view, n: n, hash: hash, rows: map[K]R{}, dirty: map[uint32]struct{}{}, store: store, load: load}
+}
+
+func hashContact[K ~uint64](k K) uint32 { return uint32(k) }
+
+func hashString(k string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(k))
+	return h.Sum32()
+}
+
+func (b *buckets[K, R]) bucket(k K) uint32 { return b.hash(k) % b.n }
+
+func (b *buckets[K, R]) get(k K) (R, bool) {
+	r, ok := b.rows[k]
+	return r, ok
+}
+
+// put stores a row and marks its bucket changed.
+func (b *buckets[K, R]) put(k K, r R) {
+	b.rows[k] = r
+	b.dirty[b.bucket(k)] = struct{}{}
+}
+
+// touch marks the bucket of a row changed in place.
+func (b *buckets[K, R]) touch(k K) { b.dirty[b.bucket(k)] = struct{}{} }
+
+func (b *buckets[K, R]) del(k K) {
+	if _, ok := b.rows[k]; !ok {
+		return
+	}
+	delete(b.rows, k)
+	b.dirty[b.bucket(k)] = struct{}{}
+}
+
+const (
+	upsertBucket = `INSERT INTO view_buckets(view, bucket, rows) VALUES(?, ?, ?)
+		ON CONFLICT(view, bucket) DO UPDATE SET rows = excluded.rows`
+	deleteBucket = `DELETE FROM view_buckets WHERE view = ? AND bucket = ?`
+)
+
+// encode writes one bucket's rows in key order.
+func (b *buckets[K, R]) encode(keys []K) ([]byte, error) {
+	slices.Sort(keys)
+	out := make([]any, len(keys))
+	for i, k := range keys {
+		out[i] = b.store(k, b.rows[k])
+	}
+	return json.Marshal(out)
+}
+
+// group lists the keys of the rows in each bucket wanted (all when want is
+// nil). One pass over the rows: cheaper than keeping an index up to date on
+// every change.
+func (b *buckets[K, R]) group(want map[uint32]struct{}) map[uint32][]K {
+	out := map[uint32][]K{}
+	for bk := range want {
+		out[bk] = nil
+	}
+	for k := range b.rows {
+		bk := b.bucket(k)
+		if want != nil {
+			if _, ok := want[bk]; !ok {
+				continue
+			}
+		}
+		out[bk] = append(out[bk], k)
+	}
+	return out
+}
+
+func (b *buckets[K, R]) writeBucket(ctx context.Context, up, del *sql.Stmt, bk uint32, keys []K) error {
+	if len(keys) == 0 {
+		_, err := del.ExecContext(ctx, b.view, int64(bk))
+		return err
+	}
+	blob, err := b.encode(keys)
+	if err != nil {
+		return fmt.Errorf("encode bucket %d: %w", bk, err)
+	}
+	_, err = up.ExecContext(ctx, b.view, int64(bk), blob)
+	return err
+}
+
+func (b *buckets[K, R]) statements(ctx context.Context, tx *sql.Tx) (up, del *sql.Stmt, err error) {
+	if up, err = tx.PrepareContext(ctx, upsertBucket); err != nil {
+		return nil, nil, err
+	}
+	if del, err = tx.PrepareContext(ctx, deleteBucket); err != nil {
+		up.Close()
+		return nil, nil, err
+	}
+	return up, del, nil
+}
+
+// flush writes the changed buckets.
+func (b *buckets[K, R]) flush(ctx context.Context, tx *sql.Tx) error {
+	if len(b.dirty) == 0 {
+		return nil
+	}
+	up, del, err := b.statements(ctx, tx)
+	if err != nil {
+		return err
+	}
+	defer up.Close()
+	defer del.Close()
+	for bk, keys := range b.group(b.dirty) {
+		if err := b.writeBucket(ctx, up, del, bk, keys); err != nil {
+			return fmt.Errorf("write %s bucket %d: %w", b.view, bk, err)
+		}
+	}
+	clear(b.dirty)
+	return nil
+}
+
+// encoded is one bucket ready to be written.
+type encoded struct {
+	view   string
+	bucket uint32
+	blob   []byte
+}
+
+// encodeAll sends every non-empty bucket, encoded, to out. Callers run
+// several at once to use every core while the file is written.
+func (b *buckets[K, R]) encodeAll(out chan<- encoded) error {
+	for bk, keys := range b.group(nil) {
+		blob, err := b.encode(keys)
+		if err != nil {
+			return fmt.Errorf("encode %s bucket %d: %w", b.view, bk, err)
+		}
+		out <- encoded{view: b.view, bucket: bk, blob: blob}
+	}
+	return nil
+}
+
+// loadAll reads the view's buckets.
+func (b *buckets[K, R]) loadAll(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, "SELECT bucket, rows FROM view_buckets WHERE view = ?", b.view)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var bk int64
+		var blob []byte
+		if err := rows.Scan(&bk, &blob); err != nil {
+			return err
+		}
+		var items []json.RawMessage
+		if err := json.Unmarshal(blob, &items); err != nil {
+			return fmt.Errorf("bucket %d: %w", bk, err)
+		}
+		for _, raw := range items {
+			k, r, err := b.load(raw)
+			if err != nil {
+				return fmt.Errorf("bucket %d: %w", bk, err)
+			}
+			if uint32(bk) != b.bucket(k) {
+				return fmt.Errorf("bucket %d holds a row of bucket %d", bk, b.bucket(k))
+			}
+			b.put(k, r)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	clear(b.dirty)
+	return nil
+}

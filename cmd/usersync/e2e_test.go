@@ -239,12 +239,17 @@ func count(events []historyEntry, typ string) int {
 // eventually polls cond (a cheap read) until it holds or the deadline passes.
 func (h *harness) eventually(what string, cond func() bool) {
 	h.t.Helper()
+	eventually(h.t, what, cond)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(waitDeadline)
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		<-tick.C
 	}
@@ -682,9 +687,31 @@ func TestReadAPI(t *testing.T) {
 		t.Fatalf("user differs after rebuild:\n%+v\n%+v", before, after)
 	}
 	// Health.
-	resp, err = nethttp.Get(h.base + "/healthz")
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("healthz: %v %v", resp, err)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err = nethttp.Get(h.base + path)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", path, resp, err)
+		}
+		resp.Body.Close()
 	}
-	resp.Body.Close()
+	// One structured log line per webhook, with its id as correlation id.
+	found := false
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		var l struct {
+			Msg       string   `json:"msg"`
+			WebhookID string   `json:"webhook_id"`
+			Action    string   `json:"action"`
+			Outcome   string   `json:"outcome"`
+			Duration  *float64 `json:"duration_seconds"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "webhook" && l.Action == "add" {
+			if l.WebhookID == "" || l.Outcome != "processed" || l.Duration == nil {
+				t.Fatalf("webhook log line: %s", line)
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no webhook log line")
+	}
 }

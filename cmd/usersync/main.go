@@ -25,10 +25,14 @@ Usage:
 Run "usersync COMMAND --help" for a command's flags.
 `
 
-func main() {
+func main() { os.Exit(runWithSignals(os.Args[1:])) }
+
+// runWithSignals runs a command until it ends or SIGINT/SIGTERM asks it to
+// stop (serve then drains and exits 0).
+func runWithSignals(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	return run(ctx, args, os.Stdout, os.Stderr)
 }
 
 // run executes one command and returns the process exit code.

@@ -1,9 +1,9 @@
 package domain
 
 import (
-	json "github.com/goccy/go-json"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"time"
 )
 

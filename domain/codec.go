@@ -3,8 +3,9 @@ package domain
 import (
 	"errors"
 	"fmt"
-	json "github.com/goccy/go-json"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // SchemaVersion is the schema version this build writes for every event

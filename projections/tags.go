@@ -4,9 +4,9 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"slices"
 
 	json "github.com/goccy/go-json"
-	"slices"
 
 	"github.com/usersync/usersync/domain"
 )

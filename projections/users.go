@@ -3,11 +3,11 @@ package projections
 import (
 	"context"
 	"database/sql"
-
-	json "github.com/goccy/go-json"
 	"maps"
 	"slices"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/usersync/usersync/domain"
 )

@@ -4,10 +4,10 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-
-	json "github.com/goccy/go-json"
 	"slices"
 	"time"
+
+	json "github.com/goccy/go-json"
 
 	"github.com/usersync/usersync/domain"
 )

@@ -31,6 +31,16 @@ const (
 	TypeLoginReserved        = "LoginReserved"
 )
 
+// EventTypes lists every event type name this build writes and reads.
+func EventTypes() []string {
+	return []string{
+		TypeWebhookReceived, TypeWebhookProcessed, TypeWebhookIgnored, TypeWebhookFailed, TypeWebhookRetrying,
+		TypeUserCreated, TypeUserLinked, TypeUserUnlinked, TypeMetaPulled, TypeTagsUpdated, TypeRoleChanged,
+		TypePasswordIssued, TypePasswordReturned, TypePasswordReturnFailed, TypeWelcomeEmailSent,
+		TypeWelcomeEmailFailed, TypeEmailReserved, TypeEmailReleased, TypeLoginReserved,
+	}
+}
+
 // WebhookReceived records a webhook as it arrived, minus its access key and
 // any other secret-looking parameter. It is appended before the webhook is
 // answered, so an accepted webhook is never lost.

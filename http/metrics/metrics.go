@@ -147,13 +147,7 @@ func (m *Metrics) ObserveWebhook(action, outcome string, d time.Duration) {
 }
 
 // knownTypes bounds the type label.
-var knownTypes = []string{
-	domain.TypeWebhookReceived, domain.TypeWebhookProcessed, domain.TypeWebhookIgnored, domain.TypeWebhookFailed,
-	domain.TypeWebhookRetrying, domain.TypeUserCreated, domain.TypeUserLinked, domain.TypeUserUnlinked,
-	domain.TypeMetaPulled, domain.TypeTagsUpdated, domain.TypeRoleChanged, domain.TypePasswordIssued,
-	domain.TypePasswordReturned, domain.TypePasswordReturnFailed, domain.TypeWelcomeEmailSent,
-	domain.TypeWelcomeEmailFailed, domain.TypeEmailReserved, domain.TypeEmailReleased, domain.TypeLoginReserved,
-}
+var knownTypes = domain.EventTypes()
 
 // ObserveAppend records an append: its events by type and how long it took
 // to become durable.

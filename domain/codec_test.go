@@ -131,7 +131,6 @@ func TestEncode_Golden(t *testing.T) {
 	}
 }
 
-
 func pretty(t *testing.T, ne domain.NewEvent) []byte {
 	t.Helper()
 	v := map[string]json.RawMessage{"type": json.RawMessage(`"` + ne.Type + `"`), "metadata": ne.Metadata, "data": ne.Data}

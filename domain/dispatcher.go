@@ -130,6 +130,14 @@ func (d *Dispatcher) work(id ContactID) {
 	}
 	defer func() { <-d.sem }()
 	for {
+		d.mu.Lock()
+		closed := d.closed
+		d.mu.Unlock()
+		if closed {
+			// Shutting down: what is left stays recorded for the next start.
+			d.finish(id, 0)
+			return
+		}
 		out, ok, err := d.proc.ProcessNext(d.ctx, id)
 		if err != nil {
 			if d.ctx.Err() == nil && d.onError != nil {
@@ -142,13 +150,6 @@ func (d *Dispatcher) work(id ContactID) {
 			d.deliver(out)
 			if out.Status == StatusRetrying {
 				d.finish(id, max(time.Until(out.RetryAt), time.Millisecond))
-				return
-			}
-			d.mu.Lock()
-			closed := d.closed
-			d.mu.Unlock()
-			if closed {
-				d.finish(id, 0)
 				return
 			}
 			continue

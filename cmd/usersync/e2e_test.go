@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,9 +26,11 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore/keystore"
 	"github.com/usersync/usersync/funnelkit"
 	"github.com/usersync/usersync/funnelkit/simulator"
 	"github.com/usersync/usersync/projections"
+	"github.com/usersync/usersync/projections/mail/smtptest"
 )
 
 const (
@@ -713,5 +716,118 @@ func TestReadAPI(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no webhook log line")
+	}
+}
+
+func TestWelcomeEmail_OverRealSMTP_RetriedAfterATemporaryFailure(t *testing.T) {
+	srv, err := smtptest.Start(smtptest.WithAuth("mailer", "smtp-secret-77"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	srv.FailNext(1, 451)
+	h := newHarness(t, func(c *serveConfig) { c.SMTPURL = "smtp://mailer:smtp-secret-77@" + srv.Addr() })
+	a := h.send("get", hook("add", "1", "send_notification", "yes"))
+	if a.Code != 200 {
+		t.Fatalf("add: %+v", a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitDeadline)
+	defer cancel()
+	msgs, err := srv.WaitFor(ctx, 1)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, h.logs.String())
+	}
+	body := string(msgs[0].Data)
+	if msgs[0].To[0] != "ann@example.com" || !strings.Contains(body, "ann@example.com") || !strings.Contains(body, "https://site.example/login") {
+		t.Fatalf("welcome email: %+v\n%s", msgs[0], body)
+	}
+	h.eventually("WelcomeEmailSent", func() bool { return count(h.history(1), "WelcomeEmailSent") == 1 })
+	if hist := h.history(1); count(hist, "WelcomeEmailFailed") != 1 {
+		t.Fatalf("the 451 is not in the history: %+v", hist)
+	}
+	// The generated password is not in the mail.
+	c, _ := h.sim.Contact(1)
+	if pw := c.Fields[passwordFld]; pw == "" || strings.Contains(body, pw) {
+		t.Fatalf("password %q and the mail", pw)
+	}
+	if strings.Contains(h.logs.String(), "smtp-secret-77") {
+		t.Fatal("the SMTP password is in the log")
+	}
+	// No email without send_notification.
+	h.send("get", hook("add", "5"))
+	h.eventually("contact 5's user", func() bool { _, ok := h.user(5); return ok })
+	if n := len(srv.Messages()); n != 1 {
+		t.Fatalf("%d mails, want 1", n)
+	}
+}
+
+func TestPasswordReturn_GivenUpAfterTheLimit_KeyDestroyed(t *testing.T) {
+	h := newHarness(t, func(c *serveConfig) { c.ReturnAttempts = 3 })
+	h.sim.FailNext(funnelkit.EndpointSetFields, 100, 503)
+	h.send("get", hook("add", "1"))
+	var pr struct {
+		Returns []projections.PasswordReturn `json:"password_returns"`
+	}
+	h.eventually("the return to fail", func() bool {
+		h.api("GET", "/api/password-returns?status=failed", &pr)
+		return len(pr.Returns) == 1
+	})
+	if r := pr.Returns[0]; r.Attempts != 3 || !strings.Contains(r.LastError, "503") {
+		t.Fatalf("failed return: %+v", r)
+	}
+	// The key is destroyed: the sealed password in the log is unreadable.
+	var keyID string
+	var sealed []byte
+	for _, e := range h.history(1) {
+		if e.Type == "PasswordIssued" {
+			var d struct {
+				KeyID string `json:"key_id"`
+			}
+			json.Unmarshal(e.Data, &d)
+			keyID = d.KeyID
+		}
+	}
+	recs, _ := h.app.store.ReadStream(context.Background(), "contact-1")
+	for _, r := range recs {
+		if r.Type == "PasswordIssued" {
+			var d struct {
+				Sealed []byte `json:"sealed"`
+			}
+			json.Unmarshal(r.Data, &d)
+			sealed = d.Sealed
+		}
+	}
+	if _, err := h.app.keys.Unseal(context.Background(), keyID, sealed); !errors.Is(err, keystore.ErrShredded) {
+		t.Fatalf("unseal after giving up: %v", err)
+	}
+}
+
+func TestEmailChange(t *testing.T) {
+	h := newHarness(t)
+	h.send("get", hook("add", "1"))
+	h.send("get", hook("add", "2"))
+	// Ann changes her address in FunnelKit.
+	h.sim.SetEmail(1, "ann@new.example")
+	a := h.send("get", hook("update", "1"))
+	if a.User.Email != "ann@new.example" || a.User.Login != "ann@example.com" {
+		t.Fatalf("after the change: %+v", a.User)
+	}
+	// The old address is free again: a new contact with it gets a new user.
+	h.sim.PutContact(simulator.Contact{ID: 6, Email: "ann@example.com", FirstName: "Other"})
+	a = h.send("get", hook("add", "6"))
+	if a.Code != 200 || a.User == nil || a.User.UserID == "" {
+		t.Fatalf("add with the freed address: %+v", a)
+	}
+	if u1, _ := h.user(1); u1.UserID == a.User.UserID {
+		t.Fatal("the freed address linked Ann's user")
+	}
+	if a.User.Login == "ann@example.com" {
+		t.Fatalf("login clash not resolved: %+v", a.User)
+	}
+	// An address held by another user is not taken.
+	h.sim.SetEmail(1, "bob@example.com")
+	a = h.send("get", hook("update", "1"))
+	if a.User.Email != "ann@new.example" || !strings.Contains(a.Message, "belongs to another user") {
+		t.Fatalf("taking Bob's address: %+v %+v", a, a.User)
 	}
 }

@@ -75,3 +75,46 @@ func TestCommandErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestServeFlags_FromTheEnvironment(t *testing.T) {
+	t.Setenv("USERSYNC_WAIT", "3s")
+	t.Setenv("USERSYNC_FUNNELKIT_URL", "https://shop.example.com")
+	t.Setenv("USERSYNC_FUNNELKIT_USER", "automation")
+	t.Setenv("USERSYNC_FUNNELKIT_PASSWORD", "abcd efgh")
+	t.Setenv("USERSYNC_ROLES", "subscriber,customer,administrator")
+	var errb bytes.Buffer
+	cfg, err := parseServe([]string{"--wait", "4s"}, &errb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command line wins over the environment.
+	if cfg.Wait != 4*time.Second || cfg.FunnelKitURL != "https://shop.example.com" {
+		t.Fatalf("config %+v", cfg)
+	}
+	p, err := cfg.policy()
+	if err != nil || len(p.AllowedRoles) != 2 {
+		t.Fatalf("roles %v (administrator must be dropped), %v", p.AllowedRoles, err)
+	}
+	tests := []struct {
+		env, value, mention string
+	}{
+		{"USERSYNC_WAIT", "soon", "USERSYNC_WAIT"},
+		{"USERSYNC_WAIT", "60s", "--wait"},
+		{"USERSYNC_ADDR", "8080", "--addr"},
+		{"USERSYNC_FIELD_MAP", "first_name", "meta_key=funnelkit_field"},
+		{"USERSYNC_DEFAULT_ROLE", "administrator", "administrator"},
+		{"USERSYNC_RETRY_INITIAL", "5s", "within 1s"},
+		{"USERSYNC_LOG_FORMAT", "xml", "--log-format"},
+		{"USERSYNC_LOGIN_URL", "ftp://x", "--login-url"},
+		{"USERSYNC_FUNNELKIT_URL", "", "--funnelkit-url is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env+"="+tt.value, func(t *testing.T) {
+			t.Setenv(tt.env, tt.value)
+			_, err := parseServe(nil, &errb)
+			if err == nil || !strings.Contains(err.Error(), tt.mention) {
+				t.Fatalf("err %v, want it to mention %q", err, tt.mention)
+			}
+		})
+	}
+}

@@ -90,6 +90,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
+	for _, r := range strings.Split(cfg.Roles, ",") {
+		if strings.EqualFold(strings.TrimSpace(r), string(domain.Administrator)) {
+			log.Warn("--roles lists administrator, which a webhook never grants: ignored")
+		}
+	}
 	m := metrics.New()
 	a.metrics = m
 	if a.store, err = eventstore.Open(ctx, paths.events(), eventstore.WithCommitObserver(m.ObserveCommit)); err != nil {

@@ -201,3 +201,31 @@ passwords appear only as a bcrypt hash or sealed under a key that is destroyed
 after use.
 
 `
+
+func TestParseMetadata_FastPathAgreesWithJSON(t *testing.T) {
+	at := time.Date(2026, 1, 5, 8, 0, 0, 123456789, time.UTC)
+	for _, m := range []string{
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00.123456789Z","webhook_id":"abc"}`,
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00.123456789Z"}`,
+		`{"schema":12,"occurred_at":"2026-01-05T08:00:00.123456789Z","webhook_id":"a\"b"}`,
+		`{"occurred_at":"2026-01-05T08:00:00.123456789Z","schema":1}`,
+		`{ "schema": 1, "occurred_at": "2026-01-05T08:00:00.123456789Z" }`,
+	} {
+		r := domain.RecordedEvent{Type: domain.TypeRoleChanged, Data: []byte(`{}`), Metadata: []byte(m)}
+		env, err := domain.Decode(r)
+		if err != nil && !strings.Contains(m, `"schema":12`) {
+			t.Fatalf("%s: %v", m, err)
+		}
+		if err == nil && !env.OccurredAt.Equal(at) {
+			t.Fatalf("%s: occurred_at %v", m, env.OccurredAt)
+		}
+		if strings.Contains(m, `a\"b`) && err == nil {
+			t.Fatalf("%s: schema 12 accepted", m)
+		}
+	}
+	env, _ := domain.Decode(domain.RecordedEvent{Type: domain.TypeRoleChanged, Data: []byte(`{}`),
+		Metadata: []byte(`{"schema":1,"occurred_at":"2026-01-05T08:00:00.123456789Z","webhook_id":"abc"}`)})
+	if env.WebhookID != "abc" {
+		t.Fatalf("webhook id %q", env.WebhookID)
+	}
+}

@@ -31,3 +31,13 @@ func BenchmarkDecode(b *testing.B) {
 		i++
 	}
 }
+
+func BenchmarkDecodeMetadata(b *testing.B) {
+	ne, _ := domain.Encode(domain.Envelope{Event: domain.RoleChanged{Old: "a", New: "b"}, OccurredAt: time.Now(), WebhookID: "01a21e0c-f607-7c4b-a28b-3719ffeb31e4"})
+	rec := domain.RecordedEvent{Type: ne.Type, Data: ne.Data, Metadata: ne.Metadata}
+	for b.Loop() {
+		if _, err := domain.Decode(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -89,6 +89,8 @@ type Processor struct {
 	NewID func() string
 	Now   func() time.Time
 	Retry Backoff
+
+	locks keyLocks
 }
 
 // maxConflicts bounds how often one webhook is decided again after another
@@ -124,8 +126,10 @@ type work struct {
 	// made again after a conflict sees the same CRM answer.
 	contactErr error
 	catalog    []Tag
-	creds      *credentials
-	used       bool
+	// held are the claim locks this attempt holds (see keyLocks).
+	held  map[string]func()
+	creds *credentials
+	used  bool
 }
 
 type credentials struct {
@@ -141,7 +145,36 @@ func (w *work) cleanup(ctx context.Context) {
 	}
 }
 
+// claim takes the lock of an email address or login for the rest of this
+// attempt. The first lock waits; a further one is only tried, so that two
+// attempts never wait on each other (false: someone else holds it).
+func (w *work) claim(key string) bool {
+	if _, ok := w.held[key]; ok {
+		return true
+	}
+	if w.held == nil {
+		w.held = map[string]func(){}
+	}
+	if len(w.held) == 0 {
+		w.held[key] = w.p.locks.lock(key)
+		return true
+	}
+	unlock, ok := w.p.locks.tryLock(key)
+	if ok {
+		w.held[key] = unlock
+	}
+	return ok
+}
+
+func (w *work) releaseClaims() {
+	for k, unlock := range w.held {
+		unlock()
+		delete(w.held, k)
+	}
+}
+
 func (w *work) once(ctx context.Context) (Outcome, bool, error) {
+	defer w.releaseClaims()
 	s, err := w.p.load(ctx, w.id)
 	if err != nil {
 		return Outcome{}, false, err
@@ -275,6 +308,7 @@ func (w *work) update(ctx context.Context, s *ContactState, pw PendingWebhook, r
 	u := s.User
 	var events []Event
 	if u == nil && req.Email != "" {
+		w.claim("email:" + EmailKey(req.Email))
 		owner, err := w.p.emailOwner(ctx, req.Email)
 		if err != nil {
 			return nil, nil, err
@@ -331,6 +365,9 @@ func (w *work) changeEmail(ctx context.Context, u *User, email string) ([]Event,
 		events, note := DecideEmail(u, email, true)
 		return events, note, nil
 	}
+	if !w.claim("email:" + EmailKey(email)) {
+		return nil, "email not changed: " + email + " is being claimed by another webhook; send update again", nil
+	}
 	owner, _, err := w.p.reserve(ctx, EmailStream(email), w.wh, EmailReserved{Email: email, ContactID: w.id, UserID: u.UserID}, ownsEmail(email))
 	if err != nil {
 		return nil, "", err
@@ -346,6 +383,7 @@ func (w *work) add(ctx context.Context, s *ContactState, pw PendingWebhook, req 
 	}
 	var owner *User
 	if s.User == nil && c.Email != "" {
+		w.claim("email:" + EmailKey(c.Email))
 		if owner, err = w.p.emailOwner(ctx, c.Email); err != nil {
 			return nil, nil, err
 		}
@@ -372,7 +410,7 @@ func (w *work) add(ctx context.Context, s *ContactState, pw PendingWebhook, req 
 	if holder != w.id {
 		return nil, nil, errConflict
 	}
-	login, err := w.p.claimLogin(ctx, pw.WebhookID, w.p.Policy.LoginFor(c), w.id, userID)
+	login, err := w.claimLogin(ctx, pw.WebhookID, w.p.Policy.LoginFor(c), w.id, userID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -453,9 +491,51 @@ func (w *work) finish(ctx context.Context, s *ContactState, pw PendingWebhook, e
 	for _, e := range envs {
 		after.Apply(e)
 	}
+	version := s.Version
 	if after.User != nil {
-		if err := w.p.settle(ctx, pw.WebhookID, w.id, after.User); err != nil {
+		// Reservations change only under their claim locks, and only from
+		// a current state: a stale one could move the user back.
+		if !w.claim("email:"+EmailKey(after.User.Email)) || !w.claim("login:"+strings.ToLower(after.User.Login)) {
+			return Outcome{}, false, errConflict
+		}
+		settled, err := w.p.settled(ctx, w.id, after.User)
+		if err != nil {
 			return Outcome{}, false, err
+		}
+		if !settled {
+			// The user's address or login is reserved for another contact
+			// (the user moved here). Record the user first, under this
+			// stream's version, then move the reservations, then the
+			// outcome: a crash or a conflict in between leaves the webhook
+			// open, and its next attempt finds the user here and finishes
+			// the move (settle is idempotent).
+			if len(envs) == 0 {
+				// Nothing to record first: check the state is still current.
+				if _, err := w.p.Store.Append(ctx, w.id.Stream(), ExactVersion(version)); err != nil {
+					if errors.Is(err, ErrConcurrency) {
+						return Outcome{}, false, errConflict
+					}
+					return Outcome{}, false, fmt.Errorf("check %s: %w", w.id.Stream(), err)
+				}
+			}
+			if len(envs) > 0 {
+				raw, err := EncodeAll(envs)
+				if err != nil {
+					return Outcome{}, false, err
+				}
+				if _, err := w.p.Store.Append(ctx, w.id.Stream(), ExactVersion(version), raw...); err != nil {
+					if errors.Is(err, ErrConcurrency) {
+						return Outcome{}, false, errConflict
+					}
+					return Outcome{}, false, fmt.Errorf("record webhook %s: %w", pw.WebhookID, err)
+				}
+				w.used = true
+				version += uint64(len(envs))
+				envs = nil
+			}
+			if err := w.p.settle(ctx, pw.WebhookID, w.id, after.User); err != nil {
+				return Outcome{}, false, err
+			}
 		}
 	}
 	envs = append(envs, Envelope{Event: outcome, OccurredAt: now, WebhookID: pw.WebhookID})
@@ -463,7 +543,7 @@ func (w *work) finish(ctx context.Context, s *ContactState, pw PendingWebhook, e
 	if err != nil {
 		return Outcome{}, false, err
 	}
-	res, err := w.p.Store.Append(ctx, w.id.Stream(), ExactVersion(s.Version), raw...)
+	res, err := w.p.Store.Append(ctx, w.id.Stream(), ExactVersion(version), raw...)
 	if errors.Is(err, ErrConcurrency) {
 		return Outcome{}, false, errConflict
 	}
@@ -526,6 +606,8 @@ func (p *Processor) load(ctx context.Context, id ContactID) (*ContactState, erro
 type reservation struct {
 	contact ContactID
 	userID  string
+	// wh is the webhook whose processing wrote the reservation.
+	wh      string
 	version uint64
 }
 
@@ -542,12 +624,12 @@ func (p *Processor) readReservation(ctx context.Context, stream string) (reserva
 		}
 		switch e := env.Event.(type) {
 		case EmailReserved:
-			r.contact, r.userID = e.ContactID, e.UserID
+			r.contact, r.userID, r.wh = e.ContactID, e.UserID, env.WebhookID
 		case LoginReserved:
-			r.contact, r.userID = e.ContactID, e.UserID
+			r.contact, r.userID, r.wh = e.ContactID, e.UserID, env.WebhookID
 		case EmailReleased:
 			if e.ContactID == r.contact {
-				r.contact, r.userID = 0, ""
+				r.contact, r.userID, r.wh = 0, "", ""
 			}
 		}
 		r.version = rec.Version
@@ -581,6 +663,11 @@ func (p *Processor) reserve(ctx context.Context, stream, wh string, ev Event, ow
 					return 0, "", err
 				}
 				if holder.User != nil && holder.User.UserID == r.userID && owns(holder.User) {
+					return r.contact, r.userID, nil
+				}
+				if holder.User == nil && holder.Open(r.wh) {
+					// A claim still being processed (or to be resumed
+					// after a crash): not free.
 					return r.contact, r.userID, nil
 				}
 			} else {
@@ -624,15 +711,20 @@ func ownsEmail(email string) func(*User) bool {
 	return func(u *User) bool { return EmailKey(u.Email) == EmailKey(email) }
 }
 
-// ownsLogin: a login never changes once given.
+// ownsLogin: a login never changes once given; it moves with its user
+// (settle).
 func ownsLogin(*User) bool { return true }
 
 // claimLogin reserves login, or login2, login3… on a clash.
-func (p *Processor) claimLogin(ctx context.Context, wh, login string, id ContactID, userID string) (string, error) {
+func (w *work) claimLogin(ctx context.Context, wh, login string, id ContactID, userID string) (string, error) {
+	p := w.p
 	for i := 1; i <= 100; i++ {
 		try := login
 		if i > 1 {
 			try = login + strconv.Itoa(i)
+		}
+		if !w.claim("login:" + strings.ToLower(try)) {
+			continue // another webhook is claiming it right now
 		}
 		holder, _, err := p.reserve(ctx, LoginStream(try), wh, LoginReserved{Login: try, ContactID: id, UserID: userID}, ownsLogin)
 		if err != nil {
@@ -645,12 +737,33 @@ func (p *Processor) claimLogin(ctx context.Context, wh, login string, id Contact
 	return "", &crmError{status: 500, msg: fmt.Sprintf("Import user failed: logins %s to %s100 are all taken", login, login)}
 }
 
-// settle makes the reservation of the user's email point at contact id: a
-// user that moved here (UserLinked) takes its address along, and the contact
-// it left loses it. Run before every outcome, it also repairs a move that a
-// crash interrupted.
+// settled reports whether the user's email and login reservations already
+// point at contact id.
+func (p *Processor) settled(ctx context.Context, id ContactID, u *User) (bool, error) {
+	for _, stream := range []string{EmailStream(u.Email), LoginStream(u.Login)} {
+		r, err := p.readReservation(ctx, stream)
+		if err != nil {
+			return false, err
+		}
+		if r.contact != id || r.userID != u.UserID {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// settle makes the user's email and login reservations point at contact id:
+// a user that moved here (UserLinked) takes them along, and the contact it
+// left loses the user. It is idempotent, so the next attempt of a webhook
+// whose move a crash interrupted finishes it.
 func (p *Processor) settle(ctx context.Context, wh string, id ContactID, u *User) error {
-	stream := EmailStream(u.Email)
+	if err := p.settleStream(ctx, wh, id, u, EmailStream(u.Email), EmailReserved{Email: u.Email, ContactID: id, UserID: u.UserID}); err != nil {
+		return err
+	}
+	return p.settleStream(ctx, wh, id, u, LoginStream(u.Login), LoginReserved{Login: u.Login, ContactID: id, UserID: u.UserID})
+}
+
+func (p *Processor) settleStream(ctx context.Context, wh string, id ContactID, u *User, stream string, claim Event) error {
 	for range maxConflicts {
 		r, err := p.readReservation(ctx, stream)
 		if err != nil {
@@ -664,10 +777,12 @@ func (p *Processor) settle(ctx context.Context, wh string, id ContactID, u *User
 			if err != nil {
 				return err
 			}
-			if old.User != nil && old.User.UserID != u.UserID {
-				return nil // another user holds the address; nothing to settle
-			}
-			if old.User != nil {
+			switch {
+			case old.User != nil && old.User.UserID != u.UserID:
+				return nil // another user holds it; nothing to settle
+			case old.User == nil && old.Open(r.wh):
+				return errConflict // another contact is claiming it right now
+			case old.User != nil:
 				raw, err := Encode(Envelope{Event: UserUnlinked{UserID: u.UserID, ToContactID: id}, OccurredAt: p.Now(), WebhookID: wh})
 				if err != nil {
 					return err
@@ -680,7 +795,7 @@ func (p *Processor) settle(ctx context.Context, wh string, id ContactID, u *User
 				}
 			}
 		}
-		raw, err := Encode(Envelope{Event: EmailReserved{Email: u.Email, ContactID: id, UserID: u.UserID}, OccurredAt: p.Now(), WebhookID: wh})
+		raw, err := Encode(Envelope{Event: claim, OccurredAt: p.Now(), WebhookID: wh})
 		if err != nil {
 			return err
 		}

@@ -831,3 +831,65 @@ func TestEmailChange(t *testing.T) {
 		t.Fatalf("taking Bob's address: %+v %+v", a, a.User)
 	}
 }
+
+// Contacts 1 and 4 carry the same address. Whatever the interleaving, the
+// address ends with exactly one user, and a moved user is never lost.
+func TestSameEmail_TwoContactsConcurrently(t *testing.T) {
+	for round := range 6 {
+		h := newHarness(t)
+		var wg sync.WaitGroup
+		for _, c := range []string{"1", "4"} {
+			wg.Add(1)
+			go func() { defer wg.Done(); h.send("get", hook("add", c)) }()
+		}
+		wg.Wait()
+		defer func() {
+			if t.Failed() {
+				for _, l := range strings.Split(h.logs.String(), "\n") {
+					if strings.Contains(l, "ERROR") {
+						t.Log(l)
+					}
+				}
+			}
+		}()
+		created := count(h.history(1), "UserCreated") + count(h.history(4), "UserCreated")
+		u1, ok1 := h.user(1)
+		u4, ok4 := h.user(4)
+		if created != 1 || ok1 == ok4 {
+			t.Fatalf("round %d: %d users created; contact 1 has a user: %v, contact 4: %v", round, created, ok1, ok4)
+		}
+		owner := u1
+		if ok4 {
+			owner = u4
+		}
+		// Move it back and forth while webhooks for both contacts arrive.
+		for _, c := range []string{"1", "4"} {
+			wg.Add(2)
+			go func() { defer wg.Done(); h.send("form", hook("add", c)) }()
+			go func() { defer wg.Done(); h.send("json", hook("update_tags", c)) }()
+		}
+		wg.Wait()
+		u1, ok1 = h.user(1)
+		u4, ok4 = h.user(4)
+		if ok1 == ok4 {
+			for _, c := range []int{1, 4} {
+				for _, e := range h.history(c) {
+					t.Logf("contact %d: %d %d %s %s %s", c, e.Position, e.Version, e.Type, e.WebhookID, e.Data)
+				}
+			}
+			t.Fatalf("round %d: contact 1 has a user: %v, contact 4: %v", round, ok1, ok4)
+		}
+		now := u1
+		if ok4 {
+			now = u4
+		}
+		if now.UserID != owner.UserID || count(h.history(1), "UserCreated")+count(h.history(4), "UserCreated") != 1 {
+			for _, c := range []int{1, 4} {
+				for _, e := range h.history(c) {
+					t.Logf("contact %d: %d %d %s %s %s", c, e.Position, e.Version, e.Type, e.WebhookID, e.Data)
+				}
+			}
+			t.Fatalf("round %d: the user was replaced: %s then %s", round, owner.UserID, now.UserID)
+		}
+	}
+}

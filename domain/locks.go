@@ -1,0 +1,60 @@
+package domain
+
+import "sync"
+
+// keyLocks serializes, within this process, the webhooks that claim the
+// same email address or login for different contacts, so that two of them
+// never both see a claim as free. (The embedded store is used by one
+// process at a time; a store shared by several processes would need the
+// reservation rules alone, which hold but may make a webhook retry.) The
+// zero value is ready to use.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyLocks) entry(key string) *keyLock {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[string]*keyLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyLock{}
+		k.m[key] = l
+	}
+	l.refs++
+	return l
+}
+
+func (k *keyLocks) release(key string, l *keyLock) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l.refs--
+	if l.refs == 0 {
+		delete(k.m, key)
+	}
+}
+
+// lock takes key and returns its unlock.
+func (k *keyLocks) lock(key string) func() {
+	l := k.entry(key)
+	l.mu.Lock()
+	return func() { l.mu.Unlock(); k.release(key, l) }
+}
+
+// tryLock takes key if it is free.
+func (k *keyLocks) tryLock(key string) (func(), bool) {
+	l := k.entry(key)
+	if !l.mu.TryLock() {
+		k.release(key, l)
+		return nil, false
+	}
+	return func() { l.mu.Unlock(); k.release(key, l) }, true
+}

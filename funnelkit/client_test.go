@@ -315,7 +315,7 @@ func TestRequest_Shape(t *testing.T) {
 		mu.Unlock()
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/contacts/12"):
-			fmt.Fprint(w, `{"code":200,"message":"","result":{"id":"12","email":"a@example.com"}}`)
+			fmt.Fprint(w, `{"code":200,"message":"","result":{"id":"12","email":"a@example.com","tags":[],"fields":[]}}`)
 		default:
 			fmt.Fprint(w, `{"code":200,"message":"","result":[]}`)
 		}

@@ -62,6 +62,14 @@ func decodeContact(raw json.RawMessage) (domain.CRMContact, error) {
 		}
 		c.Tags = tags
 	}
+	// A contact always has tags and fields (empty: [] or {}); an answer
+	// without them is degraded, and taking it as "no tags, no fields" would
+	// strip the user.
+	for _, key := range []string{"tags", "fields"} {
+		if v, ok := obj[key]; !ok || (key == "tags" && isNull(v)) {
+			return domain.CRMContact{}, fmt.Errorf("contact has no %s list: an incomplete answer", key)
+		}
+	}
 	return c, nil
 }
 

@@ -9,6 +9,14 @@ import (
 	"github.com/usersync/usersync/domain"
 )
 
+func TestDecodeContact_IncompleteAnswerIsAnError(t *testing.T) {
+	for _, j := range []string{`{"id":12,"fields":{}}`, `{"id":12,"tags":null,"fields":{}}`, `{"id":12,"tags":[]}`} {
+		if _, err := decodeContact(json.RawMessage(j)); err == nil {
+			t.Errorf("%s decoded: an answer without tags or fields would strip the user", j)
+		}
+	}
+}
+
 func TestDecodeContact_OddTypes(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -18,35 +26,34 @@ func TestDecodeContact_OddTypes(t *testing.T) {
 		wantTags   []domain.Tag      // nil: not checked
 		wantEmail  string
 	}{
-		{name: "id as a string", json: `{"id":"12","email":"a@example.com"}`,
+		{name: "id as a string", json: `{"id":"12","email":"a@example.com","tags":[],"fields":{}}`,
 			wantFields: map[string]string{"id": "12"}, wantEmail: "a@example.com"},
 		{name: "numbers in columns and fields",
-			json:       `{"id":12,"wpid":0,"status":1,"score":-3.25,"big":1e3,"fields":{"14":42,"15":0.5}}`,
+			json:       `{"id":12,"wpid":0,"status":1,"score":-3.25,"big":1e3,"fields":{"14":42,"15":0.5},"tags":[]}`,
 			wantFields: map[string]string{"wpid": "0", "status": "1", "score": "-3.25", "big": "1000", "14": "42", "15": "0.5"}},
-		{name: "booleans as PHP prints them", json: `{"id":12,"fields":{"1":true,"2":false}}`,
+		{name: "booleans as PHP prints them", json: `{"id":12,"fields":{"1":true,"2":false},"tags":[]}`,
 			wantFields: map[string]string{"1": "1", "2": ""}},
-		{name: "null is left out", json: `{"id":12,"email":null,"f_name":null,"fields":{"3":null}}`,
+		{name: "null is left out", json: `{"id":12,"email":null,"f_name":null,"fields":{"3":null},"tags":[]}`,
 			absent: []string{"f_name", "3", "email"}},
-		{name: "textarea keeps <br />", json: `{"id":12,"fields":{"11":"one<br />\r\ntwo"}}`,
+		{name: "textarea keeps <br />", json: `{"id":12,"fields":{"11":"one<br />\r\ntwo"},"tags":[]}`,
 			wantFields: map[string]string{"11": "one<br />\r\ntwo"}},
-		{name: "checkbox list joined", json: `{"id":12,"fields":{"15":["Email","SMS",3]}}`,
+		{name: "checkbox list joined", json: `{"id":12,"fields":{"15":["Email","SMS",3]},"tags":[]}`,
 			wantFields: map[string]string{"15": "Email, SMS, 3"}},
-		{name: "objects are not fields", json: `{"id":12,"avatar":{"url":"x"},"lists":[{"ID":1}],"fields":{"18":{"a":"b"}}}`,
+		{name: "objects are not fields", json: `{"id":12,"avatar":{"url":"x"},"lists":[{"ID":1}],"fields":{"18":{"a":"b"}},"tags":[]}`,
 			absent: []string{"avatar", "lists", "18"}},
 		{name: "empty fields as PHP's []", json: `{"id":12,"fields":[],"tags":[]}`,
 			absent: []string{"fields", "tags"}, wantTags: []domain.Tag{}},
-		{name: "fields as a PHP list are keyed by index", json: `{"id":12,"fields":["a","b"]}`,
+		{name: "fields as a PHP list are keyed by index", json: `{"id":12,"fields":["a","b"],"tags":[]}`,
 			wantFields: map[string]string{"0": "a", "1": "b"}},
-		{name: "column wins over a custom field of the same name", json: `{"id":12,"f_name":"Ann","fields":{"f_name":"x"}}`,
+		{name: "column wins over a custom field of the same name", json: `{"id":12,"f_name":"Ann","fields":{"f_name":"x"},"tags":[]}`,
 			wantFields: map[string]string{"f_name": "Ann"}},
 		{name: "tag ids as numbers and strings, sorted, repeats dropped",
-			json:     `{"id":12,"tags":[{"ID":"7","name":"B"},{"ID":5,"name":"A"},{"ID":"5","name":"A again"}]}`,
+			json:     `{"id":12,"tags":[{"ID":"7","name":"B"},{"ID":5,"name":"A"},{"ID":"5","name":"A again"}],"fields":{}}`,
 			wantTags: []domain.Tag{{ID: 5, Name: "A"}, {ID: 7, Name: "B"}}},
 		{name: "tags keyed by id, lower-case id, null name, escaped name",
-			json:     `{"id":12,"tags":{"9":{"id":9,"name":null},"3":{"ID":3,"name":"Tom &amp; Jerry"}}}`,
+			json:     `{"id":12,"tags":{"9":{"id":9,"name":null},"3":{"ID":3,"name":"Tom &amp; Jerry"}},"fields":{}}`,
 			wantTags: []domain.Tag{{ID: 3, Name: "Tom & Jerry"}, {ID: 9, Name: ""}}},
-		{name: "tags null", json: `{"id":12,"tags":null}`, wantTags: []domain.Tag{}},
-		{name: "email kept as given, not in Fields", json: `{"id":12,"email":" Ann@Example.com "}`,
+		{name: "email kept as given, not in Fields", json: `{"id":12,"email":" Ann@Example.com ","tags":[],"fields":{}}`,
 			wantEmail: " Ann@Example.com ", absent: []string{"email"}},
 	}
 	for _, tt := range tests {

@@ -93,7 +93,7 @@ func failures() []failure {
 			kind:    funnelkit.KindNotFound, status: 404},
 		{name: "200 without result", handler: respond(200, ctJSON, `{"code":200,"message":"Success"}`),
 			kind: funnelkit.KindInvalidJSON, status: 200, says: []string{"no result"}},
-		{name: "200 another contact", handler: respond(200, ctJSON, `{"code":200,"result":{"id":13,"email":"x@example.com"}}`),
+		{name: "200 another contact", handler: respond(200, ctJSON, `{"code":200,"result":{"id":13,"email":"x@example.com","tags":[],"fields":{}}}`),
 			kind: funnelkit.KindInvalidJSON, status: 200, says: []string{"#13, not #12"}},
 		{name: "200 tag without an id", handler: respond(200, ctJSON, `{"code":200,"result":{"id":12,"tags":[{"name":"VIP"}]}}`),
 			kind: funnelkit.KindInvalidJSON, status: 200, says: []string{"tag #1: no ID"}},
@@ -227,7 +227,7 @@ func TestErrors_FollowsARedirectOfAGet(t *testing.T) {
 			respond(401, ctJSON, `{"code":"rest_forbidden","message":"no","data":{"status":401}}`)(w, r)
 			return
 		}
-		fmt.Fprint(w, `{"code":200,"result":{"id":12,"email":"a@example.com"}}`)
+		fmt.Fprint(w, `{"code":200,"result":{"id":12,"email":"a@example.com","tags":[],"fields":{}}}`)
 	})
 	got, err := newClient(t, url).Contact(ctx(t), 12)
 	if err != nil || got.Email != "a@example.com" {

@@ -139,9 +139,12 @@ func (b *buckets[K, R]) flush(ctx context.Context, tx *sql.Tx) error {
 			return fmt.Errorf("write %s bucket %d: %w", b.view, bk, err)
 		}
 	}
-	clear(b.dirty)
 	return nil
 }
+
+// committed forgets the changes once the transaction that wrote them
+// committed; until then a failed commit is written again at the next flush.
+func (b *buckets[K, R]) committed() { clear(b.dirty) }
 
 // encoded is one bucket ready to be written.
 type encoded struct {

@@ -91,6 +91,7 @@ func (s *passwordsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 	}
 }
 
+func (s *passwordsState) committed()                                  { s.rows.committed() }
 func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
 func (s *passwordsState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
 func (s *passwordsState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }

@@ -132,6 +132,11 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 		if err == nil {
 			return out, nil
 		}
+		if msg.Context().Err() != nil {
+			// Stopping, not failing: the event is delivered again at the
+			// next start, from the checkpoint.
+			return nil, err
+		}
 		name := message.HandlerNameFromCtx(msg.Context())
 		rec, recErr := FromMessage(msg)
 		if recErr != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,11 +199,10 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 		}
 		pr := s.Password
 		if pr == nil || pr.KeyID != issued.KeyID || pr.Done {
-			// Returned or given up already, or a newer password replaced it.
-			if pr != nil && pr.KeyID != issued.KeyID {
-				return p.keys.Shred(ctx, issued.KeyID)
-			}
-			return nil
+			// Returned or given up already (a crash or a failed shred may
+			// have left the key), or a newer password replaced it: make
+			// sure the key is gone. Shred is idempotent.
+			return p.keys.Shred(ctx, issued.KeyID)
 		}
 		attempt := pr.Attempts + 1
 		err = p.try(ctx, id, issued)
@@ -247,8 +247,26 @@ func (p *PasswordReturner) try(ctx context.Context, id domain.ContactID, issued 
 		return fmt.Errorf("unseal password: %w", err)
 	}
 	defer clear(plain)
-	return p.crm.SetFields(ctx, id, map[string]string{issued.Field: string(plain)})
+	password := string(plain)
+	if err := p.crm.SetFields(ctx, id, map[string]string{issued.Field: password}); err != nil {
+		// The error is recorded: make sure it cannot carry the password
+		// back (a site that echoes the request, say).
+		if strings.Contains(err.Error(), password) {
+			return scrubbed{msg: strings.ReplaceAll(err.Error(), password, "[redacted]"), err: err}
+		}
+		return err
+	}
+	return nil
 }
+
+// scrubbed is an error whose message had a secret taken out.
+type scrubbed struct {
+	msg string
+	err error
+}
+
+func (s scrubbed) Error() string   { return s.msg }
+func (s scrubbed) Temporary() bool { return domain.Temporary(s.err) }
 
 // Mailer sends the welcome email: the login and a login link, never the
 // password. transport names how it went out (smtp or outbox).

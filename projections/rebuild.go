@@ -157,6 +157,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 		return stats, fmt.Errorf("rebuild: commit: %w", err)
 	}
 	for i, p := range v.all {
+		aside[i].committed()
 		p.st = aside[i]
 		p.advance(stats.Position)
 		p.stored = stats.Position

@@ -121,6 +121,7 @@ func (s *tagsState) set(id domain.ContactID, tags []domain.Tag) {
 	}
 }
 
+func (s *tagsState) committed()                                  { s.rows.committed() }
 func (s *tagsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
 func (s *tagsState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
 func (s *tagsState) load(ctx context.Context, db *sql.DB) error {

@@ -93,6 +93,7 @@ func (e *userEntry) row() User {
 	}
 }
 
+func (s *usersState) committed()                                  { s.rows.committed() }
 func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
 func (s *usersState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
 func (s *usersState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }

@@ -24,8 +24,10 @@ import (
 // changed, and writes itself to the views file.
 type state interface {
 	apply(rec domain.RecordedEvent, env domain.Envelope)
-	// flush writes the rows changed since the last flush.
+	// flush writes the rows changed since the last commit.
 	flush(ctx context.Context, tx *sql.Tx) error
+	// committed is told the flush committed.
+	committed()
 	// encodeAll encodes the whole state for writing, bucket by bucket.
 	encodeAll(out chan<- encoded) error
 	// load reads the view from the file.
@@ -293,6 +295,7 @@ func (v *Views) commit(ctx context.Context, p *projection, write func(context.Co
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("view %s: commit at %d: %w", p.name, p.pos, err)
 	}
+	p.st.committed()
 	p.stored = p.pos
 	return nil
 }

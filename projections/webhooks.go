@@ -110,6 +110,7 @@ func (s *webhooksState) update(id, status, message string, at time.Time) *Webhoo
 	return w
 }
 
+func (s *webhooksState) committed()                                  { s.rows.committed() }
 func (s *webhooksState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
 func (s *webhooksState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
 func (s *webhooksState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }

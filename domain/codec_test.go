@@ -37,7 +37,7 @@ func samples() []struct {
 			Changed: []string{"UserCreated", "TagsUpdated", "MetaPulled", "PasswordIssued"}},
 			"Outcome: the webhook acted on a user. `changed` lists the event types it appended; empty for a repeat that changed nothing."},
 		{domain.WebhookIgnored{WebhookID: "01JH3Z8X6W2T5Q9R4V7K1M0N8P", Action: "update_tags", Reason: "No matching user found"},
-			"Outcome: nothing to act on (no `contact_id`, no matching user, `test`)."},
+			"Outcome: nothing to act on (no `contact_id`, no matching user). (`test` is answered and not recorded.)"},
 		{domain.WebhookFailed{WebhookID: "01JH3Z8X6W2T5Q9R4V7K1M0N8P", Action: "add", Reason: "No email provided for imported user", Status: 500},
 			"Outcome: the webhook failed; the user did not change. `status` is the HTTP status of the answer."},
 		{domain.WebhookRetrying{WebhookID: "01JH3Z8X6W2T5Q9R4V7K1M0N8P", Attempt: 2, Error: "funnelkit: GET v3/contacts/12: 503 Service Unavailable", NextAttemptAt: at.Add(2 * time.Second)},

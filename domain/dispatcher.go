@@ -63,20 +63,26 @@ func NewDispatcher(proc *Processor, cfg DispatcherConfig) *Dispatcher {
 // ErrClosed is returned by Submit after Close.
 var ErrClosed = errors.New("dispatcher is shutting down")
 
-// Submit asks for the contact's open webhooks to be processed and returns a
-// channel that receives webhookID's outcome (retrying included) once.
-func (d *Dispatcher) Submit(id ContactID, webhookID string) (<-chan Outcome, error) {
+// Await returns a channel that receives webhookID's outcome (retrying
+// included) once. Call it before the webhook is recorded, so that an
+// outcome delivered right after the record is not missed.
+func (d *Dispatcher) Await(webhookID string) <-chan Outcome {
 	ch := make(chan Outcome, 1)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waiters[webhookID] = append(d.waiters[webhookID], ch)
+	return ch
+}
+
+// Submit asks for the contact's open webhooks to be processed.
+func (d *Dispatcher) Submit(id ContactID) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.closed {
-		return nil, ErrClosed
-	}
-	if webhookID != "" {
-		d.waiters[webhookID] = append(d.waiters[webhookID], ch)
+		return ErrClosed
 	}
 	d.notifyLocked(id)
-	return ch, nil
+	return nil
 }
 
 // Notify asks for the contact's open webhooks to be processed.

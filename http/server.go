@@ -26,7 +26,12 @@ type Store interface {
 
 // Queue takes recorded webhooks for processing.
 type Queue interface {
-	Submit(id domain.ContactID, webhookID string) (<-chan domain.Outcome, error)
+	// Await is called before a webhook is recorded; its channel gets the
+	// webhook's first outcome.
+	Await(webhookID string) <-chan domain.Outcome
+	// Submit asks for the contact's recorded webhooks to be processed.
+	Submit(id domain.ContactID) error
+	// Forget drops an Await no longer waited for.
 	Forget(webhookID string, ch <-chan domain.Outcome)
 }
 

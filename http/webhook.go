@@ -107,7 +107,14 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		reject(contact.Stream(), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
 		return
 	}
+	var ch <-chan domain.Outcome
+	if !req.Async {
+		ch = s.cfg.Queue.Await(id)
+	}
 	if err := s.record(r.Context(), contact.Stream(), received, nil); err != nil {
+		if ch != nil {
+			s.cfg.Queue.Forget(id, ch)
+		}
 		log.Error("record webhook", "err", err)
 		outcome = "failed"
 		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
@@ -115,19 +122,20 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	}
 	// Recorded: from here on the webhook is processed whatever happens to
 	// this request.
-	if req.Async {
-		if _, err := s.cfg.Queue.Submit(contact, ""); err != nil {
-			log.Warn("webhook recorded while shutting down; processed at next start", "err", err)
-		}
+	queued := func(msg string) {
 		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued", WebhookID: id, Status: domain.StatusQueued})
+		log.Info("webhook", "outcome", outcome, "reason", msg, "duration_seconds", time.Since(start).Seconds())
+		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: domain.StatusQueued})
+	}
+	if err := s.cfg.Queue.Submit(contact); err != nil {
+		if ch != nil {
+			s.cfg.Queue.Forget(id, ch)
+		}
+		queued("Queued: usersync is restarting; processing continues at the next start")
 		return
 	}
-	ch, err := s.cfg.Queue.Submit(contact, id)
-	if err != nil {
-		outcome = "queued"
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued: usersync is restarting", WebhookID: id, Status: domain.StatusQueued})
+	if req.Async {
+		queued("Queued")
 		return
 	}
 	wait := time.NewTimer(s.cfg.Wait)
@@ -142,12 +150,11 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		s.answer(r.Context(), w, out, start)
 	case <-wait.C:
 		s.cfg.Queue.Forget(id, ch)
-		outcome = "queued"
-		log.Info("webhook", "outcome", "queued", "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: "Queued: processing continues", WebhookID: id, Status: domain.StatusQueued})
+		queued("Queued: processing continues")
 	case <-r.Context().Done():
 		s.cfg.Queue.Forget(id, ch)
 		outcome = "queued"
+		log.Info("webhook", "outcome", outcome, "reason", "the sender went away; processing continues", "duration_seconds", time.Since(start).Seconds())
 	}
 }
 

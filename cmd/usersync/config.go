@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -147,6 +148,10 @@ func (c *serveConfig) validate() error {
 	}
 	if c.FunnelKitTimeout <= 0 {
 		return errors.New("--funnelkit-timeout must be positive")
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
 	}
 	switch c.LogFormat {
 	case "auto", "text", "json":

@@ -105,6 +105,7 @@ func TestServeFlags_FromTheEnvironment(t *testing.T) {
 		{"USERSYNC_DEFAULT_ROLE", "administrator", "administrator"},
 		{"USERSYNC_RETRY_INITIAL", "5s", "within 1s"},
 		{"USERSYNC_LOG_FORMAT", "xml", "--log-format"},
+		{"USERSYNC_LOG_LEVEL", "loud", "--log-level"},
 		{"USERSYNC_LOGIN_URL", "ftp://x", "--login-url"},
 		{"USERSYNC_FUNNELKIT_URL", "", "--funnelkit-url is required"},
 	}
@@ -116,5 +117,22 @@ func TestServeFlags_FromTheEnvironment(t *testing.T) {
 				t.Fatalf("err %v, want it to mention %q", err, tt.mention)
 			}
 		})
+	}
+}
+
+func TestDemo_RefusesADataDirectoryWithRealData(t *testing.T) {
+	real := t.TempDir()
+	if err := os.WriteFile(filepath.Join(real, "events.db"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := demoData(real); err == nil || !strings.Contains(err.Error(), "--demo refuses") {
+		t.Fatalf("err %v", err)
+	}
+	fresh := filepath.Join(t.TempDir(), "demo")
+	if err := demoData(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if err := demoData(fresh); err != nil {
+		t.Fatalf("a second demo run on its own directory: %v", err)
 	}
 }

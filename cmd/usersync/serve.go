@@ -10,6 +10,7 @@ import (
 	"net"
 	nethttp "net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,7 @@ type app struct {
 	servers     []*nethttp.Server
 	serveErr    chan error
 	addr        string
+	wait        time.Duration
 	metricsAddr string
 	metrics     *metrics.Metrics
 	sim         func()
@@ -72,12 +74,17 @@ type app struct {
 // startApp opens the data directory, recovers what was queued, and starts
 // listening. It returns once the server accepts webhooks.
 func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
-	a := &app{log: log}
+	a := &app{log: log, wait: cfg.Wait}
 	defer func() {
 		if err != nil {
 			_ = a.shutdown()
 		}
 	}()
+	if cfg.Demo {
+		if err := demoData(cfg.Data); err != nil {
+			return nil, err
+		}
+	}
 	paths, err := openData(cfg.Data)
 	if err != nil {
 		return nil, err
@@ -280,15 +287,20 @@ func (a *app) ready(ctx context.Context) error {
 func (a *app) shutdown() error {
 	var errs []error
 	a.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// Answers in flight may wait up to --wait for their webhook.
+		httpCtx, cancel := context.WithTimeout(context.Background(), a.wait+5*time.Second)
 		defer cancel()
 		for _, s := range a.servers {
-			if err := s.Shutdown(ctx); err != nil {
+			if err := s.Shutdown(httpCtx); err != nil {
 				errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
 			}
 		}
+		// Then the webhooks being processed finish (what is queued stays
+		// recorded for the next start).
+		drainCtx, cancelDrain := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancelDrain()
 		if a.disp != nil {
-			if err := a.disp.Close(ctx); err != nil {
+			if err := a.disp.Close(drainCtx); err != nil {
 				errs = append(errs, fmt.Errorf("drain webhooks: %w", err))
 			}
 		}
@@ -430,4 +442,30 @@ func (s observedStore) Append(ctx context.Context, stream string, expected domai
 	res, err := s.SQLite.Append(ctx, stream, expected, events...)
 	s.m.ObserveAppend(events, time.Since(start), err)
 	return res, err
+}
+
+// demoMarker marks a data directory made by --demo.
+const demoMarker = ".usersync-demo"
+
+// demoData refuses to run the demo on a data directory with real data: the
+// demo replaces the access key and would send the real queue to the
+// simulator.
+func demoData(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		entries = nil
+	} else if err != nil {
+		return fmt.Errorf("--data %s: %w", dir, err)
+	}
+	marked := false
+	for _, e := range entries {
+		marked = marked || e.Name() == demoMarker
+	}
+	if len(entries) > 0 && !marked {
+		return fmt.Errorf("--demo refuses --data %s: it holds data that --demo did not make; give --demo its own directory (for example --data ./demo-data)", dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, demoMarker), []byte("made by usersync serve --demo\n"), 0o600)
 }

@@ -128,11 +128,20 @@ type Unsealer interface {
 
 // PasswordReturner sends each generated password to its FunnelKit field,
 // retrying with backoff up to a limit, records the result, and destroys the
-// password's key once it is returned or given up.
+// password's key once it is returned or given up. Each password is returned
+// in its own goroutine, so that one contact's retries never hold back
+// another's; Resume picks up at start the returns a stop interrupted (the
+// stream, not memory, says how many attempts were made).
 type PasswordReturner struct {
 	process
 	crm  FieldWriter
 	keys Unsealer
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	flight   sync.Mutex
+	inflight map[string]bool
 }
 
 // ProcessConfig configures a process manager.
@@ -162,10 +171,74 @@ func newProcess(name string, cfg ProcessConfig) process {
 
 // NewPasswordReturner makes the password-return process manager.
 func NewPasswordReturner(cfg ProcessConfig, crm FieldWriter, keys Unsealer) *PasswordReturner {
-	return &PasswordReturner{process: newProcess("password_return", cfg), crm: crm, keys: keys}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &PasswordReturner{process: newProcess("password_return", cfg), crm: crm, keys: keys,
+		ctx: ctx, cancel: cancel, inflight: map[string]bool{}}
 }
 
-// Handle acts on PasswordIssued; other events only move the checkpoint.
+// start returns one password in the background, once at a time per key.
+func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.PasswordIssued) {
+	p.flight.Lock()
+	defer p.flight.Unlock()
+	if p.inflight[issued.KeyID] || p.ctx.Err() != nil {
+		return
+	}
+	p.inflight[issued.KeyID] = true
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer func() {
+			p.flight.Lock()
+			delete(p.inflight, issued.KeyID)
+			p.flight.Unlock()
+		}()
+		for attempt := 1; ; attempt++ {
+			err := p.deliver(p.ctx, id, wh, issued)
+			if err == nil || p.ctx.Err() != nil {
+				return
+			}
+			// The store failed, not FunnelKit: try again later.
+			p.log.Error("password return interrupted; trying again", "webhook_id", wh, "contact_id", id, "err", err)
+			if !p.pause(p.ctx, p.now().Add(p.retry.Delay(attempt))) {
+				return
+			}
+		}
+	}()
+}
+
+// Resume starts the returns still pending (after a restart): pending are
+// the rows of the password-return view with status pending.
+func (p *PasswordReturner) Resume(ctx context.Context, pending []PasswordReturn) error {
+	for _, r := range pending {
+		recs, err := p.store.ReadStream(ctx, r.ContactID.Stream())
+		if err != nil {
+			return fmt.Errorf("resume password return of contact %d: %w", r.ContactID, err)
+		}
+		for _, rec := range recs {
+			if rec.Type != domain.TypePasswordIssued {
+				continue
+			}
+			env, err := domain.Decode(rec)
+			if err != nil {
+				return err
+			}
+			if issued := env.Event.(domain.PasswordIssued); issued.KeyID == r.KeyID {
+				p.start(r.ContactID, env.WebhookID, issued)
+			}
+		}
+	}
+	return nil
+}
+
+// Stop cancels the returns in progress (they resume at the next start) and
+// waits for them.
+func (p *PasswordReturner) Stop() {
+	p.cancel()
+	p.wg.Wait()
+}
+
+// Handle starts the return of each PasswordIssued; other events only move
+// the checkpoint.
 func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent) error {
 	if rec.Type != domain.TypePasswordIssued {
 		return p.done(ctx, rec.Position, false)
@@ -178,10 +251,7 @@ func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent)
 	if err != nil {
 		return err
 	}
-	issued := env.Event.(domain.PasswordIssued)
-	if err := p.deliver(ctx, id, env.WebhookID, issued); err != nil {
-		return err
-	}
+	p.start(id, env.WebhookID, env.Event.(domain.PasswordIssued))
 	return p.done(ctx, rec.Position, true)
 }
 

@@ -895,3 +895,51 @@ func TestSameEmail_TwoContactsConcurrently(t *testing.T) {
 		}
 	}
 }
+
+func TestPasswordReturn_OneSlowContactDoesNotHoldBackOthers(t *testing.T) {
+	h := newHarness(t, func(c *serveConfig) { c.FunnelKitTimeout = 8 * time.Second })
+	h.sim.Hang(funnelkit.EndpointSetFields, 1) // contact 1's return hangs until the timeout
+	h.send("get", hook("add", "1"))
+	h.eventually("contact 1's return to be under way", func() bool { return h.sim.RequestsTo(funnelkit.EndpointSetFields) == 1 })
+	h.send("get", hook("add", "2"))
+	status := func(id int) string {
+		var pr struct {
+			Returns []projections.PasswordReturn `json:"password_returns"`
+		}
+		h.api("GET", "/api/password-returns", &pr)
+		for _, r := range pr.Returns {
+			if int(r.ContactID) == id {
+				return r.Status
+			}
+		}
+		return ""
+	}
+	h.eventually("contact 2's password to be returned", func() bool { return status(2) == "returned" })
+	if s := status(1); s != "pending" {
+		t.Fatalf("contact 1's return is %q while FunnelKit still hangs on it", s)
+	}
+}
+
+func TestPasswordReturn_ResumesAfterARestart(t *testing.T) {
+	sim, u := newSim(t)
+	dir := t.TempDir()
+	h := start(t, dir, sim, u, func(c *serveConfig) {
+		c.RetryInitial, c.RetryMax, c.ReturnAttempts = 20*time.Millisecond, 20*time.Millisecond, 1000
+	})
+	sim.FailNext(funnelkit.EndpointSetFields, 100000, 503)
+	h.send("get", hook("add", "1"))
+	h.eventually("failed attempts", func() bool { return count(h.history(1), "PasswordReturnFailed") >= 2 })
+	if err := h.app.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	sim.ClearFaults()
+	h = start(t, dir, sim, u)
+	h.eventually("the return after the restart", func() bool { return count(h.history(1), "PasswordReturned") == 1 })
+	if parked, _ := h.app.views.Parked(context.Background(), ""); len(parked) != 0 {
+		t.Fatalf("the stop parked %+v", parked)
+	}
+	c, _ := sim.Contact(1)
+	if len(c.Fields[passwordFld]) < 16 {
+		t.Fatalf("field %s: %q", passwordFld, c.Fields[passwordFld])
+	}
+}

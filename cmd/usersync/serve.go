@@ -61,6 +61,7 @@ type app struct {
 	pipeDone    chan error
 	pipeStop    context.CancelFunc
 	disp        *domain.Dispatcher
+	returner    *projections.PasswordReturner
 	servers     []*nethttp.Server
 	serveErr    chan error
 	addr        string
@@ -148,8 +149,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	welcomer := projections.NewWelcomer(mailCfg, mailer)
 	consumers, processes[welcomer.Name()] = append(consumers, welcomer), welcomer
 	if policy.PasswordField != "" {
-		returner := projections.NewPasswordReturner(returnCfg, crm, a.keys)
-		consumers, processes[returner.Name()] = append(consumers, returner), returner
+		a.returner = projections.NewPasswordReturner(returnCfg, crm, a.keys)
+		consumers, processes[a.returner.Name()] = append(consumers, a.returner), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
 	a.pipe, err = projections.NewPipeline(projections.PipelineConfig{
@@ -189,6 +190,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	})
 	if err := a.recover(ctx); err != nil {
 		return nil, err
+	}
+	if a.returner != nil {
+		if err := a.returner.Resume(ctx, a.views.Passwords.List(projections.PasswordPending)); err != nil {
+			return nil, err
+		}
 	}
 
 	srv := usershttp.New(usershttp.Config{
@@ -303,6 +309,9 @@ func (a *app) shutdown() error {
 			if err := a.disp.Close(drainCtx); err != nil {
 				errs = append(errs, fmt.Errorf("drain webhooks: %w", err))
 			}
+		}
+		if a.returner != nil {
+			a.returner.Stop()
 		}
 		if a.pipe != nil {
 			a.pipeStop()

@@ -106,10 +106,18 @@ var errConflict = errors.New("stream changed while deciding")
 func (p *Processor) ProcessNext(ctx context.Context, id ContactID) (out Outcome, ok bool, err error) {
 	w := &work{p: p, id: id}
 	defer w.cleanup(ctx)
-	for range maxConflicts {
+	for i := range maxConflicts {
 		out, ok, err = w.once(ctx)
 		if !errors.Is(err, errConflict) {
 			return out, ok, err
+		}
+		// Another webhook holds what this one needs: let it finish.
+		t := time.NewTimer(time.Duration(i+1) * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return out, false, ctx.Err()
 		}
 	}
 	return out, ok, fmt.Errorf("process contact %d: gave up after %d concurrent changes", id, maxConflicts)
@@ -127,7 +135,9 @@ type work struct {
 	contactErr error
 	catalog    []Tag
 	// held are the claim locks this attempt holds (see keyLocks).
-	held  map[string]func()
+	held map[string]func()
+	// owner is the other contact a link copies its user from, as read.
+	owner *ownerRead
 	creds *credentials
 	used  bool
 }
@@ -166,6 +176,13 @@ func (w *work) claim(key string) bool {
 	return ok
 }
 
+func (w *work) unclaim(key string) {
+	if unlock, ok := w.held[key]; ok {
+		unlock()
+		delete(w.held, key)
+	}
+}
+
 func (w *work) releaseClaims() {
 	for k, unlock := range w.held {
 		unlock()
@@ -175,6 +192,7 @@ func (w *work) releaseClaims() {
 
 func (w *work) once(ctx context.Context) (Outcome, bool, error) {
 	defer w.releaseClaims()
+	w.owner = nil
 	s, err := w.p.load(ctx, w.id)
 	if err != nil {
 		return Outcome{}, false, err
@@ -214,6 +232,12 @@ func (w *work) once(ctx context.Context) (Outcome, bool, error) {
 		return Outcome{}, false, err
 	}
 	return w.finish(ctx, s, pw, events, outcome)
+}
+
+// ownerRead is a stream version a decision depended on.
+type ownerRead struct {
+	contact ContactID
+	version uint64
 }
 
 // crmError is a permanent CRM failure or a request the CRM data refutes:
@@ -309,11 +333,14 @@ func (w *work) update(ctx context.Context, s *ContactState, pw PendingWebhook, r
 	var events []Event
 	if u == nil && req.Email != "" {
 		w.claim("email:" + EmailKey(req.Email))
-		owner, err := w.p.emailOwner(ctx, req.Email)
+		owner, version, err := w.p.emailOwner(ctx, req.Email)
 		if err != nil {
 			return nil, nil, err
 		}
 		if owner != nil && owner.ContactID != w.id {
+			// The link copies the owner as read: it must still be so when
+			// the link is recorded (finish checks).
+			w.owner = &ownerRead{contact: owner.ContactID, version: version}
 			c, err := w.contactFromCRM(ctx)
 			if err != nil {
 				return nil, nil, err
@@ -384,7 +411,7 @@ func (w *work) add(ctx context.Context, s *ContactState, pw PendingWebhook, req 
 	var owner *User
 	if s.User == nil && c.Email != "" {
 		w.claim("email:" + EmailKey(c.Email))
-		if owner, err = w.p.emailOwner(ctx, c.Email); err != nil {
+		if owner, _, err = w.p.emailOwner(ctx, c.Email); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -497,6 +524,18 @@ func (w *work) finish(ctx context.Context, s *ContactState, pw PendingWebhook, e
 		// a current state: a stale one could move the user back.
 		if !w.claim("email:"+EmailKey(after.User.Email)) || !w.claim("login:"+strings.ToLower(after.User.Login)) {
 			return Outcome{}, false, errConflict
+		}
+		if s.User != nil && EmailKey(s.User.Email) != EmailKey(after.User.Email) && !w.claim("email:"+EmailKey(s.User.Email)) {
+			return Outcome{}, false, errConflict // the address given up is being claimed
+		}
+		if o := w.owner; o != nil {
+			// The user a link copies must not have changed since it was read.
+			if _, err := w.p.Store.Append(ctx, o.contact.Stream(), ExactVersion(o.version)); err != nil {
+				if errors.Is(err, ErrConcurrency) {
+					return Outcome{}, false, errConflict
+				}
+				return Outcome{}, false, fmt.Errorf("check %s: %w", o.contact.Stream(), err)
+			}
 		}
 		settled, err := w.p.settled(ctx, w.id, after.User)
 		if err != nil {
@@ -691,19 +730,19 @@ func (p *Processor) reserve(ctx context.Context, stream, wh string, ev Event, ow
 }
 
 // emailOwner is the user holding an address, nil if none.
-func (p *Processor) emailOwner(ctx context.Context, email string) (*User, error) {
+func (p *Processor) emailOwner(ctx context.Context, email string) (*User, uint64, error) {
 	r, err := p.readReservation(ctx, EmailStream(email))
 	if err != nil || r.contact == 0 {
-		return nil, err
+		return nil, 0, err
 	}
 	s, err := p.load(ctx, r.contact)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if s.User == nil || s.User.UserID != r.userID || EmailKey(s.User.Email) != EmailKey(email) {
-		return nil, nil
+		return nil, 0, nil
 	}
-	return s.User, nil
+	return s.User, s.Version, nil
 }
 
 // ownsEmail says whether a user still has the address.
@@ -733,6 +772,7 @@ func (w *work) claimLogin(ctx context.Context, wh, login string, id ContactID, u
 		if holder == id {
 			return try, nil
 		}
+		w.unclaim("login:" + strings.ToLower(try))
 	}
 	return "", &crmError{status: 500, msg: fmt.Sprintf("Import user failed: logins %s to %s100 are all taken", login, login)}
 }

@@ -66,7 +66,7 @@ func decodeContact(raw json.RawMessage) (domain.CRMContact, error) {
 	// without them is degraded, and taking it as "no tags, no fields" would
 	// strip the user.
 	for _, key := range []string{"tags", "fields"} {
-		if v, ok := obj[key]; !ok || (key == "tags" && isNull(v)) {
+		if v, ok := obj[key]; !ok || isNull(v) {
 			return domain.CRMContact{}, fmt.Errorf("contact has no %s list: an incomplete answer", key)
 		}
 	}

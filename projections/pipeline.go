@@ -132,7 +132,7 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 		if err == nil {
 			return out, nil
 		}
-		if msg.Context().Err() != nil {
+		if msg.Context().Err() != nil || errors.Is(err, context.Canceled) {
 			// Stopping, not failing: the event is delivered again at the
 			// next start, from the checkpoint.
 			return nil, err

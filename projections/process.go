@@ -142,6 +142,10 @@ type PasswordReturner struct {
 	wg       sync.WaitGroup
 	flight   sync.Mutex
 	inflight map[string]bool
+	stopped  bool
+	// calls bounds the FunnelKit requests in flight, so that resuming a
+	// backlog does not flood the site.
+	calls chan struct{}
 }
 
 // ProcessConfig configures a process manager.
@@ -156,6 +160,8 @@ type ProcessConfig struct {
 	// OnResult, if set, is told the outcome of each attempt (for metrics):
 	// returned or sent, failed, gave_up.
 	OnResult func(outcome string)
+	// Concurrency bounds the attempts running at once (default 4).
+	Concurrency int
 }
 
 func newProcess(name string, cfg ProcessConfig) process {
@@ -173,15 +179,19 @@ func newProcess(name string, cfg ProcessConfig) process {
 func NewPasswordReturner(cfg ProcessConfig, crm FieldWriter, keys Unsealer) *PasswordReturner {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &PasswordReturner{process: newProcess("password_return", cfg), crm: crm, keys: keys,
-		ctx: ctx, cancel: cancel, inflight: map[string]bool{}}
+		ctx: ctx, cancel: cancel, inflight: map[string]bool{}, calls: make(chan struct{}, max(cfg.Concurrency, 4))}
 }
 
 // start returns one password in the background, once at a time per key.
-func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.PasswordIssued) {
+// It reports false once the returner is stopped.
+func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.PasswordIssued) bool {
 	p.flight.Lock()
 	defer p.flight.Unlock()
-	if p.inflight[issued.KeyID] || p.ctx.Err() != nil {
-		return
+	if p.stopped {
+		return false
+	}
+	if p.inflight[issued.KeyID] {
+		return true
 	}
 	p.inflight[issued.KeyID] = true
 	p.wg.Add(1)
@@ -204,6 +214,7 @@ func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.P
 			}
 		}
 	}()
+	return true
 }
 
 // Resume starts the returns still pending (after a restart): pending are
@@ -233,7 +244,10 @@ func (p *PasswordReturner) Resume(ctx context.Context, pending []PasswordReturn)
 // Stop cancels the returns in progress (they resume at the next start) and
 // waits for them.
 func (p *PasswordReturner) Stop() {
+	p.flight.Lock()
+	p.stopped = true
 	p.cancel()
+	p.flight.Unlock()
 	p.wg.Wait()
 }
 
@@ -251,7 +265,9 @@ func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent)
 	if err != nil {
 		return err
 	}
-	p.start(id, env.WebhookID, env.Event.(domain.PasswordIssued))
+	if !p.start(id, env.WebhookID, env.Event.(domain.PasswordIssued)) {
+		return fmt.Errorf("password return stopping: %w", context.Canceled)
+	}
 	return p.done(ctx, rec.Position, true)
 }
 
@@ -312,6 +328,12 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 }
 
 func (p *PasswordReturner) try(ctx context.Context, id domain.ContactID, issued domain.PasswordIssued) error {
+	select {
+	case p.calls <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-p.calls }()
 	plain, err := p.keys.Unseal(ctx, issued.KeyID, issued.Sealed)
 	if err != nil {
 		return fmt.Errorf("unseal password: %w", err)

@@ -144,6 +144,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg, mailCfg := procCfg, procCfg
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
+	returnCfg.Concurrency = cfg.Concurrency
 	consumers := a.views.Consumers()
 	processes := map[string]interface{ Current() uint64 }{}
 	welcomer := projections.NewWelcomer(mailCfg, mailer)
@@ -253,8 +254,8 @@ func (a *app) recover(ctx context.Context) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	if err := a.views.WaitFor(wctx, "webhooks", head); err != nil {
-		return fmt.Errorf("catch up the webhooks view before recovery: %w", err)
+	if err := a.views.WaitAll(wctx, head); err != nil {
+		return fmt.Errorf("catch up the views before recovery: %w", err)
 	}
 	open := a.views.Webhooks.Open()
 	seen := map[domain.ContactID]bool{}
@@ -310,14 +311,15 @@ func (a *app) shutdown() error {
 				errs = append(errs, fmt.Errorf("drain webhooks: %w", err))
 			}
 		}
-		if a.returner != nil {
-			a.returner.Stop()
-		}
 		if a.pipe != nil {
 			a.pipeStop()
 			if err := <-a.pipeDone; err != nil {
 				errs = append(errs, fmt.Errorf("stop pipeline: %w", err))
 			}
+		}
+		// After the pipeline: no Handle can start a return any more.
+		if a.returner != nil {
+			a.returner.Stop()
 		}
 		if a.views != nil {
 			errs = append(errs, a.views.Close())

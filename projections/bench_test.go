@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,7 +126,9 @@ func BenchmarkRebuild(b *testing.B) {
 	b.ResetTimer()
 	var total time.Duration
 	for b.Loop() {
+		cpu0 := cpuTime()
 		stats, err := views.Rebuild(ctx, store, nil)
+		cpu := cpuTime() - cpu0
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -133,7 +136,17 @@ func BenchmarkRebuild(b *testing.B) {
 			b.Fatalf("rebuilt %d events, %d users; want %d, %d", stats.Events, stats.Users, n, users)
 		}
 		total += stats.Duration
-		b.Logf("read+decode+apply %s, write %s", stats.ReadApply.Round(time.Millisecond), (stats.Duration - stats.ReadApply).Round(time.Millisecond))
+		b.Logf("read+decode+apply %s, write %s, CPU %s (%.1f cores)", stats.ReadApply.Round(time.Millisecond),
+			(stats.Duration - stats.ReadApply).Round(time.Millisecond), cpu.Round(time.Millisecond), cpu.Seconds()/stats.Duration.Seconds())
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/total.Seconds(), "events/s")
+}
+
+// cpuTime is the CPU time the process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

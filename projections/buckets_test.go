@@ -1,0 +1,31 @@
+package projections
+
+import (
+	"reflect"
+	"testing"
+
+	json "github.com/goccy/go-json"
+)
+
+func TestStoredWebhook_RoundTrip(t *testing.T) {
+	for _, w := range []storedWebhook{
+		{"01a21e0c-f607", "add", 12, "processed", "User created", 0, 1764264000000000000, 1764264000000000001},
+		{"x", "unknown", 0, "failed", `tags: no FunnelKit tag is named "Nope" \ <b>&`, 3, 0, -1},
+		{"é", "update", 1<<63 + 5, "queued", "línea\nnueva\ttab\u2028\x01", 1, 1, 2},
+	} {
+		b, err := w.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !json.Valid(b) {
+			t.Fatalf("not JSON: %s", b)
+		}
+		var back storedWebhook
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if !reflect.DeepEqual(back, w) {
+			t.Fatalf("round trip:\n%+v\n%+v", w, back)
+		}
+	}
+}

@@ -79,9 +79,9 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 			writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
 			return
 		}
-		outcome = map[int]string{nethttp.StatusOK: "ignored"}[status]
-		if outcome == "" {
-			outcome = "rejected"
+		outcome = "rejected"
+		if status == nethttp.StatusOK {
+			outcome = "ignored"
 		}
 		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration_seconds", time.Since(start).Seconds())
 		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})

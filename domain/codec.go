@@ -71,8 +71,23 @@ func EncodeAll(es []Envelope) ([]NewEvent, error) {
 // Decode turns a stored event back into an envelope. An unknown type or a
 // newer schema gives an error matching ErrUnknownEventType or
 // ErrUnsupportedSchema: the caller parks the event rather than skip it.
-func Decode(r RecordedEvent) (Envelope, error) {
-	m, ok := parseMetadata(r.Metadata)
+func Decode(r RecordedEvent) (Envelope, error) { return decode(r, nil) }
+
+// A Decoder decodes many events, sharing one string for each short value
+// they repeat (actions, tag names, roles, field names), so that a rebuild
+// allocates less and the views it builds hold one copy of each. Its zero
+// value is not usable; a Decoder is not safe for concurrent use.
+type Decoder struct{ words map[string]string }
+
+// NewDecoder returns a Decoder.
+func NewDecoder() *Decoder { return &Decoder{words: make(map[string]string, 256)} }
+
+// Decode is Decode, sharing strings with the events decoded before.
+func (d *Decoder) Decode(r RecordedEvent) (Envelope, error) { return decode(r, d.words) }
+
+func decode(r RecordedEvent, words map[string]string) (Envelope, error) {
+	ev, fast := decodeFast(r.Type, r.Data, words)
+	m, ok := parseMetadata(r.Metadata, causedBy(ev))
 	if !ok {
 		if err := json.Unmarshal(r.Metadata, &m); err != nil {
 			return Envelope{}, fmt.Errorf("decode metadata of %s event %d in %s: %w", r.Type, r.Version, r.Stream, err)
@@ -82,7 +97,10 @@ func Decode(r RecordedEvent) (Envelope, error) {
 		return Envelope{}, fmt.Errorf("decode %s event %d in %s: schema %d, this build reads up to %d (upgrade usersync): %w",
 			r.Type, r.Version, r.Stream, m.Schema, SchemaVersion, ErrUnsupportedSchema)
 	}
-	ev := newEvent(r.Type)
+	if fast {
+		return Envelope{Event: ev, OccurredAt: m.OccurredAt, WebhookID: m.WebhookID}, nil
+	}
+	ev = newEvent(r.Type)
 	if ev == nil {
 		return Envelope{}, fmt.Errorf("decode event %d in %s: type %q: %w", r.Version, r.Stream, r.Type, ErrUnknownEventType)
 	}
@@ -90,6 +108,18 @@ func Decode(r RecordedEvent) (Envelope, error) {
 		return Envelope{}, fmt.Errorf("decode %s event %d in %s: %w", r.Type, r.Version, r.Stream, err)
 	}
 	return Envelope{Event: deref(ev), OccurredAt: m.OccurredAt, WebhookID: m.WebhookID}, nil
+}
+
+// causedBy is the webhook id an event's data names, which its metadata
+// usually repeats.
+func causedBy(e Event) string {
+	switch e := e.(type) {
+	case WebhookReceived:
+		return e.WebhookID
+	case WebhookProcessed:
+		return e.WebhookID
+	}
+	return ""
 }
 
 // newEvent returns a pointer to a zero event of the named type, or nil.
@@ -186,8 +216,9 @@ func deref(e Event) Event {
 // parseMetadata reads metadata in the exact form Encode writes it, without
 // reflection: it is half the cost of decoding an event, and a rebuild
 // decodes every event. Anything else (escapes, other order, other fields)
-// reports !ok and goes to the JSON decoder.
-func parseMetadata(b []byte) (Metadata, bool) {
+// reports !ok and goes to the JSON decoder. A webhook id equal to known is
+// returned as known rather than as a new string.
+func parseMetadata(b []byte, known string) (Metadata, bool) {
 	var m Metadata
 	rest, ok := bytes.CutPrefix(b, []byte(`{"schema":`))
 	if !ok {
@@ -208,9 +239,12 @@ func parseMetadata(b []byte) (Metadata, bool) {
 	if end < 0 || bytes.IndexByte(rest[:end], '\\') >= 0 {
 		return m, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
-	if err != nil {
-		return m, false
+	t, ok := parseUTC(rest[:end])
+	if !ok {
+		var err error
+		if t, err = time.Parse(time.RFC3339Nano, string(rest[:end])); err != nil {
+			return m, false
+		}
 	}
 	m.OccurredAt = t
 	rest = rest[end+1:]
@@ -224,6 +258,10 @@ func parseMetadata(b []byte) (Metadata, bool) {
 	if !ok || bytes.ContainsAny(id, "\\\"") {
 		return m, false
 	}
-	m.WebhookID = string(id)
+	if string(id) == known {
+		m.WebhookID = known
+	} else {
+		m.WebhookID = string(id)
+	}
 	return m, true
 }

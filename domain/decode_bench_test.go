@@ -7,7 +7,8 @@ import (
 	"github.com/usersync/usersync/domain"
 )
 
-// BenchmarkDecode decodes a typical mix of stored events.
+// BenchmarkDecode decodes the stored events a webhook appends most, one
+// type at a time, and then a mix of them with a Decoder (as a rebuild does).
 func BenchmarkDecode(b *testing.B) {
 	at := time.Date(2026, 1, 5, 8, 0, 0, 0, time.UTC)
 	var recs []domain.RecordedEvent
@@ -22,14 +23,27 @@ func BenchmarkDecode(b *testing.B) {
 		}
 		recs = append(recs, domain.RecordedEvent{Stream: "contact-12", Type: ne.Type, Data: ne.Data, Metadata: ne.Metadata})
 	}
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if _, err := domain.Decode(recs[i%len(recs)]); err != nil {
-			b.Fatal(err)
-		}
-		i++
+	for _, rec := range recs {
+		b.Run(rec.Type, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := domain.Decode(rec); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
+	b.Run("Decoder", func(b *testing.B) {
+		b.ReportAllocs()
+		d := domain.NewDecoder()
+		i := 0
+		for b.Loop() {
+			if _, err := d.Decode(recs[i%len(recs)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
 }
 
 func BenchmarkDecodeMetadata(b *testing.B) {

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"hash/fnv"
 	"reflect"
 	"testing"
 
@@ -13,10 +14,7 @@ func TestStoredWebhook_RoundTrip(t *testing.T) {
 		{"x", "unknown", 0, "failed", `tags: no FunnelKit tag is named "Nope" \ <b>&`, 3, 0, -1},
 		{"é", "update", 1<<63 + 5, "queued", "línea\nnueva\ttab\u2028\x01", 1, 1, 2},
 	} {
-		b, err := w.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := w.appendJSON(nil)
 		if !json.Valid(b) {
 			t.Fatalf("not JSON: %s", b)
 		}
@@ -26,6 +24,16 @@ func TestStoredWebhook_RoundTrip(t *testing.T) {
 		}
 		if !reflect.DeepEqual(back, w) {
 			t.Fatalf("round trip:\n%+v\n%+v", w, back)
+		}
+	}
+}
+
+func TestHashString_IsFNV1a(t *testing.T) {
+	for _, k := range []string{"", "a", "wh-1-0", "01a21e0c-f607-4a4c-9d0e-5b9a8c7e2f11", "é\x00\xff\u2028", string(make([]byte, 300))} {
+		h := fnv.New32a()
+		h.Write([]byte(k))
+		if got, want := hashString(k), h.Sum32(); got != want {
+			t.Errorf("hashString(%q) = %d, hash/fnv gives %d", k, got, want)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"slices"
+	"strconv"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -48,9 +49,9 @@ type storedReturn struct {
 	Key string `json:"key_id"`
 }
 
-func newPasswordsState() *passwordsState {
-	return &passwordsState{rows: newBuckets("password_returns", 256, hashContact[domain.ContactID],
-		func(_ domain.ContactID, r *PasswordReturn) any { return storedReturn{PasswordReturn: *r, Key: r.KeyID} },
+func newPasswordsState(size int) *passwordsState {
+	return &passwordsState{rows: newBuckets("password_returns", 256, size, hashContact[domain.ContactID],
+		appendPasswordReturn,
 		func(raw json.RawMessage) (domain.ContactID, *PasswordReturn, error) {
 			var st storedReturn
 			if err := json.Unmarshal(raw, &st); err != nil {
@@ -91,10 +92,46 @@ func (s *passwordsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 	}
 }
 
+// appendPasswordReturn appends a password return as written: a
+// storedReturn as JSON.
+func appendPasswordReturn(b []byte, _ domain.ContactID, r *PasswordReturn) ([]byte, error) {
+	b = append(b, `{"contact_id":`...)
+	b = strconv.AppendUint(b, uint64(r.ContactID), 10)
+	b = append(b, `,"field":`...)
+	b = appendJSONString(b, r.Field)
+	b = append(b, `,"status":`...)
+	b = appendJSONString(b, r.Status)
+	b = append(b, `,"attempts":`...)
+	b = strconv.AppendInt(b, int64(r.Attempts), 10)
+	b = append(b, `,"last_error":`...)
+	b = appendJSONString(b, r.LastError)
+	var err error
+	if !r.NextAttemptAt.IsZero() { // omitzero
+		b = append(b, `,"next_attempt_at":`...)
+		if b, err = appendJSONTime(b, r.NextAttemptAt); err != nil {
+			return nil, err
+		}
+	}
+	b = append(b, `,"issued_at":`...)
+	if b, err = appendJSONTime(b, r.IssuedAt); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"updated_at":`...)
+	if b, err = appendJSONTime(b, r.UpdatedAt); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"key_id":`...)
+	b = appendJSONString(b, r.KeyID)
+	return append(b, '}'), nil
+}
+
+func (s *passwordsState) size() int                                   { return len(s.rows.rows) }
 func (s *passwordsState) committed()                                  { s.rows.committed() }
 func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *passwordsState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
-func (s *passwordsState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
+func (s *passwordsState) encodeAll(out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(out, free)
+}
+func (s *passwordsState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 
 // Get returns the password return of a contact.
 func (v *PasswordReturns) Get(id domain.ContactID) (PasswordReturn, bool) {

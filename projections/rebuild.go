@@ -75,7 +75,12 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	}
 	aside := make([]state, len(v.all))
 	for i, p := range v.all {
-		aside[i] = p.newState()
+		// Each new state starts as big as the one it replaces: growing the
+		// maps of a large view entry by entry cost a fifth of applying the
+		// events.
+		p.mu.RLock()
+		aside[i] = p.newState(p.st.size())
+		p.mu.RUnlock()
 	}
 	var stats RebuildStats
 	var parked []ParkedEvent
@@ -191,11 +196,12 @@ func readDecoded(ctx context.Context, log EventLog, after, upTo uint64, fn func(
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			dec := domain.NewDecoder()
 			for b := range jobs {
 				b.envs = make([]domain.Envelope, len(b.recs))
 				b.errs = make([]error, len(b.recs))
 				for i, r := range b.recs {
-					b.envs[i], b.errs[i] = domain.Decode(r)
+					b.envs[i], b.errs[i] = dec.Decode(r)
 				}
 				close(b.done)
 			}
@@ -269,7 +275,10 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 	}
 	defer up.Close()
 	// The writer drains ch even after an error, so encoders never block.
+	// It hands the buffers it wrote back through free for the encoders to
+	// reuse: the driver copies a blob when it binds it.
 	ch := make(chan encoded, 64)
+	free := make(chan []byte, cap(ch))
 	errs := make(chan error, len(states))
 	jobs := make(chan state, len(states))
 	for _, st := range states {
@@ -282,7 +291,7 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 		go func() {
 			defer wg.Done()
 			for st := range jobs {
-				if err := st.encodeAll(ch); err != nil {
+				if err := st.encodeAll(ch, free); err != nil {
 					errs <- err
 				}
 			}
@@ -296,6 +305,10 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 		}
 		if _, err := up.ExecContext(ctx, e.view, int64(e.bucket), e.blob); err != nil {
 			writeErr = fmt.Errorf("rebuild: write %s bucket %d: %w", e.view, e.bucket, err)
+		}
+		select {
+		case free <- e.blob:
+		default:
 		}
 	}
 	close(errs)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"slices"
+	"strconv"
 
 	json "github.com/goccy/go-json"
 
@@ -40,17 +41,12 @@ type tagsState struct {
 	byContact map[domain.ContactID][]uint64
 }
 
-func newTagsState() *tagsState {
-	s := &tagsState{byContact: map[domain.ContactID][]uint64{}}
-	s.rows = newBuckets("tags", 256, hashContact[uint64],
-		func(id uint64, t *tagRow) any {
-			contacts := make([]domain.ContactID, 0, len(t.members))
-			for c := range t.members {
-				contacts = append(contacts, c)
-			}
-			slices.Sort(contacts)
-			return storedTag{ID: id, Name: t.name, Contacts: contacts}
-		},
+// newTagsState makes an empty tags view with room for the tags of size
+// contacts: there are few tags and many contacts.
+func newTagsState(size int) *tagsState {
+	s := &tagsState{byContact: make(map[domain.ContactID][]uint64, size)}
+	s.rows = newBuckets("tags", 256, 0, hashContact[uint64],
+		appendTag,
 		func(raw json.RawMessage) (uint64, *tagRow, error) {
 			var st storedTag
 			if err := json.Unmarshal(raw, &st); err != nil {
@@ -121,9 +117,33 @@ func (s *tagsState) set(id domain.ContactID, tags []domain.Tag) {
 	}
 }
 
+// appendTag appends a tag as written: a storedTag as JSON.
+func appendTag(b []byte, id uint64, t *tagRow) ([]byte, error) {
+	contacts := make([]domain.ContactID, 0, len(t.members))
+	for c := range t.members {
+		contacts = append(contacts, c)
+	}
+	slices.Sort(contacts)
+	b = append(b, `{"id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, `,"name":`...)
+	b = appendJSONString(b, t.name)
+	b = append(b, `,"contacts":[`...)
+	for i, c := range contacts {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(c), 10)
+	}
+	return append(b, "]}"...), nil
+}
+
+func (s *tagsState) size() int                                   { return len(s.byContact) }
 func (s *tagsState) committed()                                  { s.rows.committed() }
 func (s *tagsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *tagsState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
+func (s *tagsState) encodeAll(out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(out, free)
+}
 func (s *tagsState) load(ctx context.Context, db *sql.DB) error {
 	if err := s.rows.loadAll(ctx, db); err != nil {
 		return err

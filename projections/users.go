@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	json "github.com/goccy/go-json"
@@ -43,9 +44,9 @@ type usersState struct {
 // userBuckets spreads users over the views file.
 const userBuckets = 1024
 
-func newUsersState() *usersState {
-	return &usersState{rows: newBuckets("users", userBuckets, hashContact[domain.ContactID],
-		func(_ domain.ContactID, e *userEntry) any { return e.row() },
+func newUsersState(size int) *usersState {
+	return &usersState{rows: newBuckets("users", userBuckets, size, hashContact[domain.ContactID],
+		appendUser,
 		func(raw json.RawMessage) (domain.ContactID, *userEntry, error) {
 			var r User
 			if err := json.Unmarshal(raw, &r); err != nil {
@@ -71,15 +72,22 @@ func (s *usersState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 		return
 	}
 	var cur *domain.User
-	if e, ok := s.rows.get(id); ok {
+	e, found := s.rows.get(id)
+	if found {
 		cur = e.u
 	}
 	next := domain.EvolveUser(cur, id, env)
-	if next == nil {
+	switch {
+	case next == nil:
 		s.rows.del(id)
-		return
+	case found:
+		// Readers copy entries under the view's lock (as EvolveUser
+		// changes cur in place), so the entry is updated in place too.
+		e.u, e.version = next, rec.Version
+		s.rows.touch(id)
+	default:
+		s.rows.put(id, &userEntry{u: next, version: rec.Version})
 	}
-	s.rows.put(id, &userEntry{u: next, version: rec.Version})
 }
 
 func (e *userEntry) row() User {
@@ -93,10 +101,53 @@ func (e *userEntry) row() User {
 	}
 }
 
+// appendUser appends a user as written: its row, User, as JSON.
+func appendUser(b []byte, _ domain.ContactID, e *userEntry) ([]byte, error) {
+	u := e.u
+	b = append(b, `{"contact_id":`...)
+	b = strconv.AppendUint(b, uint64(u.ContactID), 10)
+	b = append(b, `,"user_id":`...)
+	b = appendJSONString(b, u.UserID)
+	b = append(b, `,"login":`...)
+	b = appendJSONString(b, u.Login)
+	b = append(b, `,"email":`...)
+	b = appendJSONString(b, u.Email)
+	b = append(b, `,"role":`...)
+	b = appendJSONString(b, string(u.Role))
+	b = append(b, `,"meta":`...)
+	b = appendJSONStrings(b, u.Meta)
+	b = append(b, `,"tags":[`...)
+	for i, t := range u.Tags {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"id":`...)
+		b = strconv.AppendUint(b, t.ID, 10)
+		b = append(b, `,"name":`...)
+		b = appendJSONString(b, t.Name)
+		b = append(b, '}')
+	}
+	b = append(b, `],"created_at":`...)
+	b, err := appendJSONTime(b, u.CreatedAt.UTC())
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, `,"updated_at":`...)
+	if b, err = appendJSONTime(b, u.UpdatedAt.UTC()); err != nil {
+		return nil, err
+	}
+	b = append(b, `,"version":`...)
+	b = strconv.AppendUint(b, e.version, 10)
+	return append(b, '}'), nil
+}
+
+func (s *usersState) size() int                                   { return len(s.rows.rows) }
 func (s *usersState) committed()                                  { s.rows.committed() }
 func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *usersState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
-func (s *usersState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
+func (s *usersState) encodeAll(out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(out, free)
+}
+func (s *usersState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 
 // Get returns the user of a contact.
 func (v *Users) Get(id domain.ContactID) (User, bool) {

@@ -28,16 +28,20 @@ type state interface {
 	flush(ctx context.Context, tx *sql.Tx) error
 	// committed is told the flush committed.
 	committed()
-	// encodeAll encodes the whole state for writing, bucket by bucket.
-	encodeAll(out chan<- encoded) error
+	// encodeAll encodes the whole state for writing, bucket by bucket,
+	// into buffers from free when there are some.
+	encodeAll(out chan<- encoded, free <-chan []byte) error
 	// load reads the view from the file.
 	load(ctx context.Context, db *sql.DB) error
+	// size is how big the state is: the length of its largest map.
+	size() int
 }
 
 // projection is a named view with its checkpoint.
 type projection struct {
-	name     string
-	newState func() state
+	name string
+	// newState makes an empty state with room for size (see state.size).
+	newState func(size int) state
 
 	mu  sync.RWMutex
 	pos uint64
@@ -129,13 +133,13 @@ func openViews(ctx context.Context, db *sql.DB, path string) (*Views, error) {
 		return nil, fmt.Errorf("open views %s: %w", path, err)
 	}
 	v := &Views{db: db, path: path}
-	v.Users = &Users{p: &projection{name: "users", newState: func() state { return newUsersState() }}}
-	v.Tags = &Tags{p: &projection{name: "tags", newState: func() state { return newTagsState() }}}
-	v.Passwords = &PasswordReturns{p: &projection{name: "password_returns", newState: func() state { return newPasswordsState() }}}
-	v.Webhooks = &Webhooks{p: &projection{name: "webhooks", newState: func() state { return newWebhooksState() }}}
+	v.Users = &Users{p: &projection{name: "users", newState: func(size int) state { return newUsersState(size) }}}
+	v.Tags = &Tags{p: &projection{name: "tags", newState: func(size int) state { return newTagsState(size) }}}
+	v.Passwords = &PasswordReturns{p: &projection{name: "password_returns", newState: func(size int) state { return newPasswordsState(size) }}}
+	v.Webhooks = &Webhooks{p: &projection{name: "webhooks", newState: func(size int) state { return newWebhooksState(size) }}}
 	v.all = []*projection{v.Users.p, v.Tags.p, v.Passwords.p, v.Webhooks.p}
 	for _, p := range v.all {
-		p.st, p.moved = p.newState(), make(chan struct{})
+		p.st, p.moved = p.newState(0), make(chan struct{})
 		if err := p.st.load(ctx, db); err != nil {
 			return nil, fmt.Errorf("load view %s from %s: %w (run usersync rebuild)", p.name, path, err)
 		}

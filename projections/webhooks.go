@@ -51,16 +51,13 @@ type storedWebhook struct {
 	UpdatedAt  int64
 }
 
-// MarshalJSON writes the array form, by hand: a rebuild writes one per
-// webhook ever received, and boxing the fields for the JSON encoder cost
-// more than the rest of the write.
-func (w storedWebhook) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 96+len(w.ID)+len(w.Message))
+// appendJSON appends the array form.
+func (w storedWebhook) appendJSON(b []byte) []byte {
 	b = append(b, '[')
-	for _, str := range []string{w.ID, w.Action} {
-		b = appendJSONString(b, str)
-		b = append(b, ',')
-	}
+	b = appendJSONString(b, w.ID)
+	b = append(b, ',')
+	b = appendJSONString(b, w.Action)
+	b = append(b, ',')
 	b = strconv.AppendUint(b, uint64(w.ContactID), 10)
 	b = append(b, ',')
 	b = appendJSONString(b, w.Status)
@@ -72,21 +69,7 @@ func (w storedWebhook) MarshalJSON() ([]byte, error) {
 	b = strconv.AppendInt(b, w.ReceivedAt, 10)
 	b = append(b, ',')
 	b = strconv.AppendInt(b, w.UpdatedAt, 10)
-	return append(b, ']'), nil
-}
-
-// appendJSONString appends s as a JSON string: plain ASCII as is, anything
-// else through the JSON encoder.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			q, _ := json.Marshal(s)
-			return append(b, q...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
+	return append(b, ']')
 }
 
 // UnmarshalJSON reads the array form.
@@ -98,10 +81,11 @@ type webhooksState struct {
 	rows *buckets[string, *Webhook]
 }
 
-func newWebhooksState() *webhooksState {
-	return &webhooksState{rows: newBuckets("webhooks", 4096, hashString,
-		func(_ string, w *Webhook) any {
-			return storedWebhook{w.ID, w.Action, w.ContactID, w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)}
+func newWebhooksState(size int) *webhooksState {
+	return &webhooksState{rows: newBuckets("webhooks", 4096, size, hashString,
+		func(b []byte, _ string, w *Webhook) ([]byte, error) {
+			st := storedWebhook{w.ID, w.Action, w.ContactID, w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)}
+			return st.appendJSON(b), nil
 		},
 		func(raw json.RawMessage) (string, *Webhook, error) {
 			var st storedWebhook
@@ -144,10 +128,13 @@ func (s *webhooksState) update(id, status, message string, at time.Time) *Webhoo
 	return w
 }
 
+func (s *webhooksState) size() int                                   { return len(s.rows.rows) }
 func (s *webhooksState) committed()                                  { s.rows.committed() }
 func (s *webhooksState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *webhooksState) encodeAll(out chan<- encoded) error          { return s.rows.encodeAll(out) }
-func (s *webhooksState) load(ctx context.Context, db *sql.DB) error  { return s.rows.loadAll(ctx, db) }
+func (s *webhooksState) encodeAll(out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(out, free)
+}
+func (s *webhooksState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 
 // Get returns a webhook's receipt.
 func (v *Webhooks) Get(id string) (Webhook, bool) {

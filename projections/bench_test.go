@@ -136,8 +136,18 @@ func BenchmarkRebuild(b *testing.B) {
 			b.Fatalf("rebuilt %d events, %d users; want %d, %d", stats.Events, stats.Users, n, users)
 		}
 		total += stats.Duration
-		b.Logf("read+decode+apply %s, write %s, CPU %s (%.1f cores)", stats.ReadApply.Round(time.Millisecond),
-			(stats.Duration - stats.ReadApply).Round(time.Millisecond), cpu.Round(time.Millisecond), cpu.Seconds()/stats.Duration.Seconds())
+		// The rebuild leaves copying its log into views.db to a background
+		// checkpoint: timed here, outside the figure, as the server
+		// answers meanwhile.
+		b.StopTimer()
+		ck := time.Now()
+		if err := views.CheckpointWAL(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("read+decode+apply %s, write %s, CPU %s (%.1f cores); then checkpoint %s", stats.ReadApply.Round(time.Millisecond),
+			(stats.Duration - stats.ReadApply).Round(time.Millisecond), cpu.Round(time.Millisecond), cpu.Seconds()/stats.Duration.Seconds(),
+			time.Since(ck).Round(time.Millisecond))
+		b.StartTimer()
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/total.Seconds(), "events/s")
 }

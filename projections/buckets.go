@@ -189,22 +189,27 @@ type encoded struct {
 	blob   []byte
 }
 
-// encodeAll sends every non-empty bucket, encoded, to out, in bucket order:
-// SQLite inserts them in half the time it takes in random order, as each
-// insert then lands next to the one before. Each is encoded into a buffer
-// from free when there is one: the writer hands them back once written,
-// which spares allocating and growing one per bucket. Callers run several
-// at once to use every core while the file is written.
-func (b *buckets[K, R]) encodeAll(out chan<- encoded, free <-chan []byte) error {
-	groups := b.group(nil)
+// encodeAll sends the non-empty buckets numbered part modulo parts, encoded,
+// to out, in bucket order: SQLite inserts them in half the time it takes in
+// random order, as each insert then lands next to the one before. Callers
+// run every part at once to use every core while the file is written, and
+// the parts' buckets interleave. Each bucket is encoded into a buffer from
+// free when there is one: the writer hands them back once written, which
+// spares allocating and growing one per bucket.
+func (b *buckets[K, R]) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
+	groups := map[uint32][]K{}
+	for k := range b.rows {
+		if bk := b.bucket(k); bk%parts == part {
+			groups[bk] = append(groups[bk], k)
+		}
+	}
 	for _, bk := range slices.Sorted(maps.Keys(groups)) {
-		keys := groups[bk]
 		var buf []byte
 		select {
 		case buf = <-free:
 		default:
 		}
-		blob, err := b.encode(buf[:0], keys)
+		blob, err := b.encode(buf[:0], groups[bk])
 		if err != nil {
 			return fmt.Errorf("encode %s bucket %d: %w", b.view, bk, err)
 		}

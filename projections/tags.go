@@ -141,8 +141,8 @@ func appendTag(b []byte, id uint64, t *tagRow) ([]byte, error) {
 func (s *tagsState) size() int                                   { return len(s.byContact) }
 func (s *tagsState) committed()                                  { s.rows.committed() }
 func (s *tagsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *tagsState) encodeAll(out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(out, free)
+func (s *tagsState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, out, free)
 }
 func (s *tagsState) load(ctx context.Context, db *sql.DB) error {
 	if err := s.rows.loadAll(ctx, db); err != nil {

@@ -144,8 +144,8 @@ func appendUser(b []byte, _ domain.ContactID, e *userEntry) ([]byte, error) {
 func (s *usersState) size() int                                   { return len(s.rows.rows) }
 func (s *usersState) committed()                                  { s.rows.committed() }
 func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *usersState) encodeAll(out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(out, free)
+func (s *usersState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, out, free)
 }
 func (s *usersState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 

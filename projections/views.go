@@ -28,9 +28,9 @@ type state interface {
 	flush(ctx context.Context, tx *sql.Tx) error
 	// committed is told the flush committed.
 	committed()
-	// encodeAll encodes the whole state for writing, bucket by bucket,
-	// into buffers from free when there are some.
-	encodeAll(out chan<- encoded, free <-chan []byte) error
+	// encodeAll encodes the state's buckets numbered part modulo parts
+	// for writing, into buffers from free when there are some.
+	encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error
 	// load reads the view from the file.
 	load(ctx context.Context, db *sql.DB) error
 	// size is how big the state is: the length of its largest map.
@@ -76,6 +76,10 @@ type Views struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	closeOnce sync.Once
+	// background runs the checkpoint a rebuild leaves for later.
+	background sync.WaitGroup
+	// walMu makes checkpoints wait for one another.
+	walMu sync.Mutex
 }
 
 // FlushInterval is how often changed views are written to the file. Reads
@@ -209,9 +213,37 @@ func (v *Views) Close() error {
 	v.closeOnce.Do(func() {
 		close(v.stopFlush)
 		<-v.flushDone
+		v.background.Wait()
 		err = errors.Join(v.Flush(context.Background()), v.db.Close())
 	})
 	return err
+}
+
+// walAutoCheckpoint is SQLite's default: the log is copied into the file
+// once it passes this many pages.
+const walAutoCheckpoint = 1000
+
+// checkpointLater copies the write-ahead log into views.db in the
+// background, holding no view lock; Close waits for it. Readers and
+// flushes go on meanwhile (a passive checkpoint does not block them).
+func (v *Views) checkpointLater() {
+	v.background.Go(func() {
+		// Best effort: if it fails or stops short, the next automatic
+		// checkpoint copies the rest; nothing is lost either way.
+		_ = v.CheckpointWAL(context.Background())
+	})
+}
+
+// CheckpointWAL copies the views' write-ahead log into views.db (an SQLite
+// checkpoint), after the one a rebuild started if it still runs. It is
+// never needed for correctness: it keeps the log short.
+func (v *Views) CheckpointWAL(ctx context.Context) error {
+	v.walMu.Lock()
+	defer v.walMu.Unlock()
+	if _, err := v.db.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
+		return fmt.Errorf("checkpoint views %s: %w", v.path, err)
+	}
+	return nil
 }
 
 // Path is the views file.

@@ -24,6 +24,9 @@ type rawConn struct {
 	readAll    uintptr // prepared readAllSQL
 	readStream uintptr // prepared readStreamSQL
 	names      map[string]string
+	// last is the name each column gave last: events of one stream are
+	// mostly appended together, so the next row often repeats it.
+	last [8]string
 }
 
 // sqliteError is an error code and message from the SQLite API.
@@ -248,7 +251,11 @@ func (c *rawConn) name(st uintptr, i int32) string {
 		return ""
 	}
 	b := unsafe.Slice((*byte)(cptr(p)), n)
+	if int(i) < len(c.last) && c.last[i] == string(b) {
+		return c.last[i]
+	}
 	if s, ok := c.names[string(b)]; ok {
+		c.remember(i, s)
 		return s
 	}
 	if len(c.names) >= 1<<14 {
@@ -256,7 +263,14 @@ func (c *rawConn) name(st uintptr, i int32) string {
 	}
 	s := string(b)
 	c.names[s] = s
+	c.remember(i, s)
 	return s
+}
+
+func (c *rawConn) remember(i int32, s string) {
+	if int(i) < len(c.last) {
+		c.last[i] = s
+	}
 }
 
 // cptr turns an address in SQLite's memory, which the libc allocator keeps

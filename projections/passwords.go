@@ -63,7 +63,7 @@ func newPasswordsState(size int) *passwordsState {
 		})}
 }
 
-func (s *passwordsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
+func (s *passwordsState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
 	id, ok := domain.ContactIDFromStream(rec.Stream)
 	if !ok {
 		return

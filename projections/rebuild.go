@@ -92,9 +92,9 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i, rec := range b.recs {
+				for i := range b.recs {
 					if b.errs[i] == nil {
-						st.apply(rec, b.envs[i])
+						st.apply(&b.recs[i], &b.envs[i])
 					}
 				}
 			}()

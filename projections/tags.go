@@ -62,18 +62,19 @@ func newTagsState(size int) *tagsState {
 	return s
 }
 
-func (s *tagsState) apply(rec domain.RecordedEvent, env domain.Envelope) {
-	id, ok := domain.ContactIDFromStream(rec.Stream)
-	if !ok {
-		return
-	}
+func (s *tagsState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
+	var tags []domain.Tag
 	switch e := env.Event.(type) {
 	case domain.TagsUpdated:
-		s.set(id, e.Tags)
+		tags = e.Tags
 	case domain.UserLinked:
-		s.set(id, e.Tags)
+		tags = e.Tags
 	case domain.UserUnlinked:
-		s.set(id, nil)
+	default:
+		return
+	}
+	if id, ok := domain.ContactIDFromStream(rec.Stream); ok {
+		s.set(id, tags)
 	}
 }
 

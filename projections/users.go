@@ -61,7 +61,7 @@ func newUsersState(size int) *usersState {
 		})}
 }
 
-func (s *usersState) apply(rec domain.RecordedEvent, env domain.Envelope) {
+func (s *usersState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
 	switch env.Event.(type) {
 	case domain.UserCreated, domain.UserLinked, domain.UserUnlinked, domain.MetaPulled, domain.TagsUpdated, domain.RoleChanged:
 	default:
@@ -76,7 +76,7 @@ func (s *usersState) apply(rec domain.RecordedEvent, env domain.Envelope) {
 	if found {
 		cur = e.u
 	}
-	next := domain.EvolveUser(cur, id, env)
+	next := domain.EvolveUser(cur, id, *env)
 	switch {
 	case next == nil:
 		s.rows.del(id)

@@ -23,7 +23,7 @@ import (
 // state is one view's data: it applies events in memory, remembers what
 // changed, and writes itself to the views file.
 type state interface {
-	apply(rec domain.RecordedEvent, env domain.Envelope)
+	apply(rec *domain.RecordedEvent, env *domain.Envelope)
 	// flush writes the rows changed since the last commit.
 	flush(ctx context.Context, tx *sql.Tx) error
 	// committed is told the flush committed.
@@ -295,7 +295,7 @@ func (v *Views) Handle(ctx context.Context, name string, rec domain.RecordedEven
 		if err != nil {
 			return err
 		}
-		p.st.apply(rec, env)
+		p.st.apply(&rec, &env)
 		p.advance(rec.Position)
 	}
 	return nil

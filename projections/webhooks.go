@@ -98,7 +98,7 @@ func newWebhooksState(size int) *webhooksState {
 		})}
 }
 
-func (s *webhooksState) apply(rec domain.RecordedEvent, env domain.Envelope) {
+func (s *webhooksState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
 	at := env.OccurredAt.UTC()
 	switch e := env.Event.(type) {
 	case domain.WebhookReceived:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"slices"
 
@@ -26,6 +27,11 @@ type buckets[K cmp.Ordered, R any] struct {
 	// fills or a rebuild writes whole): every bucket is then to be
 	// written, and keeping the set would cost a map write per event.
 	dirty map[uint32]struct{}
+	// stored is the sum of each bucket as committed to the file, written
+	// the sums of what the transaction not yet committed wrote (the zero
+	// sum for a deleted bucket). A rebuild leaves alone the buckets whose
+	// content it finds unchanged.
+	stored, written map[uint32]sum
 	// appendRow appends a row as written: its JSON, byte for byte what
 	// earlier versions wrote with the JSON encoder. Written by hand since
 	// encoding the rows is most of a rebuild's write phase. load reads a
@@ -36,8 +42,29 @@ type buckets[K cmp.Ordered, R any] struct {
 
 // newBuckets makes an empty view of n buckets with room for size rows.
 func newBuckets[K cmp.Ordered, R any](view string, n uint32, size int, hash func(K) uint32, appendRow func([]byte, K, R) ([]byte, error), load func(json.RawMessage) (K, R, error)) *buckets[K, R] {
-	return &buckets[K, R]{view: view, n: n, hash: hash, rows: make(map[K]R, size), appendRow: appendRow, load: load}
+	return &buckets[K, R]{view: view, n: n, hash: hash, rows: make(map[K]R, size), appendRow: appendRow, load: load,
+		stored: map[uint32]sum{}, written: map[uint32]sum{}}
 }
+
+// sum identifies a bucket's content: its length and a 64-bit hash of it.
+type sum struct {
+	hash uint64
+	n    int
+}
+
+// sumSeed seeds the hash of sums. Sums are never stored, so a seed per
+// process does; it is set once and never changes.
+var sumSeed = maphash.MakeSeed()
+
+func sumOf(blob []byte) sum { return sum{maphash.Bytes(sumSeed, blob), len(blob)} }
+
+// sums returns the sums of the buckets in the file. It is read by a
+// rebuild, which holds the view's lock.
+func (b *buckets[K, R]) sums() map[uint32]sum { return b.stored }
+
+// wrote records that bucket bk was written with content s (zero: deleted)
+// in the transaction under way.
+func (b *buckets[K, R]) wrote(bk uint32, s sum) { b.written[bk] = s }
 
 func hashContact[K ~uint64](k K) uint32 { return uint32(k) }
 
@@ -130,6 +157,7 @@ func (b *buckets[K, R]) group(want map[uint32]struct{}) map[uint32][]K {
 func (b *buckets[K, R]) writeBucket(ctx context.Context, up, del *sql.Stmt, bk uint32, keys []K) error {
 	if len(keys) == 0 {
 		_, err := del.ExecContext(ctx, b.view, int64(bk))
+		b.wrote(bk, sum{})
 		return err
 	}
 	blob, err := b.encode(nil, keys)
@@ -137,6 +165,7 @@ func (b *buckets[K, R]) writeBucket(ctx context.Context, up, del *sql.Stmt, bk u
 		return fmt.Errorf("encode bucket %d: %w", bk, err)
 	}
 	_, err = up.ExecContext(ctx, b.view, int64(bk), blob)
+	b.wrote(bk, sumOf(blob))
 	return err
 }
 
@@ -156,6 +185,7 @@ func (b *buckets[K, R]) flush(ctx context.Context, tx *sql.Tx) error {
 	if b.dirty != nil && len(b.dirty) == 0 {
 		return nil
 	}
+	clear(b.written) // what an earlier, failed transaction wrote
 	up, del, err := b.statements(ctx, tx)
 	if err != nil {
 		return err
@@ -175,6 +205,14 @@ func (b *buckets[K, R]) flush(ctx context.Context, tx *sql.Tx) error {
 // A new state's rows are all in the file from then on: it starts keeping
 // the set of changed buckets.
 func (b *buckets[K, R]) committed() {
+	for bk, s := range b.written {
+		if s == (sum{}) {
+			delete(b.stored, bk)
+		} else {
+			b.stored[bk] = s
+		}
+	}
+	clear(b.written)
 	if b.dirty == nil {
 		b.dirty = map[uint32]struct{}{}
 		return
@@ -187,16 +225,22 @@ type encoded struct {
 	view   string
 	bucket uint32
 	blob   []byte
+	sum    sum
+	// unchanged is true when the file holds this content already.
+	unchanged bool
+	// wrote records the bucket as written once it is.
+	wrote func(bk uint32, s sum)
 }
 
 // encodeAll sends the non-empty buckets numbered part modulo parts, encoded,
-// to out, in bucket order: SQLite inserts them in half the time it takes in
+// to out, each marked unchanged if inFile (the sums of the buckets in the
+// file) has its sum, in bucket order: SQLite inserts them in half the time it takes in
 // random order, as each insert then lands next to the one before. Callers
 // run every part at once to use every core while the file is written, and
 // the parts' buckets interleave. Each bucket is encoded into a buffer from
 // free when there is one: the writer hands them back once written, which
 // spares allocating and growing one per bucket.
-func (b *buckets[K, R]) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
+func (b *buckets[K, R]) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
 	groups := map[uint32][]K{}
 	for k := range b.rows {
 		if bk := b.bucket(k); bk%parts == part {
@@ -213,7 +257,8 @@ func (b *buckets[K, R]) encodeAll(part, parts uint32, out chan<- encoded, free <
 		if err != nil {
 			return fmt.Errorf("encode %s bucket %d: %w", b.view, bk, err)
 		}
-		out <- encoded{view: b.view, bucket: bk, blob: blob}
+		s := sumOf(blob)
+		out <- encoded{view: b.view, bucket: bk, blob: blob, sum: s, unchanged: inFile[bk] == s, wrote: b.wrote}
 	}
 	return nil
 }
@@ -245,6 +290,7 @@ func (b *buckets[K, R]) loadAll(ctx context.Context, db *sql.DB) error {
 			}
 			b.put(k, r)
 		}
+		b.stored[uint32(bk)] = sumOf(blob)
 	}
 	if err := rows.Err(); err != nil {
 		return err

@@ -127,9 +127,10 @@ func appendPasswordReturn(b []byte, _ domain.ContactID, r *PasswordReturn) ([]by
 
 func (s *passwordsState) size() int                                   { return len(s.rows.rows) }
 func (s *passwordsState) committed()                                  { s.rows.committed() }
+func (s *passwordsState) sums() map[uint32]sum                        { return s.rows.sums() }
 func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *passwordsState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, out, free)
+func (s *passwordsState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, inFile, out, free)
 }
 func (s *passwordsState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -309,6 +311,76 @@ func TestRebuild_GivesTheLiveViewsRowForRow(t *testing.T) {
 	e.caughtUp()
 	if ann, _ := e.views.Users.Get(1); ann.Role != "customer" {
 		t.Fatalf("after rebuild: %+v", ann)
+	}
+}
+
+// A rebuild over views that differ from the events (as after a bug) leaves
+// the file exactly as a rebuild into an empty file does: it rewrites the
+// buckets that changed, keeps those that did not, deletes those that are
+// gone.
+func TestRebuild_OverWrongViewsWritesWhatAFreshRebuildWrites(t *testing.T) {
+	ctx := context.Background()
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := start(t, dirA)
+	a.story()
+	a.churn(1, 400, 40)
+	a.caughtUp()
+	a.stop()
+	b := start(t, dirB)
+	b.story() // the same first events: some buckets come out the same
+	b.churn(3, 300, 60)
+	b.caughtUp()
+	b.stop()
+	for _, suffix := range []string{"", "-wal"} {
+		raw, err := os.ReadFile(filepath.Join(dirA, "views.db"+suffix))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dirB, "wrong.db"+suffix), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	store, err := eventstore.Open(ctx, filepath.Join(dirB, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rebuild := func(name string) map[string][][]any {
+		t.Helper()
+		views, err := projections.Open(ctx, filepath.Join(dirB, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := views.Rebuild(ctx, store, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := views.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return dump(t, filepath.Join(dirB, name))
+	}
+	wrong := dump(t, filepath.Join(dirB, "wrong.db"))
+	fixed, fresh := rebuild("wrong.db"), rebuild("fresh.db")
+	if reflect.DeepEqual(wrong["view_buckets"], fresh["view_buckets"]) {
+		t.Fatal("the wrong views are not wrong: the test proves nothing")
+	}
+	same := 0
+	for _, row := range wrong["view_buckets"] {
+		if slices.ContainsFunc(fresh["view_buckets"], func(r []any) bool { return reflect.DeepEqual(r, row) }) {
+			same++
+		}
+	}
+	if same == 0 || len(wrong["view_buckets"]) <= len(fresh["view_buckets"]) && len(wrong["view_buckets"]) == same {
+		t.Fatalf("%d of %d wrong buckets are right: want some right and some not", same, len(wrong["view_buckets"]))
+	}
+	for table := range fresh {
+		if !reflect.DeepEqual(fixed[table], fresh[table]) {
+			t.Errorf("table %s after a rebuild over wrong views differs from a fresh rebuild:\nover wrong %v\nfresh      %v", table, fixed[table], fresh[table])
+		}
 	}
 }
 

@@ -177,7 +177,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	for i, p := range v.all {
 		aside[i].committed()
 		p.st = aside[i]
-		p.advance(stats.Position)
+		p.moveTo(stats.Position)
 		p.stored = stats.Position
 	}
 	v.checkpointLater()
@@ -276,23 +276,27 @@ func readDecoded(ctx context.Context, log EventLog, after, upTo uint64, fn func(
 }
 
 // writeAll replaces every view's buckets in the file with the rebuilt
-// state. Each view is encoded in parts on every core, starting while the
-// old buckets are deleted, and one goroutine (this one) writes.
+// states. Each view is encoded in parts on every core while one goroutine
+// (this one) writes. Buckets whose content the file holds already (their
+// sum is in the old state's) are not written again: a rebuild that fixes a
+// few rows writes a few buckets, and keeps the views locked that much less.
+// The old states are locked by the caller.
 func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state) error {
 	// The writer drains ch even after an error, so encoders never block.
-	// It hands the buffers it wrote back through free for the encoders to
-	// reuse: the driver copies a blob when it binds it.
+	// It hands the buffers back through free for the encoders to reuse:
+	// the driver copies a blob when it binds it.
 	ch := make(chan encoded, 64)
 	free := make(chan []byte, cap(ch))
 	type job struct {
 		st          state
+		inFile      map[uint32]sum
 		part, parts uint32
 	}
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan job, len(states)*workers)
-	for _, st := range states {
+	for i, st := range states {
 		for part := range workers {
-			jobs <- job{st, uint32(part), uint32(workers)}
+			jobs <- job{st, all[i].st.sums(), uint32(part), uint32(workers)}
 		}
 	}
 	close(jobs)
@@ -301,7 +305,7 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 	for range workers {
 		wg.Go(func() {
 			for j := range jobs {
-				if err := j.st.encodeAll(j.part, j.parts, ch, free); err != nil {
+				if err := j.st.encodeAll(j.part, j.parts, j.inFile, ch, free); err != nil {
 					errs <- err
 				}
 			}
@@ -310,28 +314,27 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 	go func() { wg.Wait(); close(ch) }()
 
 	var writeErr error
-	for _, p := range all {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM view_buckets WHERE view = ?", p.name); err != nil {
-			writeErr = fmt.Errorf("rebuild: clear view %s: %w", p.name, err)
-			break
-		}
+	up, err := tx.PrepareContext(ctx, upsertBucket)
+	if err != nil {
+		writeErr = fmt.Errorf("rebuild: %w", err)
+	} else {
+		defer up.Close()
 	}
-	var up *sql.Stmt
-	if writeErr == nil {
-		var err error
-		if up, err = tx.PrepareContext(ctx, upsertBucket); err != nil {
-			writeErr = fmt.Errorf("rebuild: %w", err)
-		} else {
-			defer up.Close()
-		}
+	kept := map[string]map[uint32]bool{}
+	for _, p := range all {
+		kept[p.name] = map[uint32]bool{}
 	}
 	for e := range ch {
 		if writeErr != nil {
 			continue
 		}
-		if _, err := up.ExecContext(ctx, e.view, int64(e.bucket), e.blob); err != nil {
-			writeErr = fmt.Errorf("rebuild: write %s bucket %d: %w", e.view, e.bucket, err)
+		kept[e.view][e.bucket] = true
+		if !e.unchanged {
+			if _, err := up.ExecContext(ctx, e.view, int64(e.bucket), e.blob); err != nil {
+				writeErr = fmt.Errorf("rebuild: write %s bucket %d: %w", e.view, e.bucket, err)
+			}
 		}
+		e.wrote(e.bucket, e.sum)
 		select {
 		case free <- e.blob:
 		default:
@@ -341,5 +344,19 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 	for err := range errs {
 		writeErr = errors.Join(writeErr, err)
 	}
-	return writeErr
+	if writeErr != nil {
+		return writeErr
+	}
+	// Buckets the new states no longer have.
+	for _, p := range all {
+		for bk := range p.st.sums() {
+			if kept[p.name][bk] {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, deleteBucket, p.name, int64(bk)); err != nil {
+				return fmt.Errorf("rebuild: delete %s bucket %d: %w", p.name, bk, err)
+			}
+		}
+	}
+	return nil
 }

@@ -141,9 +141,10 @@ func appendTag(b []byte, id uint64, t *tagRow) ([]byte, error) {
 
 func (s *tagsState) size() int                                   { return len(s.byContact) }
 func (s *tagsState) committed()                                  { s.rows.committed() }
+func (s *tagsState) sums() map[uint32]sum                        { return s.rows.sums() }
 func (s *tagsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *tagsState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, out, free)
+func (s *tagsState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, inFile, out, free)
 }
 func (s *tagsState) load(ctx context.Context, db *sql.DB) error {
 	if err := s.rows.loadAll(ctx, db); err != nil {

@@ -143,9 +143,10 @@ func appendUser(b []byte, _ domain.ContactID, e *userEntry) ([]byte, error) {
 
 func (s *usersState) size() int                                   { return len(s.rows.rows) }
 func (s *usersState) committed()                                  { s.rows.committed() }
+func (s *usersState) sums() map[uint32]sum                        { return s.rows.sums() }
 func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *usersState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, out, free)
+func (s *usersState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, inFile, out, free)
 }
 func (s *usersState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 

@@ -29,8 +29,11 @@ type state interface {
 	// committed is told the flush committed.
 	committed()
 	// encodeAll encodes the state's buckets numbered part modulo parts
-	// for writing, into buffers from free when there are some.
-	encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error
+	// for writing, into buffers from free when there are some, marking
+	// those inFile has unchanged.
+	encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error
+	// sums are the sums of the state's buckets in the file.
+	sums() map[uint32]sum
 	// load reads the view from the file.
 	load(ctx context.Context, db *sql.DB) error
 	// size is how big the state is: the length of its largest map.
@@ -52,9 +55,18 @@ type projection struct {
 	stored uint64
 }
 
-// advance moves the checkpoint and wakes WaitFor. p.mu is held.
+// advance moves the checkpoint forward and wakes WaitFor. p.mu is held.
 func (p *projection) advance(pos uint64) {
-	if pos <= p.pos {
+	if pos > p.pos {
+		p.moveTo(pos)
+	}
+}
+
+// moveTo sets the checkpoint, also backwards: a rebuild from a log shorter
+// than the views had seen (events.db restored from a backup) must not keep
+// the old checkpoint and skip the events up to it. p.mu is held.
+func (p *projection) moveTo(pos uint64) {
+	if pos == p.pos {
 		return
 	}
 	p.pos = pos

@@ -130,9 +130,10 @@ func (s *webhooksState) update(id, status, message string, at time.Time) *Webhoo
 
 func (s *webhooksState) size() int                                   { return len(s.rows.rows) }
 func (s *webhooksState) committed()                                  { s.rows.committed() }
+func (s *webhooksState) sums() map[uint32]sum                        { return s.rows.sums() }
 func (s *webhooksState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *webhooksState) encodeAll(part, parts uint32, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, out, free)
+func (s *webhooksState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
+	return s.rows.encodeAll(part, parts, inFile, out, free)
 }
 func (s *webhooksState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 

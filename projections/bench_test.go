@@ -152,9 +152,9 @@ func BenchmarkRebuild(b *testing.B) {
 		if err := views.CheckpointWAL(ctx); err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("read+decode+apply %s, write %s, CPU %s (%.1f cores); then checkpoint %s", stats.ReadApply.Round(time.Millisecond),
+		b.Logf("read+decode+apply %s, write %s, CPU %s (%.1f cores); then checkpoint %s; peak RSS so far %d MB", stats.ReadApply.Round(time.Millisecond),
 			(stats.Duration - stats.ReadApply).Round(time.Millisecond), cpu.Round(time.Millisecond), cpu.Seconds()/stats.Duration.Seconds(),
-			time.Since(ck).Round(time.Millisecond))
+			time.Since(ck).Round(time.Millisecond), peakRSS()>>20)
 		b.StartTimer()
 		return stats.Duration
 	}
@@ -199,6 +199,15 @@ func BenchmarkRebuild(b *testing.B) {
 		}
 		b.ReportMetric(float64(n)*float64(b.N)/total.Seconds(), "events/s")
 	})
+}
+
+// peakRSS is the most memory the process has held so far, in bytes.
+func peakRSS() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Maxrss << 10 // Linux reports kilobytes
 }
 
 // cpuTime is the CPU time the process used so far.

@@ -3,6 +3,7 @@ package projections
 import (
 	"hash/fnv"
 	"reflect"
+	"runtime/debug"
 	"testing"
 
 	json "github.com/goccy/go-json"
@@ -35,5 +36,32 @@ func TestHashString_IsFNV1a(t *testing.T) {
 		if got, want := hashString(k), h.Sum32(); got != want {
 			t.Errorf("hashString(%q) = %d, hash/fnv gives %d", k, got, want)
 		}
+	}
+}
+
+// A rebuild runs the collector less often, and puts it back after; an
+// operator's own GOGC is left alone.
+func TestCollectLess_RaisesTheCollectorPercentUnlessGOGCIsSet(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(defaultGCPercent))
+
+	t.Setenv("GOGC", "")
+	undo := collectLess()
+	if got := debug.SetGCPercent(rebuildGCPercent); got != rebuildGCPercent {
+		t.Fatalf("during a rebuild the collector percent is %d, want %d", got, rebuildGCPercent)
+	}
+	undo()
+	if got := debug.SetGCPercent(defaultGCPercent); got != defaultGCPercent {
+		t.Fatalf("after a rebuild the collector percent is %d, want %d", got, defaultGCPercent)
+	}
+
+	t.Setenv("GOGC", "50")
+	debug.SetGCPercent(50)
+	undo = collectLess()
+	if got := debug.SetGCPercent(50); got != 50 {
+		t.Fatalf("with GOGC=50 a rebuild set the collector percent to %d", got)
+	}
+	undo()
+	if got := debug.SetGCPercent(defaultGCPercent); got != 50 {
+		t.Fatalf("with GOGC=50, after a rebuild the collector percent is %d", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	json "github.com/goccy/go-json"
 )
@@ -213,6 +214,18 @@ func deref(e Event) Event {
 	return e
 }
 
+// plainString reports whether b, the inside of a JSON string, holds no
+// escape, quote or control character and is valid UTF-8: the JSON decoder
+// then reads it as these very bytes.
+func plainString(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == '\\' || c == '"' {
+			return false
+		}
+	}
+	return utf8.Valid(b)
+}
+
 // parseMetadata reads metadata in the exact form Encode writes it, without
 // reflection: it is half the cost of decoding an event, and a rebuild
 // decodes every event. Anything else (escapes, other order, other fields)
@@ -229,7 +242,7 @@ func parseMetadata(b []byte, known string) (Metadata, bool) {
 		m.Schema = m.Schema*10 + int(rest[i]-'0')
 		i++
 	}
-	if i == 0 {
+	if i == 0 || i > 1 && rest[0] == '0' { // leading zeros are not JSON
 		return m, false
 	}
 	if rest, ok = bytes.CutPrefix(rest[i:], []byte(`,"occurred_at":"`)); !ok {
@@ -255,7 +268,7 @@ func parseMetadata(b []byte, known string) (Metadata, bool) {
 		return m, false
 	}
 	id, ok := bytes.CutSuffix(rest, []byte(`"}`))
-	if !ok || bytes.ContainsAny(id, "\\\"") {
+	if !ok || !plainString(id) {
 		return m, false
 	}
 	if string(id) == known {

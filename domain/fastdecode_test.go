@@ -281,3 +281,32 @@ func TestParseUTC_AgreesWithTimeParse(t *testing.T) {
 		check(s, false)
 	}
 }
+
+// parseMetadata accepts only what the JSON decoder reads the same way.
+func TestParseMetadata_RefusedOrAgreesWithJSONDecoder(t *testing.T) {
+	for _, in := range []string{
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00Z","webhook_id":"w-1"}`,
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00.5Z"}`,
+		`{"schema":01,"occurred_at":"2026-01-05T08:00:00Z"}`,
+		`{"schema":10,"occurred_at":"2026-01-05T08:00:00+02:00","webhook_id":"w"}`,
+		"{\"schema\":1,\"occurred_at\":\"2026-01-05T08:00:00Z\",\"webhook_id\":\"w\x01\"}",
+		"{\"schema\":1,\"occurred_at\":\"2026-01-05T08:00:00Z\",\"webhook_id\":\"w\xff\"}",
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00Z","webhook_id":"w\"x"}`,
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00Z","webhook_id":"w\u0041"}`,
+		`{"schema":1,"occurred_at":"2026-01-05T08:00:00Z","webhook_id":"wé"}`,
+		`{"schema":1,"occurred_at":"2026-13-05T08:00:00Z"}`,
+	} {
+		got, ok := parseMetadata([]byte(in), "")
+		if !ok {
+			continue
+		}
+		var want Metadata
+		if err := json.Unmarshal([]byte(in), &want); err != nil {
+			t.Errorf("%q: parsed as %+v, the JSON decoder refuses it: %v", in, got, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: parsed as %+v, the JSON decoder reads %+v", in, got, want)
+		}
+	}
+}

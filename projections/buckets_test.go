@@ -39,29 +39,36 @@ func TestHashString_IsFNV1a(t *testing.T) {
 	}
 }
 
-// A rebuild runs the collector less often, and puts it back after; an
-// operator's own GOGC is left alone.
+// A rebuild runs the collector less often, and puts back what was set
+// before once the last of several at once is done; an operator's own GOGC
+// is left alone.
 func TestCollectLess_RaisesTheCollectorPercentUnlessGOGCIsSet(t *testing.T) {
-	defer debug.SetGCPercent(debug.SetGCPercent(defaultGCPercent))
+	const before = 123
+	defer debug.SetGCPercent(debug.SetGCPercent(before))
+	percent := func() int { p := debug.SetGCPercent(-1); debug.SetGCPercent(p); return p }
 
 	t.Setenv("GOGC", "")
-	undo := collectLess()
-	if got := debug.SetGCPercent(rebuildGCPercent); got != rebuildGCPercent {
-		t.Fatalf("during a rebuild the collector percent is %d, want %d", got, rebuildGCPercent)
+	first, second := collectLess(), collectLess()
+	if got := percent(); got != rebuildGCPercent {
+		t.Fatalf("during two rebuilds the collector percent is %d, want %d", got, rebuildGCPercent)
 	}
-	undo()
-	if got := debug.SetGCPercent(defaultGCPercent); got != defaultGCPercent {
-		t.Fatalf("after a rebuild the collector percent is %d, want %d", got, defaultGCPercent)
+	first()
+	first() // undoing twice counts once
+	if got := percent(); got != rebuildGCPercent {
+		t.Fatalf("with one rebuild still running the collector percent is %d, want %d", got, rebuildGCPercent)
+	}
+	second()
+	if got := percent(); got != before {
+		t.Fatalf("after the rebuilds the collector percent is %d, want %d as before", got, before)
 	}
 
 	t.Setenv("GOGC", "50")
-	debug.SetGCPercent(50)
-	undo = collectLess()
-	if got := debug.SetGCPercent(50); got != 50 {
-		t.Fatalf("with GOGC=50 a rebuild set the collector percent to %d", got)
+	undo := collectLess()
+	if got := percent(); got != before {
+		t.Fatalf("with GOGC set a rebuild changed the collector percent to %d", got)
 	}
 	undo()
-	if got := debug.SetGCPercent(defaultGCPercent); got != 50 {
-		t.Fatalf("with GOGC=50, after a rebuild the collector percent is %d", got)
+	if got := percent(); got != before {
+		t.Fatalf("with GOGC set, after a rebuild the collector percent is %d", got)
 	}
 }

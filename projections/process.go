@@ -175,10 +175,19 @@ func newProcess(name string, cfg ProcessConfig) process {
 		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult}
 }
 
+// Names of the process managers, under which their checkpoints are kept.
+const (
+	PasswordReturnName = "password_return"
+	WelcomeEmailName   = "welcome_email"
+)
+
+// ProcessNames lists the process managers' names.
+func ProcessNames() []string { return []string{PasswordReturnName, WelcomeEmailName} }
+
 // NewPasswordReturner makes the password-return process manager.
 func NewPasswordReturner(cfg ProcessConfig, crm FieldWriter, keys Unsealer) *PasswordReturner {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &PasswordReturner{process: newProcess("password_return", cfg), crm: crm, keys: keys,
+	return &PasswordReturner{process: newProcess(PasswordReturnName, cfg), crm: crm, keys: keys,
 		ctx: ctx, cancel: cancel, inflight: map[string]bool{}, calls: make(chan struct{}, max(cfg.Concurrency, 4))}
 }
 
@@ -375,7 +384,7 @@ type Welcomer struct {
 
 // NewWelcomer makes the welcome-email process manager.
 func NewWelcomer(cfg ProcessConfig, mail Mailer) *Welcomer {
-	return &Welcomer{process: newProcess("welcome_email", cfg), mail: mail}
+	return &Welcomer{process: newProcess(WelcomeEmailName, cfg), mail: mail}
 }
 
 // Handle acts on UserCreated with welcome_email; other events only move

@@ -296,6 +296,12 @@ func TestRebuild_GivesTheLiveViewsRowForRow(t *testing.T) {
 	if stats.Events != head || stats.Position != head || reports.Load() == 0 {
 		t.Fatalf("stats %+v, head %d, %d progress reports", stats, head, reports.Load())
 	}
+	// The live views wrote every bucket as the rebuild makes it: it
+	// writes none again.
+	if stats.Written != 0 || stats.Deleted != 0 || stats.Buckets != len(live["view_buckets"]) {
+		t.Errorf("rebuild over the live views wrote %d of %d buckets and deleted %d; the file has %d, all right already",
+			stats.Written, stats.Buckets, stats.Deleted, len(live["view_buckets"]))
+	}
 	rebuilt := dump(t, filepath.Join(dir, "views.db"))
 	for table := range live {
 		if !reflect.DeepEqual(live[table], rebuilt[table]) {
@@ -349,15 +355,18 @@ func TestRebuild_OverWrongViewsWritesWhatAFreshRebuildWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
+	var stats []projections.RebuildStats
 	rebuild := func(name string) map[string][][]any {
 		t.Helper()
 		views, err := projections.Open(ctx, filepath.Join(dirB, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := views.Rebuild(ctx, store, nil); err != nil {
+		st, err := views.Rebuild(ctx, store, nil)
+		if err != nil {
 			t.Fatal(err)
 		}
+		stats = append(stats, st)
 		if err := views.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -365,6 +374,22 @@ func TestRebuild_OverWrongViewsWritesWhatAFreshRebuildWrites(t *testing.T) {
 	}
 	wrong := dump(t, filepath.Join(dirB, "wrong.db"))
 	fixed, fresh := rebuild("wrong.db"), rebuild("fresh.db")
+	again := rebuild("fresh.db")
+	if !reflect.DeepEqual(again, fresh) {
+		t.Error("a second rebuild changed the views file")
+	}
+	// Over the wrong views some buckets are written and some deleted; into
+	// an empty file every one is written; over right views none is.
+	overWrong, intoEmpty, overRight := stats[0], stats[1], stats[2]
+	if overWrong.Written == 0 || overWrong.Written == overWrong.Buckets || overWrong.Deleted == 0 {
+		t.Errorf("over wrong views: wrote %d of %d buckets, deleted %d; want some but not all written, some deleted", overWrong.Written, overWrong.Buckets, overWrong.Deleted)
+	}
+	if intoEmpty.Written != intoEmpty.Buckets || intoEmpty.Buckets != len(fresh["view_buckets"]) || intoEmpty.Deleted != 0 {
+		t.Errorf("into an empty file: wrote %d of %d buckets (the file has %d), deleted %d", intoEmpty.Written, intoEmpty.Buckets, len(fresh["view_buckets"]), intoEmpty.Deleted)
+	}
+	if overRight.Written != 0 || overRight.Deleted != 0 || overRight.Buckets != intoEmpty.Buckets {
+		t.Errorf("over right views: wrote %d of %d buckets, deleted %d; want none", overRight.Written, overRight.Buckets, overRight.Deleted)
+	}
 	if reflect.DeepEqual(wrong["view_buckets"], fresh["view_buckets"]) {
 		t.Fatal("the wrong views are not wrong: the test proves nothing")
 	}

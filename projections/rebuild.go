@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"os"
@@ -41,6 +42,10 @@ type RebuildStats struct {
 	// ReadApply is the part of Duration spent reading, decoding and
 	// applying the events; the rest writes the views.
 	ReadApply time.Duration
+	// Buckets is the number of buckets the views are stored in; Written
+	// how many of them were written, the others being unchanged; Deleted
+	// how many the new views no longer have.
+	Buckets, Written, Deleted int
 }
 
 // ParkedEvent is an event a handler could not apply.
@@ -148,16 +153,27 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 		return stats, fmt.Errorf("rebuild: %w", err)
 	}
 	defer conn.Close()
+	var autoCheckpoint int
+	if err := conn.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&autoCheckpoint); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
 	if _, err := conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0"); err != nil {
 		return stats, fmt.Errorf("rebuild: %w", err)
 	}
-	defer conn.ExecContext(context.Background(), fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", walAutoCheckpoint))
+	defer func() {
+		restore := fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", autoCheckpoint)
+		if _, err := conn.ExecContext(context.Background(), restore); err != nil {
+			// A connection that would never checkpoint again must not go
+			// back to the pool: drop it.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return stats, fmt.Errorf("rebuild: begin: %w", err)
 	}
 	defer tx.Rollback()
-	if err := writeAll(ctx, tx, v.all, aside); err != nil {
+	if stats.Buckets, stats.Written, stats.Deleted, err = writeAll(ctx, tx, v.all, aside); err != nil {
 		return stats, err
 	}
 	for _, p := range v.all {
@@ -192,12 +208,9 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	return stats, nil
 }
 
-// Go's collector runs by default each time the heap grows by
-// defaultGCPercent; during a rebuild, by rebuildGCPercent.
-const (
-	defaultGCPercent = 100
-	rebuildGCPercent = 400
-)
+// rebuildGCPercent is how much the heap grows between two collections
+// during a rebuild; Go's default is 100.
+const rebuildGCPercent = 400
 
 // collectLess makes the collector run less often until the function it
 // returns is called. A rebuild allocates a second copy of every view and
@@ -211,12 +224,32 @@ func collectLess() (undo func()) {
 	if os.Getenv("GOGC") != "" {
 		return func() {}
 	}
-	if prev := debug.SetGCPercent(rebuildGCPercent); prev != defaultGCPercent {
-		// GOGC was set, or another rebuild raised it already: leave it.
-		debug.SetGCPercent(prev)
-		return func() {}
+	gcDuringRebuilds.Lock()
+	defer gcDuringRebuilds.Unlock()
+	if gcDuringRebuilds.running == 0 {
+		gcDuringRebuilds.prev = debug.SetGCPercent(rebuildGCPercent)
 	}
-	return func() { debug.SetGCPercent(defaultGCPercent) }
+	gcDuringRebuilds.running++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			gcDuringRebuilds.Lock()
+			defer gcDuringRebuilds.Unlock()
+			if gcDuringRebuilds.running--; gcDuringRebuilds.running == 0 {
+				debug.SetGCPercent(gcDuringRebuilds.prev)
+			}
+		})
+	}
+}
+
+// gcDuringRebuilds counts the rebuilds running in the process, so that the
+// first raises the collector percentage and the last puts back what was
+// there before. It is package state because what it guards, the
+// collector's setting, belongs to the whole process.
+var gcDuringRebuilds struct {
+	sync.Mutex
+	running int
+	prev    int
 }
 
 func parkedFrom(handler string, rec domain.RecordedEvent, err error) ParkedEvent {
@@ -311,7 +344,9 @@ func readDecoded(ctx context.Context, log EventLog, after, upTo uint64, fn func(
 // sum is in the old state's) are not written again: a rebuild that fixes a
 // few rows writes a few buckets, and keeps the views locked that much less.
 // The old states are locked by the caller.
-func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state) error {
+// It returns how many buckets the new states have, how many it wrote and
+// how many it deleted.
+func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state) (buckets, written, deleted int, _ error) {
 	// The writer drains ch even after an error, so encoders never block.
 	// It hands the buffers back through free for the encoders to reuse:
 	// the driver copies a blob when it binds it.
@@ -359,7 +394,9 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 			continue
 		}
 		kept[e.view][e.bucket] = true
+		buckets++
 		if !e.unchanged {
+			written++
 			if _, err := up.ExecContext(ctx, e.view, int64(e.bucket), e.blob); err != nil {
 				writeErr = fmt.Errorf("rebuild: write %s bucket %d: %w", e.view, e.bucket, err)
 			}
@@ -375,7 +412,7 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 		writeErr = errors.Join(writeErr, err)
 	}
 	if writeErr != nil {
-		return writeErr
+		return 0, 0, 0, writeErr
 	}
 	// Buckets the new states no longer have.
 	for _, p := range all {
@@ -384,9 +421,10 @@ func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state
 				continue
 			}
 			if _, err := tx.ExecContext(ctx, deleteBucket, p.name, int64(bk)); err != nil {
-				return fmt.Errorf("rebuild: delete %s bucket %d: %w", p.name, bk, err)
+				return 0, 0, 0, fmt.Errorf("rebuild: delete %s bucket %d: %w", p.name, bk, err)
 			}
+			deleted++
 		}
 	}
-	return nil
+	return buckets, written, deleted, nil
 }

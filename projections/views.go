@@ -88,8 +88,11 @@ type Views struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	closeOnce sync.Once
-	// background runs the checkpoint a rebuild leaves for later.
+	// background runs the checkpoint a rebuild leaves for later; once
+	// closing is set (under bgMu) nothing more is started.
 	background sync.WaitGroup
+	bgMu       sync.Mutex
+	closing    bool
 	// walMu makes checkpoints wait for one another.
 	walMu sync.Mutex
 }
@@ -223,6 +226,9 @@ func (v *Views) Flush(ctx context.Context) error {
 func (v *Views) Close() error {
 	var err error
 	v.closeOnce.Do(func() {
+		v.bgMu.Lock()
+		v.closing = true
+		v.bgMu.Unlock()
 		close(v.stopFlush)
 		<-v.flushDone
 		v.background.Wait()
@@ -231,14 +237,16 @@ func (v *Views) Close() error {
 	return err
 }
 
-// walAutoCheckpoint is SQLite's default: the log is copied into the file
-// once it passes this many pages.
-const walAutoCheckpoint = 1000
-
 // checkpointLater copies the write-ahead log into views.db in the
 // background, holding no view lock; Close waits for it. Readers and
-// flushes go on meanwhile (a passive checkpoint does not block them).
+// flushes go on meanwhile (a passive checkpoint does not block them). Once
+// Close has begun it does nothing: closing the file checkpoints anyway.
 func (v *Views) checkpointLater() {
+	v.bgMu.Lock()
+	defer v.bgMu.Unlock()
+	if v.closing {
+		return
+	}
 	v.background.Go(func() {
 		// Best effort: if it fails or stops short, the next automatic
 		// checkpoint copies the rest; nothing is lost either way.

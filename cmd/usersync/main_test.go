@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/projections"
 )
 
 func TestRebuildCommand(t *testing.T) {
@@ -41,6 +43,7 @@ func TestRebuildCommand(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 	if !strings.Contains(out.String(), "from 3 events") || !strings.Contains(out.String(), "1 users, 1 tags") ||
+		!strings.Contains(out.String(), "wrote 2 of 2 buckets of views.db") ||
 		!strings.Contains(out.String(), "parked") || !strings.Contains(errb.String(), "100.0%") {
 		t.Fatalf("stdout %q\nstderr %q", out.String(), errb.String())
 	}
@@ -134,5 +137,81 @@ func TestDemo_RefusesADataDirectoryWithRealData(t *testing.T) {
 	}
 	if err := demoData(fresh); err != nil {
 		t.Fatalf("a second demo run on its own directory: %v", err)
+	}
+}
+
+// Views that have seen more events than the store holds (events.db
+// restored from an older backup) are refused with what to do, and a
+// rebuild makes them right.
+func TestServe_RefusesViewsAheadOfTheEventStore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	appendN := func(n int) {
+		t.Helper()
+		store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		for i := range n {
+			raw, err := domain.Encode(domain.Envelope{Event: domain.RoleChanged{Old: "a", New: "b"}, OccurredAt: time.Unix(int64(i), 0)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := store.Append(ctx, "contact-1", domain.AnyVersion(), raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check := func() error {
+		t.Helper()
+		store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close()
+		views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer views.Close()
+		return checkViewsNotAhead(ctx, store, views, dir)
+	}
+	var out, errb bytes.Buffer
+	appendN(5)
+	if code := run(ctx, []string{"rebuild", "--data", dir}, &out, &errb); code != 0 {
+		t.Fatalf("rebuild: exit %d: %s", code, errb.String())
+	}
+	if err := check(); err != nil {
+		t.Fatalf("views at the store's head: %v", err)
+	}
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := views.SaveCheckpoint(ctx, projections.PasswordReturnName, 5); err != nil {
+		t.Fatal(err)
+	}
+	views.Close()
+	// events.db "restored" with only 2 of the 5 events.
+	for _, f := range []string{"events.db", "events.db-wal", "events.db-shm"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	appendN(2)
+	err = check()
+	if err == nil || !strings.Contains(err.Error(), "up to position 5, but the event store ends at 2") || !strings.Contains(err.Error(), "usersync rebuild --data") {
+		t.Fatalf("views ahead of the store: %v", err)
+	}
+	out.Reset()
+	if code := run(ctx, []string{"rebuild", "--data", dir}, &out, &errb); code != 0 {
+		t.Fatalf("rebuild: exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "process password_return had handled events up to position 5") {
+		t.Fatalf("rebuild said %q", out.String())
+	}
+	if err := check(); err != nil {
+		t.Fatalf("after a rebuild: %v", err)
 	}
 }

@@ -115,6 +115,9 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if a.views, err = projections.Open(ctx, paths.views()); err != nil {
 		return nil, err
 	}
+	if err := checkViewsNotAhead(ctx, a.store, a.views, cfg.Data); err != nil {
+		return nil, err
+	}
 
 	fkCfg := funnelkit.Config{BaseURL: cfg.FunnelKitURL, User: cfg.FunnelKitUser, Password: cfg.FunnelKitPassword, Timeout: cfg.FunnelKitTimeout,
 		Observe: func(endpoint string, status int, kind funnelkit.Kind, d time.Duration) {
@@ -243,6 +246,42 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.sender.Transport())
 	printWelcome(stdout, a.addr, fresh, cfg.Demo)
 	return a, nil
+}
+
+// checkViewsNotAhead refuses views and process managers that handled events
+// the store does not have (events.db replaced, or restored from an older
+// backup): started as they are, they would skip every new event up to
+// their old checkpoint.
+func checkViewsNotAhead(ctx context.Context, store interface {
+	Head(context.Context) (uint64, error)
+}, views *projections.Views, data string) error {
+	head, err := store.Head(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range views.Names() {
+		pos, err := views.Position(name)
+		if err != nil {
+			return err
+		}
+		if pos > head {
+			return fmt.Errorf("view %s in %s has applied events up to position %d, but the event store ends at %d: "+
+				"events.db was replaced or restored from an older backup; run usersync rebuild --data %s, then start again",
+				name, views.Path(), pos, head, data)
+		}
+	}
+	for _, name := range projections.ProcessNames() {
+		pos, err := views.Checkpoint(ctx, name)
+		if err != nil {
+			return err
+		}
+		if pos > head {
+			return fmt.Errorf("process %s in %s has handled events up to position %d, but the event store ends at %d: "+
+				"events.db was replaced or restored from an older backup; run usersync rebuild --data %s, then start again",
+				name, views.Path(), pos, head, data)
+		}
+	}
+	return nil
 }
 
 // recover waits for the views to catch up, then queues every webhook that

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -333,4 +334,27 @@ func DecideRole(p Policy, u *User, requested string) (events []Event, note strin
 		return nil, ""
 	}
 	return []Event{RoleChanged{Old: u.Role, New: r}}, ""
+}
+
+// ResolveTags turns the entries of a tags param (ids, or names that match a
+// catalogue tag exactly) into tags. An entry that matches nothing is an
+// ErrInvalidRequest failure naming it.
+func ResolveTags(entries []string, catalog []Tag) ([]Tag, error) {
+	var out []Tag
+	for _, e := range entries {
+		if n, err := strconv.ParseUint(e, 10, 64); err == nil {
+			i := slices.IndexFunc(catalog, func(t Tag) bool { return t.ID == n })
+			if i < 0 {
+				return nil, Fail(ErrInvalidRequest, fmt.Sprintf("tags: no FunnelKit tag has id %d", n))
+			}
+			out = append(out, catalog[i])
+			continue
+		}
+		i := slices.IndexFunc(catalog, func(t Tag) bool { return t.Name == e })
+		if i < 0 {
+			return nil, Fail(ErrInvalidRequest, fmt.Sprintf("tags: no FunnelKit tag is named %q (use tag ids or exact names)", truncate(e, 60)))
+		}
+		out = append(out, catalog[i])
+	}
+	return out, nil
 }

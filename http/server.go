@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -28,11 +29,11 @@ type Store interface {
 type Queue interface {
 	// Await is called before a webhook is recorded; its channel gets the
 	// webhook's first outcome.
-	Await(webhookID string) <-chan domain.Outcome
+	Await(webhookID string) <-chan command.Outcome
 	// Submit asks for the contact's recorded webhooks to be processed.
 	Submit(id domain.ContactID) error
 	// Forget drops an Await no longer waited for.
-	Forget(webhookID string, ch <-chan domain.Outcome)
+	Forget(webhookID string, ch <-chan command.Outcome)
 }
 
 // Config is what the server is built from.

@@ -2,12 +2,14 @@ package http
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	nethttp "net/http"
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -64,7 +66,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	if act == domain.ActionTest {
 		outcome = "processed"
 		log.Info("webhook", "outcome", "test", "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: domain.StatusProcessed})
+		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: command.StatusProcessed})
 		return
 	}
 	received := domain.WebhookReceived{
@@ -107,7 +109,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		reject(contact.Stream(), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
 		return
 	}
-	var ch <-chan domain.Outcome
+	var ch <-chan command.Outcome
 	if !req.Async {
 		ch = s.cfg.Queue.Await(id)
 	}
@@ -125,7 +127,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	queued := func(msg string) {
 		outcome = "queued"
 		log.Info("webhook", "outcome", outcome, "reason", msg, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: domain.StatusQueued})
+		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: command.StatusQueued})
 	}
 	if err := s.cfg.Queue.Submit(contact); err != nil {
 		if ch != nil {
@@ -143,10 +145,10 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	select {
 	case out := <-ch:
 		outcome = out.Status
-		if out.Status == domain.StatusRetrying {
+		if out.Status == command.StatusRetrying {
 			outcome = "queued"
 		}
-		log.Info("webhook", "outcome", out.Status, "status", out.HTTPStatus, "message", out.Message, "duration_seconds", time.Since(start).Seconds())
+		log.Info("webhook", "outcome", out.Status, "status", statusFor(out), "message", out.Message, "duration_seconds", time.Since(start).Seconds())
 		s.answer(r.Context(), w, out, start)
 	case <-wait.C:
 		s.cfg.Queue.Forget(id, ch)
@@ -160,13 +162,13 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 
 // answer writes the answer for a processed webhook, with the user view
 // once the views have applied the outcome.
-func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out domain.Outcome, start time.Time) {
+func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out command.Outcome, start time.Time) {
 	a := webhookAnswer{Success: out.Success(), Message: out.Message, WebhookID: out.WebhookID, Status: out.Status}
-	status := out.HTTPStatus
-	if out.Status == domain.StatusRetrying {
-		a.Success, a.Status, status = true, domain.StatusQueued, nethttp.StatusAccepted
+	status := statusFor(out)
+	if out.Status == command.StatusRetrying {
+		a.Success, a.Status, status = true, command.StatusQueued, nethttp.StatusAccepted
 	}
-	if out.Status == domain.StatusProcessed {
+	if out.Status == command.StatusProcessed {
 		wctx, cancel := context.WithTimeout(ctx, max(s.cfg.Wait-time.Since(start), 100*time.Millisecond))
 		defer cancel()
 		if err := s.cfg.Views.WaitFor(wctx, "users", out.Position); err == nil {
@@ -199,9 +201,9 @@ func (s *Server) record(ctx context.Context, stream string, received domain.Webh
 func statusOf(e domain.Event) string {
 	switch e.(type) {
 	case domain.WebhookIgnored:
-		return domain.StatusIgnored
+		return command.StatusIgnored
 	case domain.WebhookFailed:
-		return domain.StatusFailed
+		return command.StatusFailed
 	}
 	return ""
 }
@@ -219,4 +221,23 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// statusFor is the HTTP status of the answer for a webhook's outcome: 200
+// when it was processed or ignored, 202 while it waits for a retry, and
+// for a failure the status its kind calls for (the one its WebhookFailed
+// event records).
+func statusFor(out command.Outcome) int {
+	switch {
+	case out.Status == command.StatusRetrying:
+		return nethttp.StatusAccepted
+	case out.Status != command.StatusFailed:
+		return nethttp.StatusOK
+	case errors.Is(out.Err, domain.ErrInvalidRequest):
+		return nethttp.StatusBadRequest
+	case errors.Is(out.Err, domain.ErrCRMRefused):
+		return nethttp.StatusBadGateway
+	default:
+		return nethttp.StatusInternalServerError
+	}
 }

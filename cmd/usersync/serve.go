@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/eventstore/keystore"
 	"github.com/usersync/usersync/funnelkit"
@@ -60,7 +61,7 @@ type app struct {
 	pipe        *projections.Pipeline
 	pipeDone    chan error
 	pipeStop    context.CancelFunc
-	disp        *domain.Dispatcher
+	disp        *command.Dispatcher
 	returner    *projections.PasswordReturner
 	servers     []*nethttp.Server
 	serveErr    chan error
@@ -180,18 +181,24 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, fmt.Errorf("start pipeline: %w", err)
 	}
 
-	proc := &domain.Processor{
+	proc, err := command.NewProcessWebhook(command.ProcessWebhookConfig{
 		Policy: policy, Store: store, CRM: crm,
 		Secrets: keystore.Secrets{Keys: a.keys},
 		NewID:   func() string { return uuid.NewString() },
-		Now:     time.Now, Retry: retry,
+		Retry:   retry,
+	})
+	if err != nil {
+		return nil, err
 	}
-	a.disp = domain.NewDispatcher(proc, domain.DispatcherConfig{
+	a.disp, err = command.NewDispatcher(proc, command.DispatcherConfig{
 		Concurrency: cfg.Concurrency,
 		OnError: func(id domain.ContactID, err error) {
 			log.Error("processing a webhook failed; retrying", "contact_id", id, "err", err)
 		},
 	})
+	if err != nil {
+		return nil, err
+	}
 	if err := a.recover(ctx); err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package domain
+package command
 
 import "sync"
 
@@ -57,4 +57,39 @@ func (k *keyLocks) tryLock(key string) (func(), bool) {
 		return nil, false
 	}
 	return func() { l.mu.Unlock(); k.release(key, l) }, true
+}
+
+// claim takes the lock of an email address or login for the rest of this
+// attempt. The first lock waits; a further one is only tried, so that two
+// attempts never wait on each other (false: someone else holds it).
+func (w *work) claim(key string) bool {
+	if _, ok := w.held[key]; ok {
+		return true
+	}
+	if w.held == nil {
+		w.held = map[string]func(){}
+	}
+	if len(w.held) == 0 {
+		w.held[key] = w.p.locks.lock(key)
+		return true
+	}
+	unlock, ok := w.p.locks.tryLock(key)
+	if ok {
+		w.held[key] = unlock
+	}
+	return ok
+}
+
+func (w *work) unclaim(key string) {
+	if unlock, ok := w.held[key]; ok {
+		unlock()
+		delete(w.held, key)
+	}
+}
+
+func (w *work) releaseClaims() {
+	for k, unlock := range w.held {
+		unlock()
+		delete(w.held, k)
+	}
 }

@@ -1,32 +1,33 @@
-package domain
+package command
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/usersync/usersync/domain"
 )
 
-// Dispatcher runs the Processor: webhooks of one contact in the order
+// Dispatcher runs ProcessWebhook: webhooks of one contact in the order
 // received, different contacts concurrently (up to a limit). A webhook that
 // must be retried holds its contact's later webhooks back until its next
 // attempt, so per-contact order holds through failures.
 type Dispatcher struct {
-	proc *Processor
-	// OnError is told about store errors; the contact is tried again after
-	// a pause.
-	onError func(id ContactID, err error)
-	// OnOutcome is told about every outcome.
-	onOutcome func(Outcome)
-	errPause  time.Duration
-	sem       chan struct{}
+	proc *ProcessWebhook
+	// onError is told about store errors; the contact is tried again
+	// after a pause.
+	onError  func(id domain.ContactID, err error)
+	errPause time.Duration
+	sem      chan struct{}
 
 	mu      sync.Mutex
 	ctx     context.Context
 	cancel  context.CancelFunc
 	closed  bool
-	active  map[ContactID]*run
-	timers  map[ContactID]*time.Timer
+	active  map[domain.ContactID]*run
+	timers  map[domain.ContactID]*time.Timer
 	waiters map[string][]chan Outcome
 	wg      sync.WaitGroup
 }
@@ -40,24 +41,45 @@ type DispatcherConfig struct {
 	// ErrorPause is the wait before a contact whose processing hit a store
 	// error is tried again (default 1s).
 	ErrorPause time.Duration
-	OnError    func(id ContactID, err error)
-	OnOutcome  func(Outcome)
+	// OnError, if set, is told about store errors.
+	OnError func(id domain.ContactID, err error)
+}
+
+func (c *DispatcherConfig) setDefaults() {
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	if c.ErrorPause == 0 {
+		c.ErrorPause = time.Second
+	}
+}
+
+// Validate says what is wrong.
+func (c DispatcherConfig) Validate() error {
+	if c.Concurrency < 1 {
+		return fmt.Errorf("dispatcher: concurrency %d must be at least 1", c.Concurrency)
+	}
+	if c.ErrorPause < 0 {
+		return fmt.Errorf("dispatcher: error pause %s must not be negative", c.ErrorPause)
+	}
+	return nil
 }
 
 // NewDispatcher starts a dispatcher around proc.
-func NewDispatcher(proc *Processor, cfg DispatcherConfig) *Dispatcher {
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 8
+func NewDispatcher(proc *ProcessWebhook, cfg DispatcherConfig) (*Dispatcher, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.ErrorPause <= 0 {
-		cfg.ErrorPause = time.Second
+	if proc == nil {
+		return nil, errors.New("dispatcher: no webhook processor")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Dispatcher{
-		proc: proc, onError: cfg.OnError, onOutcome: cfg.OnOutcome, errPause: cfg.ErrorPause,
+		proc: proc, onError: cfg.OnError, errPause: cfg.ErrorPause,
 		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, cancel: cancel,
-		active: map[ContactID]*run{}, timers: map[ContactID]*time.Timer{}, waiters: map[string][]chan Outcome{},
-	}
+		active: map[domain.ContactID]*run{}, timers: map[domain.ContactID]*time.Timer{}, waiters: map[string][]chan Outcome{},
+	}, nil
 }
 
 // ErrClosed is returned by Submit after Close.
@@ -75,7 +97,7 @@ func (d *Dispatcher) Await(webhookID string) <-chan Outcome {
 }
 
 // Submit asks for the contact's open webhooks to be processed.
-func (d *Dispatcher) Submit(id ContactID) error {
+func (d *Dispatcher) Submit(id domain.ContactID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -86,7 +108,7 @@ func (d *Dispatcher) Submit(id ContactID) error {
 }
 
 // Notify asks for the contact's open webhooks to be processed.
-func (d *Dispatcher) Notify(id ContactID) {
+func (d *Dispatcher) Notify(id domain.ContactID) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.closed {
@@ -112,7 +134,7 @@ func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
 	}
 }
 
-func (d *Dispatcher) notifyLocked(id ContactID) {
+func (d *Dispatcher) notifyLocked(id domain.ContactID) {
 	if r, ok := d.active[id]; ok {
 		r.again = true
 		return
@@ -126,7 +148,7 @@ func (d *Dispatcher) notifyLocked(id ContactID) {
 	go d.work(id)
 }
 
-func (d *Dispatcher) work(id ContactID) {
+func (d *Dispatcher) work(id domain.ContactID) {
 	defer d.wg.Done()
 	select {
 	case d.sem <- struct{}{}:
@@ -144,7 +166,7 @@ func (d *Dispatcher) work(id ContactID) {
 			d.finish(id, 0)
 			return
 		}
-		out, ok, err := d.proc.ProcessNext(d.ctx, id)
+		out, ok, err := d.proc.Next(d.ctx, id)
 		if err != nil {
 			if d.ctx.Err() == nil && d.onError != nil {
 				d.onError(id, err)
@@ -174,7 +196,7 @@ func (d *Dispatcher) work(id ContactID) {
 }
 
 // finish ends a contact's run; after > 0 schedules the next one.
-func (d *Dispatcher) finish(id ContactID, after time.Duration) {
+func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.active, id)
@@ -192,9 +214,6 @@ func (d *Dispatcher) finish(id ContactID, after time.Duration) {
 }
 
 func (d *Dispatcher) deliver(out Outcome) {
-	if d.onOutcome != nil {
-		d.onOutcome(out)
-	}
 	d.mu.Lock()
 	ws := d.waiters[out.WebhookID]
 	delete(d.waiters, out.WebhookID)

@@ -1,0 +1,153 @@
+package command
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+// errStale asks an update to load again and decide again: something the
+// decision depended on (another stream, a claim) changed while deciding.
+var errStale = errors.New("stream changed while deciding")
+
+// conflict reports whether err asks for a new load and decision.
+func conflict(err error) bool {
+	return errors.Is(err, errStale) || errors.Is(err, domain.ErrConcurrency)
+}
+
+// conflicts is how updates wait and give up when other writers keep
+// winning: Backoff between attempts, at most Max attempts.
+type conflicts struct {
+	backoff domain.Backoff
+	max     int
+}
+
+// defaultConflicts waits 1 ms, 2 ms, 4 ms … up to 20 ms between attempts,
+// 20 attempts in all.
+func defaultConflicts() conflicts {
+	return conflicts{backoff: domain.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond}, max: 20}
+}
+
+// update is the one load → decide → append loop: it folds stream with
+// load into a state, asks decide what to append, and appends that at the
+// state's version (versionOf, read after decide). A conflict (the stream
+// moved on, or decide returned errStale) starts again after a pause;
+// decide is called again with the new state. Nothing decided means
+// nothing appended.
+func update[S any](ctx context.Context, store domain.EventStore, c conflicts, stream string,
+	load func([]domain.RecordedEvent) (S, error), versionOf func(S) uint64,
+	decide func(S) ([]domain.Envelope, error)) (domain.AppendResult, error) {
+	for n := 1; ; n++ {
+		res, err := updateOnce(ctx, store, stream, load, versionOf, decide)
+		if !conflict(err) {
+			return res, err
+		}
+		if n >= c.max {
+			return domain.AppendResult{}, fmt.Errorf("update %s: gave up after %d concurrent changes", stream, c.max)
+		}
+		if !pause(ctx, time.Now().Add(c.backoff.Delay(n))) {
+			return domain.AppendResult{}, ctx.Err()
+		}
+	}
+}
+
+func updateOnce[S any](ctx context.Context, store domain.EventStore, stream string,
+	load func([]domain.RecordedEvent) (S, error), versionOf func(S) uint64,
+	decide func(S) ([]domain.Envelope, error)) (domain.AppendResult, error) {
+	recs, err := store.ReadStream(ctx, stream)
+	if err != nil {
+		return domain.AppendResult{}, fmt.Errorf("read %s: %w", stream, err)
+	}
+	state, err := load(recs)
+	if err != nil {
+		return domain.AppendResult{}, err
+	}
+	envs, err := decide(state)
+	if err != nil || len(envs) == 0 {
+		return domain.AppendResult{}, err
+	}
+	return appendAt(ctx, store, stream, versionOf(state), envs)
+}
+
+// appendAt encodes envs and appends them to stream at version.
+func appendAt(ctx context.Context, store domain.EventStore, stream string, version uint64, envs []domain.Envelope) (domain.AppendResult, error) {
+	raw, err := domain.EncodeAll(envs)
+	if err != nil {
+		return domain.AppendResult{}, err
+	}
+	res, err := store.Append(ctx, stream, domain.ExactVersion(version), raw...)
+	if err != nil {
+		return domain.AppendResult{}, fmt.Errorf("append to %s: %w", stream, err)
+	}
+	return res, nil
+}
+
+// pause waits until the given time; false when ctx ends first.
+func pause(ctx context.Context, until time.Time) bool {
+	t := time.NewTimer(max(time.Until(until), 0))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Contacts is the repository of contact streams.
+type Contacts struct {
+	store     domain.EventStore
+	conflicts conflicts
+}
+
+// NewContacts is the repository of the contact streams in store.
+func NewContacts(store domain.EventStore) *Contacts {
+	return &Contacts{store: store, conflicts: defaultConflicts()}
+}
+
+// Load reads a contact's state.
+func (c *Contacts) Load(ctx context.Context, id domain.ContactID) (*domain.ContactState, error) {
+	recs, err := c.store.ReadStream(ctx, id.Stream())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", id.Stream(), err)
+	}
+	return domain.LoadContact(id, recs)
+}
+
+// Update loads the contact, asks decide what to append and appends it at
+// the version of the state decide leaves: the version loaded, unless
+// decide recorded part of its events first (Record). When another writer
+// won meanwhile, or decide returns errStale, it loads and decides again,
+// pausing a little longer each time.
+func (c *Contacts) Update(ctx context.Context, id domain.ContactID, decide func(*domain.ContactState) ([]domain.Envelope, error)) (domain.AppendResult, error) {
+	return update(ctx, c.store, c.conflicts, id.Stream(),
+		func(recs []domain.RecordedEvent) (*domain.ContactState, error) { return domain.LoadContact(id, recs) },
+		func(s *domain.ContactState) uint64 { return s.Version },
+		decide)
+}
+
+// Record appends envs to the contact's stream at s's version and applies
+// them to s, for a decision that must record part of its events before it
+// can decide the rest.
+func (c *Contacts) Record(ctx context.Context, s *domain.ContactState, envs []domain.Envelope) error {
+	res, err := appendAt(ctx, c.store, s.ContactID.Stream(), s.Version, envs)
+	if err != nil {
+		return err
+	}
+	for _, e := range envs {
+		s.Apply(e)
+	}
+	s.Version = res.Version
+	return nil
+}
+
+// Unchanged checks that stream is still at version (an empty append).
+func (c *Contacts) Unchanged(ctx context.Context, stream string, version uint64) error {
+	if _, err := c.store.Append(ctx, stream, domain.ExactVersion(version)); err != nil {
+		return fmt.Errorf("check %s: %w", stream, err)
+	}
+	return nil
+}

@@ -1,0 +1,279 @@
+package command
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+// ProcessWebhook is the use case that turns a recorded webhook into a
+// user: it loads the contact, reads the contact from the CRM, lets the
+// domain decide, and appends the events and the webhook's outcome at the
+// version it loaded. It is safe for concurrent use; callers process one
+// contact at a time in order (the expected versions keep the streams
+// consistent either way).
+type ProcessWebhook struct {
+	policy    domain.Policy
+	store     domain.EventStore
+	contacts  *Contacts
+	crm       domain.CRM
+	secrets   domain.Secrets
+	newID     func() string
+	now       func() time.Time
+	retry     domain.Backoff
+	conflicts conflicts
+	locks     keyLocks
+}
+
+// ProcessWebhookConfig configures NewProcessWebhook.
+type ProcessWebhookConfig struct {
+	Policy  domain.Policy
+	Store   domain.EventStore
+	CRM     domain.CRM
+	Secrets domain.Secrets
+	// NewID makes user ids and password key ids (required).
+	NewID func() string
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Retry is the schedule of a webhook waiting for the CRM (default
+	// 500 ms doubling up to 5 minutes, as --retry-initial/--retry-max).
+	Retry domain.Backoff
+}
+
+func (c *ProcessWebhookConfig) setDefaults() {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Retry == (domain.Backoff{}) {
+		c.Retry = domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute}
+	}
+}
+
+// Validate says what is missing or wrong.
+func (c ProcessWebhookConfig) Validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("no event store"))
+	}
+	if c.CRM == nil {
+		errs = append(errs, errors.New("no CRM"))
+	}
+	if c.Secrets == nil {
+		errs = append(errs, errors.New("no secrets"))
+	}
+	if c.NewID == nil {
+		errs = append(errs, errors.New("no id generator (NewID)"))
+	}
+	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
+		errs = append(errs, fmt.Errorf("retry: initial %s must be positive and at most max %s", c.Retry.Initial, c.Retry.Max))
+	}
+	if err := c.Policy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("process webhooks: %w", err)
+	}
+	return nil
+}
+
+// NewProcessWebhook checks cfg and makes the use case.
+func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &ProcessWebhook{
+		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store), crm: cfg.CRM, secrets: cfg.Secrets,
+		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, conflicts: defaultConflicts(),
+	}, nil
+}
+
+// Next processes the oldest open webhook of a contact. ok is false when
+// the contact has none. A store error is returned as err; the webhook
+// stays open and the caller tries again later.
+func (p *ProcessWebhook) Next(ctx context.Context, id domain.ContactID) (out Outcome, ok bool, err error) {
+	w := &work{p: p, id: id}
+	defer w.cleanup(ctx)
+	defer w.releaseClaims()
+	res, err := p.contacts.Update(ctx, id, func(s *domain.ContactState) ([]domain.Envelope, error) {
+		w.releaseClaims()
+		envs, o, err := w.decide(ctx, s)
+		if err != nil {
+			// Let the others have what this attempt holds while it waits.
+			w.releaseClaims()
+		}
+		out, ok = o, o.WebhookID != ""
+		return envs, err
+	})
+	if err != nil {
+		return Outcome{}, false, fmt.Errorf("process contact %d: %w", id, err)
+	}
+	if res.Position != 0 {
+		w.used = true
+		out.Position = res.Position
+		if w.releaseEmail != "" {
+			p.release(ctx, out.WebhookID, id, w.releaseEmail)
+		}
+	}
+	return out, ok, nil
+}
+
+// work is one Next call: what it read from the CRM and the password it
+// made survive a conflict and a new decision.
+type work struct {
+	p       *ProcessWebhook
+	id      domain.ContactID
+	wh      string
+	contact *domain.CRMContact
+	// contactErr is the CRM's failure, kept like its answer: a decision
+	// made again after a conflict sees the same CRM answer.
+	contactErr error
+	catalog    []domain.Tag
+	// held are the claim locks this attempt holds (see keyLocks).
+	held map[string]func()
+	// owner is the other contact a link copies its user from, as read.
+	owner *ownerRead
+	creds *credentials
+	used  bool
+	// releaseEmail is the address the user gave up, freed once the
+	// outcome is recorded.
+	releaseEmail string
+}
+
+// ownerRead is a stream version a decision depended on.
+type ownerRead struct {
+	contact domain.ContactID
+	version uint64
+}
+
+type credentials struct {
+	hash   string
+	keyID  string
+	sealed []byte
+}
+
+// cleanup shreds a password key that was made but never recorded.
+func (w *work) cleanup(ctx context.Context) {
+	if w.creds != nil && w.creds.keyID != "" && !w.used {
+		_ = w.p.secrets.Shred(context.WithoutCancel(ctx), w.creds.keyID)
+	}
+}
+
+// decide is one attempt: the events to append for the oldest open webhook
+// (its outcome last) and the outcome to report.
+func (w *work) decide(ctx context.Context, s *domain.ContactState) ([]domain.Envelope, Outcome, error) {
+	w.owner, w.releaseEmail = nil, ""
+	if len(s.Pending) == 0 {
+		return nil, Outcome{}, nil
+	}
+	pw := s.Pending[0]
+	w.wh = pw.WebhookID
+	if pw.NextAttemptAt.After(w.p.now()) {
+		return nil, Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Status: StatusRetrying,
+			Message: "queued: waiting for the next attempt", RetryAt: pw.NextAttemptAt}, nil
+	}
+	req, err := domain.ParseRequest(pw.WebhookReceived)
+	if err != nil {
+		return w.fail(ctx, s, pw, pw.Action, domain.Fail(domain.ErrInvalidRequest, err.Error()))
+	}
+	var events []domain.Event
+	var outcome domain.Event
+	switch req.Action {
+	case domain.ActionAdd:
+		events, outcome, err = w.add(ctx, s, pw, req)
+	default:
+		events, outcome, err = w.update(ctx, s, pw, req)
+	}
+	var failure *domain.Failure
+	switch {
+	case err == nil:
+		return w.finish(ctx, s, pw, events, outcome, nil)
+	case conflict(err):
+		return nil, Outcome{}, err
+	case domain.Temporary(err):
+		return w.retry(s, pw, err)
+	case errors.As(err, &failure):
+		return w.fail(ctx, s, pw, req.Action, failure)
+	}
+	return nil, Outcome{}, err
+}
+
+// fail records that the webhook failed for good.
+func (w *work) fail(ctx context.Context, s *domain.ContactState, pw domain.PendingWebhook, action string, cause error) ([]domain.Envelope, Outcome, error) {
+	return w.finish(ctx, s, pw, nil, domain.WebhookFailed{WebhookID: pw.WebhookID, Action: action, Reason: cause.Error(), Status: recordedStatus(cause)}, cause)
+}
+
+// failCRM is a CRM error as the webhook sees it: a temporary one stays as
+// it is (the webhook is retried), any other fails it.
+func failCRM(prefix string, err error) error {
+	if domain.Temporary(err) {
+		return err
+	}
+	return domain.Fail(domain.ErrCRMRefused, prefix+": "+err.Error())
+}
+
+// contactFromCRM reads the contact once per Next.
+func (w *work) contactFromCRM(ctx context.Context) (domain.CRMContact, error) {
+	if w.contactErr != nil {
+		return domain.CRMContact{}, w.contactErr
+	}
+	if w.contact != nil {
+		return *w.contact, nil
+	}
+	c, err := w.p.crm.Contact(ctx, w.id)
+	switch {
+	case err != nil:
+		w.contactErr = failCRM("read contact from FunnelKit", err)
+		return domain.CRMContact{}, w.contactErr
+	case c.ID != w.id:
+		w.contactErr = domain.Fail(domain.ErrCRMRefused, fmt.Sprintf("FunnelKit answered contact %d for contact %d", c.ID, w.id))
+		return domain.CRMContact{}, w.contactErr
+	}
+	w.contact = &c
+	return c, nil
+}
+
+// tagsFor is the tag set an update applies: the request's tags param
+// resolved against the catalogue, else the contact's tags from the CRM.
+func (w *work) tagsFor(ctx context.Context, req domain.Request) ([]domain.Tag, error) {
+	if !req.HasTags {
+		c, err := w.contactFromCRM(ctx)
+		return c.Tags, err
+	}
+	if w.catalog == nil {
+		cat, err := w.p.crm.Tags(ctx)
+		if err != nil {
+			return nil, failCRM("read tag catalogue from FunnelKit", err)
+		}
+		w.catalog = cat
+	}
+	return domain.ResolveTags(req.Tags, w.catalog)
+}
+
+func (p *ProcessWebhook) envelope(wh string, e domain.Event) domain.Envelope {
+	return domain.Envelope{Event: e, OccurredAt: p.now(), WebhookID: wh}
+}
+
+// retry records a transient failure; the webhook stays open.
+func (w *work) retry(s *domain.ContactState, pw domain.PendingWebhook, cause error) ([]domain.Envelope, Outcome, error) {
+	attempt := pw.Attempts + 1
+	next := w.p.now().Add(w.p.retry.Delay(attempt))
+	env := w.p.envelope(pw.WebhookID, domain.WebhookRetrying{WebhookID: pw.WebhookID, Attempt: attempt, Error: cause.Error(), NextAttemptAt: next})
+	return []domain.Envelope{env}, Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Status: StatusRetrying,
+		Message: "FunnelKit is unavailable; the webhook is queued and retried: " + cause.Error(),
+		Err:     fmt.Errorf("%w: %w", domain.ErrCRMUnavailable, cause), RetryAt: next}, nil
+}
+
+// cloneUser is a copy of u whose meta can be changed apart from u's.
+func cloneUser(u *domain.User) *domain.User {
+	c := *u
+	c.Meta = maps.Clone(u.Meta)
+	if c.Meta == nil {
+		c.Meta = map[string]string{}
+	}
+	return &c
+}

@@ -1,0 +1,272 @@
+package command
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+// waitFor is how long a test waits for the dispatcher; nothing should come
+// near it.
+const waitFor = 10 * time.Second
+
+func newDispatcher(t *testing.T, w *world, cfg DispatcherConfig) *Dispatcher {
+	t.Helper()
+	d, err := NewDispatcher(w.proc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close(context.Background()) })
+	return d
+}
+
+// eventually waits for cond, checking every millisecond, up to waitFor.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func await(t *testing.T, ch <-chan Outcome) Outcome {
+	t.Helper()
+	select {
+	case out := <-ch:
+		return out
+	case <-time.After(waitFor):
+		t.Fatal("no outcome")
+		return Outcome{}
+	}
+}
+
+func TestDispatcher_ProcessesEachContactsWebhooksInOrder(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	w.setNow(time.Now())
+	d := newDispatcher(t, w, DispatcherConfig{Concurrency: 2})
+	const contacts, each = 4, 3
+	var chans []<-chan Outcome
+	var order []string
+	for c := domain.ContactID(1); c <= contacts; c++ {
+		w.crm.set(contact(c, "user"+c.String()+"@example.com", vip))
+		for range each {
+			action := domain.ActionUpdateTags
+			if len(order)%each == 0 {
+				action = domain.ActionAdd
+			}
+			wh := w.webhook(c, action, nil)
+			order = append(order, wh)
+			chans = append(chans, d.Await(wh))
+		}
+		if err := d.Submit(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, ch := range chans {
+		out := await(t, ch)
+		if out.WebhookID != order[i] || out.Status != StatusProcessed {
+			t.Errorf("outcome %+v, want %s processed", out, order[i])
+		}
+	}
+	for c := domain.ContactID(1); c <= contacts; c++ {
+		var closed []string
+		for _, e := range w.events(c.Stream(), 0) {
+			if p, ok := e.(domain.WebhookProcessed); ok {
+				closed = append(closed, p.WebhookID)
+			}
+		}
+		want := order[(c-1)*each : c*each]
+		if strings.Join(closed, ",") != strings.Join(want, ",") {
+			t.Errorf("contact %d closed %v, want %v in order", c, closed, want)
+		}
+	}
+}
+
+func TestDispatcher_RetryingWebhook_HoldsBackTheContactUntilItsNextAttempt(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	w.setNow(time.Now())
+	w.proc.retry = domain.Backoff{Initial: time.Millisecond, Max: time.Millisecond}
+	w.crm.contactErr = errCRMDown
+	d := newDispatcher(t, w, DispatcherConfig{})
+	first := w.webhook(7, domain.ActionAdd, nil)
+	second := w.webhook(7, domain.ActionUpdateTags, nil)
+	ch1, ch2 := d.Await(first), d.Await(second)
+	if err := d.Submit(7); err != nil {
+		t.Fatal(err)
+	}
+	if out := await(t, ch1); out.Status != StatusRetrying {
+		t.Fatalf("first outcome %+v, want retrying", out)
+	}
+	// The CRM comes back: the retry timer processes both, in order.
+	w.crm.mu.Lock()
+	w.crm.contactErr = nil
+	w.crm.mu.Unlock()
+	w.crm.set(contact(7, "ada@example.com"))
+	w.setNow(time.Now().Add(time.Hour))
+	if out := await(t, ch2); out.Status != StatusProcessed || out.WebhookID != second {
+		t.Fatalf("second outcome %+v, want processed", out)
+	}
+	if s := w.state(7); len(s.Pending) != 0 || s.User == nil {
+		t.Errorf("contact state %+v: both webhooks should be done", s)
+	}
+}
+
+// blockingCRM holds every contact read until released.
+type blockingCRM struct {
+	*fakeCRM
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *blockingCRM) Contact(ctx context.Context, id domain.ContactID) (domain.CRMContact, error) {
+	b.once.Do(func() { close(b.entered) })
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return domain.CRMContact{}, ctx.Err()
+	}
+	return b.fakeCRM.Contact(ctx, id)
+}
+
+func TestDispatcher_Close_FinishesTheWebhookInProgressAndRefusesNewWork(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	w.crm.set(contact(7, "ada@example.com"))
+	crm := &blockingCRM{fakeCRM: w.crm, entered: make(chan struct{}), release: make(chan struct{})}
+	w.proc.crm = crm
+	d := newDispatcher(t, w, DispatcherConfig{})
+	wh := w.webhook(7, domain.ActionAdd, nil)
+	queued := w.webhook(7, domain.ActionUpdate, nil)
+	ch := d.Await(wh)
+	if err := d.Submit(7); err != nil {
+		t.Fatal(err)
+	}
+	<-crm.entered
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close(context.Background()) }()
+	eventually(t, "Close to stop taking work", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.closed
+	})
+	// Close waits for the webhook in progress.
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned %v while a webhook was in progress", err)
+	default:
+	}
+	close(crm.release)
+	if out := await(t, ch); out.Status != StatusProcessed {
+		t.Fatalf("outcome %+v, want processed", out)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Close did not return")
+	}
+	if err := d.Submit(7); !errors.Is(err, ErrClosed) {
+		t.Errorf("Submit after Close = %v, want ErrClosed", err)
+	}
+	if !w.state(7).Open(queued) {
+		t.Error("the queued webhook was processed or lost; it should wait for the next start")
+	}
+}
+
+func TestDispatcher_Close_CancelsWhatOutlastsItsContext(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	crm := &blockingCRM{fakeCRM: w.crm, entered: make(chan struct{}), release: make(chan struct{})}
+	w.proc.crm = crm
+	d := newDispatcher(t, w, DispatcherConfig{})
+	w.webhook(7, domain.ActionAdd, nil)
+	d.Notify(7)
+	<-crm.entered
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.Close(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Close = %v, want the context's error", err)
+	}
+	if !w.state(7).Open("wh1") {
+		t.Error("the cancelled webhook was closed")
+	}
+}
+
+func TestDispatcher_StoreError_IsReportedAndTriedAgain(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	w.crm.set(contact(7, "ada@example.com"))
+	store := &flakyStore{EventStore: w.store, fails: 1}
+	w.proc.store, w.proc.contacts = store, NewContacts(store)
+	errs := make(chan error, 10)
+	d := newDispatcher(t, w, DispatcherConfig{ErrorPause: time.Millisecond, OnError: func(id domain.ContactID, err error) { errs <- err }})
+	wh := w.webhook(7, domain.ActionAdd, nil)
+	ch := d.Await(wh)
+	if err := d.Submit(7); err != nil {
+		t.Fatal(err)
+	}
+	if out := await(t, ch); out.Status != StatusProcessed {
+		t.Fatalf("outcome %+v", out)
+	}
+	if err := <-errs; !errors.Is(err, errBoom) {
+		t.Errorf("reported %v, want the store's error", err)
+	}
+}
+
+func TestDispatcher_Forget_DropsTheWaiter(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	d := newDispatcher(t, w, DispatcherConfig{})
+	a, b := d.Await("wh"), d.Await("wh")
+	d.Forget("wh", a)
+	d.mu.Lock()
+	n := len(d.waiters["wh"])
+	d.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d waiters left, want 1", n)
+	}
+	d.Forget("wh", b)
+	d.mu.Lock()
+	_, left := d.waiters["wh"]
+	d.mu.Unlock()
+	if left {
+		t.Error("the webhook's waiters were not dropped")
+	}
+}
+
+func TestNewDispatcher_RefusesABadConfig(t *testing.T) {
+	w := newWorld(t, testPolicy())
+	for _, cfg := range []DispatcherConfig{{Concurrency: -1}, {ErrorPause: -time.Second}} {
+		if _, err := NewDispatcher(w.proc, cfg); err == nil {
+			t.Errorf("NewDispatcher(%+v) accepted it", cfg)
+		}
+	}
+	if _, err := NewDispatcher(nil, DispatcherConfig{}); err == nil {
+		t.Error("NewDispatcher(nil) accepted it")
+	}
+}
+
+// flakyStore fails the first reads.
+type flakyStore struct {
+	domain.EventStore
+	mu    sync.Mutex
+	fails int
+}
+
+func (s *flakyStore) ReadStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
+	s.mu.Lock()
+	fail := s.fails > 0
+	s.fails--
+	s.mu.Unlock()
+	if fail {
+		return nil, errBoom
+	}
+	return s.EventStore.ReadStream(ctx, stream)
+}

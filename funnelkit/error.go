@@ -106,12 +106,6 @@ func (e *Error) Temporary() bool {
 // NotFound says whether FunnelKit answered that the contact does not exist.
 func (e *Error) NotFound() bool { return e.Kind == KindNotFound }
 
-// IsTemporary reports whether err is a *Error that is Temporary.
-func IsTemporary(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Temporary()
-}
-
 // IsNotFound reports whether err is a *Error for a contact that does not exist.
 func IsNotFound(err error) bool {
 	var e *Error

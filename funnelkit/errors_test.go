@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/funnelkit"
 )
 
@@ -158,7 +159,7 @@ func TestErrors_EveryFailureHasItsKind(t *testing.T) {
 			if fe.Kind != f.kind || fe.Status != f.status {
 				t.Errorf("Kind, Status = %v, %d; want %v, %d (%v)", fe.Kind, fe.Status, f.kind, f.status, err)
 			}
-			if fe.Temporary() != f.temporary || funnelkit.IsTemporary(err) != f.temporary {
+			if fe.Temporary() != f.temporary || domain.Temporary(err) != f.temporary {
 				t.Errorf("Temporary = %v, want %v", fe.Temporary(), f.temporary)
 			}
 			if fe.NotFound() != (f.kind == funnelkit.KindNotFound) {
@@ -285,7 +286,7 @@ func TestErrors_SimulatorFaultsMatchClientKinds(t *testing.T) {
 		sim.SampleData()
 		sim.Hang(funnelkit.EndpointTags, 1)
 		_, err := newClient(t, url, withTimeout(50*time.Millisecond)).Tags(ctx(t))
-		if !funnelkit.IsTemporary(err) || !strings.Contains(err.Error(), "no answer within 50ms") {
+		if !domain.Temporary(err) || !strings.Contains(err.Error(), "no answer within 50ms") {
 			t.Fatalf("err = %v", err)
 		}
 	})

@@ -26,8 +26,8 @@ import (
 	"github.com/usersync/usersync/funnelkit/simulator"
 	usershttp "github.com/usersync/usersync/http"
 	"github.com/usersync/usersync/http/metrics"
+	"github.com/usersync/usersync/mail"
 	"github.com/usersync/usersync/projections"
-	"github.com/usersync/usersync/projections/mail"
 )
 
 // readyLag is how many events a view may be behind the head for /readyz.

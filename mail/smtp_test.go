@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usersync/usersync/projections/mail/smtptest"
+	"github.com/usersync/usersync/mail/smtptest"
 )
 
 const (

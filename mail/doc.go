@@ -19,5 +19,6 @@
 // [SendError.Temporary]. The SMTP password never appears in errors or in the
 // String, GoString or slog output of an [SMTP].
 //
-// The smtptest subpackage holds an in-process SMTP server for tests.
+// The smtptest subpackage runs a real SMTP server (github.com/emersion/go-smtp)
+// on a loopback port for tests.
 package mail

@@ -1,26 +1,29 @@
-// Package smtptest is an in-process SMTP server for tests of code that
-// sends mail. It speaks enough of RFC 5321 for net/smtp: EHLO/HELO,
-// STARTTLS (when given a certificate), AUTH PLAIN, MAIL, RCPT, DATA with
-// dot-unstuffing, RSET, NOOP, VRFY and QUIT. It stores what it receives,
-// lets a test wait for messages without sleeping, and can inject failure
-// replies.
+// Package smtptest runs a real SMTP server on a loopback port for tests of
+// code that sends mail. The protocol (EHLO, STARTTLS, AUTH PLAIN, MAIL,
+// RCPT, DATA with dot-unstuffing, RSET, QUIT) is github.com/emersion/go-smtp's
+// server; this package adds what tests need around it: it stores what it
+// receives, lets a test wait for messages without sleeping, checks
+// credentials, and can inject failure replies.
 //
-// It listens on 127.0.0.1 only, bounds line length, message size and
-// recipients, and handles each connection in its own goroutine.
+// It listens on 127.0.0.1 only and bounds line length, message size and
+// recipients.
 package smtptest
 
 import (
-	"bufio"
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
-	"strings"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 )
 
 // Limits.
@@ -84,27 +87,26 @@ func WithMaxMessageSize(n int) Option { return func(c *config) { c.maxSize = n }
 
 // Server is a running test SMTP server.
 type Server struct {
-	cfg config
-	ln  net.Listener
+	cfg    config
+	ln     net.Listener
+	smtp   *smtp.Server
+	served chan struct{} // closed when smtp.Serve returned
 
 	mu       sync.Mutex
 	msgs     []Message
 	changed  chan struct{} // closed and replaced when msgs grows
 	failMail []int         // reply codes for the next MAIL FROM commands
 	failData []int         // reply codes for the next completed DATA
-	conns    map[net.Conn]struct{}
 	closed   bool
-
-	done chan struct{}
-	wg   sync.WaitGroup
+	done     chan struct{} // closed by Close
 }
 
 // Start listens on 127.0.0.1:0 and serves until Close.
 func Start(opts ...Option) (*Server, error) {
 	s := &Server{
 		cfg:     config{maxSize: DefaultMaxMessageSize},
+		served:  make(chan struct{}),
 		changed: make(chan struct{}),
-		conns:   make(map[net.Conn]struct{}),
 		done:    make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -115,14 +117,30 @@ func Start(opts ...Option) (*Server, error) {
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("smtptest: listen: %w", err)
 	}
-	if s.cfg.tls != nil && s.cfg.implicitTLS {
-		ln = tls.NewListener(ln, s.cfg.tls)
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = "smtptest"
+	srv.MaxLineLength = MaxLineLength
+	srv.MaxMessageBytes = int64(s.cfg.maxSize)
+	srv.MaxRecipients = MaxRecipients
+	srv.ReadTimeout, srv.WriteTimeout = idleTimeout, idleTimeout
+	// Clients may authenticate without TLS: the sender under test decides
+	// whether it sends credentials in the clear (it does to loopback).
+	srv.AllowInsecureAuth = true
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	if s.cfg.tls != nil {
+		if s.cfg.implicitTLS {
+			ln = tls.NewListener(ln, s.cfg.tls)
+		} else {
+			srv.TLSConfig = s.cfg.tls
+		}
 	}
-	s.ln = ln
-	s.wg.Add(1)
-	go s.serve()
+	s.ln, s.smtp = ln, srv
+	go func() {
+		defer close(s.served)
+		_ = srv.Serve(ln)
+	}()
 	return s, nil
 }
 
@@ -139,8 +157,8 @@ func (s *Server) Messages() []Message {
 func (s *Server) copyLocked() []Message {
 	out := make([]Message, len(s.msgs))
 	for i, m := range s.msgs {
-		m.To = append([]string(nil), m.To...)
-		m.Data = append([]byte(nil), m.Data...)
+		m.To = slices.Clone(m.To)
+		m.Data = slices.Clone(m.Data)
 		out[i] = m
 	}
 	return out
@@ -188,8 +206,8 @@ func (s *Server) FailNextData(n int, code int) {
 	}
 }
 
-// Close stops listening, closes open connections and waits for their
-// goroutines.
+// Close stops listening, closes open connections and waits until the
+// server no longer accepts. A second Close does nothing.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -198,52 +216,19 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	close(s.done)
-	err := s.ln.Close()
-	for c := range s.conns {
-		_ = c.Close()
-	}
 	s.mu.Unlock()
-	s.wg.Wait()
-	return err
-}
-
-func (s *Server) serve() {
-	defer s.wg.Done()
-	for {
-		c, err := s.ln.Accept()
-		if err != nil {
-			return // closed
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			_ = c.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				_ = c.Close()
-			}()
-			sess := &session{srv: s, conn: c}
-			if tc, ok := c.(*tls.Conn); ok {
-				_ = c.SetDeadline(time.Now().Add(idleTimeout))
-				if err := tc.Handshake(); err != nil {
-					return
-				}
-				sess.tls = true
-			}
-			sess.run()
-		}()
+	err := s.smtp.Close()
+	// Serve registers the listener in its own goroutine; closing it here
+	// too makes sure Serve returns even if Close came first.
+	_ = s.ln.Close()
+	<-s.served
+	if err != nil {
+		return fmt.Errorf("smtptest: close: %w", err)
 	}
+	return nil
 }
 
+// popFail takes the next injected reply code from q, 0 when there is none.
 func (s *Server) popFail(q *[]int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -263,327 +248,102 @@ func (s *Server) store(m Message) {
 	s.changed = make(chan struct{})
 }
 
-// errLineTooLong ends a session whose client sent an over-long line.
-var errLineTooLong = errors.New("line too long")
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{srv: s, conn: c}, nil
+}
 
+// session is one SMTP session (go-smtp starts a new one after STARTTLS,
+// so authentication does not survive the upgrade).
 type session struct {
 	srv  *Server
-	conn net.Conn
-	r    *bufio.Reader
-	w    *bufio.Writer
-	tls  bool
+	conn *smtp.Conn
 
-	helo   bool
-	ehlo   bool
 	user   string // authenticated user
 	authed bool
 	from   string
-	inTx   bool
 	to     []string
-	errors int
 }
 
-func (ss *session) reply(format string, args ...any) error {
-	fmt.Fprintf(ss.w, format+"\r\n", args...)
-	return ss.w.Flush()
-}
+var _ smtp.AuthSession = (*session)(nil)
 
-func (ss *session) readLine() (string, error) {
-	_ = ss.conn.SetDeadline(time.Now().Add(idleTimeout))
-	var b []byte
-	for {
-		c, err := ss.r.ReadByte()
-		if err != nil {
-			return "", err
-		}
-		b = append(b, c)
-		if c == '\n' {
-			break
-		}
-		if len(b) >= MaxLineLength {
-			// Drain the rest of the line (bounded) so that closing the
-			// connection after the 500 reply does not reset it.
-			for n := 0; n < 1<<20; n++ {
-				if c, err := ss.r.ReadByte(); err != nil || c == '\n' {
-					break
-				}
-			}
-			return "", errLineTooLong
-		}
+// AuthMechanisms offers PLAIN unless WithoutAuth.
+func (ss *session) AuthMechanisms() []string {
+	if ss.srv.cfg.noAuth {
+		return nil
 	}
-	s := string(b)
-	s = strings.TrimSuffix(s, "\n")
-	s = strings.TrimSuffix(s, "\r")
-	return s, nil
+	return []string{sasl.Plain}
 }
 
-func (ss *session) resetTx() {
-	ss.from, ss.inTx, ss.to = "", false, nil
-}
-
-func (ss *session) run() {
-	ss.r = bufio.NewReader(ss.conn)
-	ss.w = bufio.NewWriter(ss.conn)
-	if ss.reply("220 smtptest ESMTP ready") != nil {
-		return
-	}
-	for {
-		line, err := ss.readLine()
-		if errors.Is(err, errLineTooLong) {
-			_ = ss.reply("500 5.5.2 Line too long")
-			return
-		}
-		if err != nil {
-			return
-		}
-		verb, arg, _ := strings.Cut(line, " ")
-		verb = strings.ToUpper(verb)
-		quit, err := ss.command(verb, arg)
-		if err != nil || quit {
-			return
-		}
-		if ss.errors >= 10 {
-			_ = ss.reply("421 4.7.0 Too many errors")
-			return
-		}
-	}
-}
-
-// command handles one command; it reports whether the session ends.
-func (ss *session) command(verb, arg string) (bool, error) {
+// Auth checks PLAIN credentials against WithAuth, or accepts any.
+func (ss *session) Auth(mech string) (sasl.Server, error) {
 	cfg := &ss.srv.cfg
-	bad := func(format string, args ...any) (bool, error) {
-		ss.errors++
-		return false, ss.reply(format, args...)
-	}
-	switch verb {
-	case "EHLO", "HELO":
-		if strings.TrimSpace(arg) == "" {
-			return bad("501 5.5.4 %s needs a domain", verb)
-		}
-		ss.resetTx()
-		ss.helo, ss.ehlo = true, verb == "EHLO"
-		if !ss.ehlo {
-			return false, ss.reply("250 smtptest")
-		}
-		lines := []string{"smtptest greets " + arg, "8BITMIME", fmt.Sprintf("SIZE %d", cfg.maxSize)}
-		if cfg.tls != nil && !ss.tls {
-			lines = append(lines, "STARTTLS")
-		}
-		if !cfg.noAuth {
-			lines = append(lines, "AUTH PLAIN")
-		}
-		for i, l := range lines {
-			sep := "-"
-			if i == len(lines)-1 {
-				sep = " "
-			}
-			fmt.Fprintf(ss.w, "250%s%s\r\n", sep, l)
-		}
-		return false, ss.w.Flush()
-
-	case "STARTTLS":
-		if cfg.tls == nil || ss.tls {
-			return bad("502 5.5.1 STARTTLS not available")
-		}
-		if arg != "" {
-			return bad("501 5.5.4 No parameters allowed")
-		}
-		if err := ss.reply("220 2.0.0 Ready to start TLS"); err != nil {
-			return true, err
-		}
-		tc := tls.Server(ss.conn, cfg.tls)
-		_ = ss.conn.SetDeadline(time.Now().Add(idleTimeout))
-		if err := tc.Handshake(); err != nil {
-			return true, err
-		}
-		ss.conn, ss.tls = tc, true
-		ss.r, ss.w = bufio.NewReader(tc), bufio.NewWriter(tc)
-		// RFC 3207: forget everything learned before TLS.
-		ss.helo, ss.ehlo, ss.authed, ss.user = false, false, false, ""
-		ss.resetTx()
-		return false, nil
-
-	case "AUTH":
-		return ss.auth(arg)
-
-	case "MAIL":
-		if !ss.helo {
-			return bad("503 5.5.1 Send HELO/EHLO first")
-		}
-		if cfg.checkAuth && !ss.authed {
-			return bad("530 5.7.0 Authentication required")
-		}
-		if ss.inTx {
-			return bad("503 5.5.1 Nested MAIL command")
-		}
-		addr, ok := path(arg, "FROM:")
-		if !ok {
-			return bad("501 5.5.4 Syntax: MAIL FROM:<address>")
-		}
-		if code := ss.srv.popFail(&ss.srv.failMail); code != 0 {
-			return false, ss.reply("%d %s", code, injected(code))
-		}
-		ss.from, ss.inTx, ss.to = addr, true, nil
-		return false, ss.reply("250 2.1.0 Sender OK")
-
-	case "RCPT":
-		if !ss.inTx {
-			return bad("503 5.5.1 Need MAIL before RCPT")
-		}
-		addr, ok := path(arg, "TO:")
-		if !ok || addr == "" {
-			return bad("501 5.5.4 Syntax: RCPT TO:<address>")
-		}
-		if len(ss.to) >= MaxRecipients {
-			return bad("452 4.5.3 Too many recipients")
-		}
-		ss.to = append(ss.to, addr)
-		return false, ss.reply("250 2.1.5 Recipient OK")
-
-	case "DATA":
-		if !ss.inTx || len(ss.to) == 0 {
-			return bad("503 5.5.1 Need RCPT before DATA")
-		}
-		if err := ss.reply("354 Start mail input; end with <CRLF>.<CRLF>"); err != nil {
-			return true, err
-		}
-		return ss.data()
-
-	case "RSET":
-		ss.resetTx()
-		return false, ss.reply("250 2.0.0 OK")
-	case "NOOP":
-		return false, ss.reply("250 2.0.0 OK")
-	case "VRFY":
-		return false, ss.reply("252 2.5.2 Cannot VRFY user")
-	case "QUIT":
-		_ = ss.reply("221 2.0.0 Bye")
-		return true, nil
-	default:
-		return bad("500 5.5.2 Command not recognized")
-	}
-}
-
-func (ss *session) auth(arg string) (bool, error) {
-	cfg := &ss.srv.cfg
-	bad := func(format string, args ...any) (bool, error) {
-		ss.errors++
-		return false, ss.reply(format, args...)
-	}
 	if cfg.noAuth {
-		return bad("502 5.5.1 AUTH not available")
+		return nil, smtp.ErrAuthUnsupported
 	}
-	if !ss.ehlo {
-		return bad("503 5.5.1 Send EHLO first")
+	if mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
 	}
-	if ss.authed {
-		return bad("503 5.5.1 Already authenticated")
-	}
-	if ss.inTx {
-		return bad("503 5.5.1 AUTH not allowed during a mail transaction")
-	}
-	mech, initial, _ := strings.Cut(arg, " ")
-	if !strings.EqualFold(mech, "PLAIN") {
-		return bad("504 5.5.4 Unrecognized authentication type")
-	}
-	if initial == "" {
-		if err := ss.reply("334 "); err != nil {
-			return true, err
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if cfg.checkAuth {
+			okUser := subtle.ConstantTimeCompare([]byte(user), []byte(cfg.user)) == 1
+			okPass := subtle.ConstantTimeCompare([]byte(pass), []byte(cfg.pass)) == 1
+			if !okUser || !okPass {
+				return smtp.ErrAuthFailed
+			}
 		}
-		line, err := ss.readLine()
-		if err != nil {
-			return true, err
-		}
-		initial = line
-	}
-	if initial == "*" {
-		return bad("501 5.0.0 Authentication cancelled")
-	}
-	raw, err := base64.StdEncoding.DecodeString(initial)
-	if err != nil {
-		return bad("501 5.5.2 Cannot decode response")
-	}
-	parts := strings.Split(string(raw), "\x00")
-	if len(parts) != 3 {
-		return bad("501 5.5.2 Bad PLAIN response")
-	}
-	user, pass := parts[1], parts[2]
-	if cfg.checkAuth {
-		okUser := subtle.ConstantTimeCompare([]byte(user), []byte(cfg.user)) == 1
-		okPass := subtle.ConstantTimeCompare([]byte(pass), []byte(cfg.pass)) == 1
-		if !okUser || !okPass {
-			return bad("535 5.7.8 Authentication credentials invalid")
-		}
-	}
-	ss.authed, ss.user = true, user
-	return false, ss.reply("235 2.7.0 Authentication successful")
+		ss.authed, ss.user = true, user
+		return nil
+	}), nil
 }
 
-// data reads the message after 354 up to the lone ".", undoing dot
-// stuffing, and answers it.
-func (ss *session) data() (bool, error) {
-	max := ss.srv.cfg.maxSize
-	var buf []byte
-	tooBig := false
-	for {
-		line, err := ss.readLine()
-		if errors.Is(err, errLineTooLong) {
-			_ = ss.reply("500 5.5.2 Line too long")
-			return true, err
-		}
-		if err != nil {
-			return true, err
-		}
-		if line == "." {
-			break
-		}
-		line = strings.TrimPrefix(line, ".")
-		if tooBig {
-			continue // discard until the end of DATA
-		}
-		if len(buf)+len(line)+2 > max {
-			tooBig, buf = true, nil
-			continue
-		}
-		buf = append(buf, line...)
-		buf = append(buf, '\r', '\n')
+// Mail starts a transaction, unless AUTH is required and missing or a
+// failure was injected with FailNext.
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if ss.srv.cfg.checkAuth && !ss.authed {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	}
-	m := Message{From: ss.from, To: ss.to, Data: buf, User: ss.user, TLS: ss.tls}
-	ss.resetTx()
-	if tooBig {
-		return false, ss.reply("552 5.3.4 Message too big")
+	if code := ss.srv.popFail(&ss.srv.failMail); code != 0 {
+		return injected(code)
+	}
+	ss.from, ss.to = from, nil
+	return nil
+}
+
+// Rcpt adds a recipient.
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.to = append(ss.to, to)
+	return nil
+}
+
+// Data reads the message and stores it, unless it is too big or a failure
+// was injected with FailNextData.
+func (ss *session) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err // smtp.ErrDataTooLarge gives 552
 	}
 	if code := ss.srv.popFail(&ss.srv.failData); code != 0 {
-		return false, ss.reply("%d %s", code, injected(code))
+		return injected(code)
 	}
-	ss.srv.store(m)
-	return false, ss.reply("250 2.0.0 OK queued")
+	_, isTLS := ss.conn.TLSConnectionState()
+	ss.srv.store(Message{From: ss.from, To: slices.Clone(ss.to), Data: data, User: ss.user, TLS: isTLS})
+	return nil
 }
 
-// path parses "FROM:<addr> params" (or "TO:..."), returning addr.
-func path(arg, prefix string) (string, bool) {
-	if len(arg) < len(prefix) || !strings.EqualFold(arg[:len(prefix)], prefix) {
-		return "", false
-	}
-	rest := strings.TrimLeft(arg[len(prefix):], " ")
-	if !strings.HasPrefix(rest, "<") {
-		return "", false
-	}
-	end := strings.IndexByte(rest, '>')
-	if end < 0 {
-		return "", false
-	}
-	return rest[1:end], true
-}
+// Reset forgets the transaction.
+func (ss *session) Reset() { ss.from, ss.to = "", nil }
 
-func injected(code int) string {
+// Logout ends the session.
+func (ss *session) Logout() error { return nil }
+
+// injected is the reply for an injected failure.
+func injected(code int) *smtp.SMTPError {
 	switch code / 100 {
 	case 4:
-		return "4.3.0 Temporary failure (injected)"
+		return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure (injected)"}
 	case 5:
-		return "5.7.1 Rejected (injected)"
+		return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Rejected (injected)"}
 	default:
-		return "Injected reply"
+		return &smtp.SMTPError{Code: code, EnhancedCode: smtp.NoEnhancedCode, Message: "Injected reply"}
 	}
 }

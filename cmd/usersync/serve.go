@@ -407,17 +407,8 @@ func (m *mailer) SendWelcome(ctx context.Context, to, login string) (string, err
 		return "", err
 	}
 	err = m.sender.Send(ctx, m.from, to, msg)
-	if err != nil && mail.IsTemporary(err) {
-		err = temporary{err}
-	}
 	return m.sender.Transport(), err
 }
-
-// temporary marks an error as worth another try (domain.Temporary).
-type temporary struct{ error }
-
-func (t temporary) Temporary() bool { return true }
-func (t temporary) Unwrap() error   { return t.error }
 
 func newLogger(format, level string, w io.Writer) *slog.Logger {
 	var lv slog.Level

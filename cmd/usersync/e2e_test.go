@@ -29,8 +29,8 @@ import (
 	"github.com/usersync/usersync/eventstore/keystore"
 	"github.com/usersync/usersync/funnelkit"
 	"github.com/usersync/usersync/funnelkit/simulator"
+	"github.com/usersync/usersync/mail/smtptest"
 	"github.com/usersync/usersync/projections"
-	"github.com/usersync/usersync/projections/mail/smtptest"
 )
 
 const (

@@ -27,8 +27,8 @@ import (
 	"github.com/usersync/usersync/funnelkit/simulator"
 	usershttp "github.com/usersync/usersync/http"
 	"github.com/usersync/usersync/http/metrics"
+	"github.com/usersync/usersync/mail"
 	"github.com/usersync/usersync/projections"
-	"github.com/usersync/usersync/projections/mail"
 )
 
 // readyLag is how many events a view may be behind the head for /readyz.
@@ -138,7 +138,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	mailer, err := newMailer(cfg, paths)
+	mailer, err := mail.NewWelcomer(mail.Config{From: cfg.MailFrom, LoginURL: cfg.LoginURL, SMTPURL: cfg.SMTPURL, Outbox: paths.outbox()})
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	hs := &nethttp.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	a.servers = append(a.servers, hs)
 	go func() { a.serveErr <- hs.Serve(ln) }()
-	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.sender.Transport())
+	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
 	printWelcome(stdout, a.addr, fresh, cfg.Demo)
 	return a, nil
 }
@@ -382,49 +382,6 @@ func (a *app) shutdown() error {
 	})
 	return errors.Join(errs...)
 }
-
-// mailer sends welcome emails through SMTP or the outbox folder.
-type mailer struct {
-	sender   mail.Sender
-	from     string
-	loginURL string
-}
-
-func newMailer(cfg *serveConfig, paths dataPaths) (*mailer, error) {
-	m := &mailer{from: cfg.MailFrom, loginURL: cfg.LoginURL}
-	if _, err := mail.ParseAddress("--mail-from", cfg.MailFrom); err != nil {
-		return nil, err
-	}
-	var err error
-	if cfg.SMTPURL != "" {
-		m.sender, err = mail.NewSMTP(cfg.SMTPURL, 30*time.Second)
-	} else {
-		m.sender, err = mail.NewOutbox(paths.outbox())
-	}
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// SendWelcome composes and sends the welcome email.
-func (m *mailer) SendWelcome(ctx context.Context, to, login string) (string, error) {
-	msg, err := mail.Compose(m.from, mail.Welcome{To: to, Login: login, LoginURL: m.loginURL}, time.Now(), "")
-	if err != nil {
-		return "", err
-	}
-	err = m.sender.Send(ctx, m.from, to, msg)
-	if err != nil && mail.IsTemporary(err) {
-		err = temporary{err}
-	}
-	return m.sender.Transport(), err
-}
-
-// temporary marks an error as worth another try (domain.Temporary).
-type temporary struct{ error }
-
-func (t temporary) Temporary() bool { return true }
-func (t temporary) Unwrap() error   { return t.error }
 
 func newLogger(format, level string, w io.Writer) *slog.Logger {
 	var lv slog.Level

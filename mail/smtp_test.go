@@ -14,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usersync/usersync/projections/mail/smtptest"
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/mail/smtptest"
 )
 
 const (
@@ -67,12 +68,12 @@ func assertSendError(t *testing.T, err error, op string, temporary bool, code in
 	if !errors.As(err, &se) {
 		t.Fatalf("err = %v (%T), want *SendError", err, err)
 	}
-	if se.Op != op || se.Temporary != temporary || se.Code != code || se.Transport != "smtp" {
+	if se.Op != op || se.Temporary() != temporary || se.Code != code || se.Transport != "smtp" {
 		t.Errorf("got Op=%q Temporary=%v Code=%d Transport=%q, want Op=%q Temporary=%v Code=%d: %v",
-			se.Op, se.Temporary, se.Code, se.Transport, op, temporary, code, err)
+			se.Op, se.Temporary(), se.Code, se.Transport, op, temporary, code, err)
 	}
-	if IsTemporary(err) != temporary {
-		t.Errorf("IsTemporary = %v", !temporary)
+	if domain.Temporary(err) != temporary {
+		t.Errorf("domain.Temporary = %v", !temporary)
 	}
 	assertNoSecret(t, "error", err.Error())
 	assertNoSecret(t, "error %+v", fmt.Sprintf("%+v", err))
@@ -453,7 +454,7 @@ func TestSMTPContextCanceled(t *testing.T) {
 	select {
 	case err := <-done:
 		// Depending on timing the dial or the greeting is interrupted.
-		if !errors.Is(err, context.Canceled) || !IsTemporary(err) {
+		if !errors.Is(err, context.Canceled) || !domain.Temporary(err) {
 			t.Errorf("err = %v, want a temporary error wrapping context.Canceled", err)
 		}
 	case <-time.After(shortWait):

@@ -15,9 +15,14 @@
 //   - [Outbox] writes the message as an .eml file into a directory
 //     (DATA/outbox/) when no SMTP relay is configured.
 //
+// [NewWelcomer] is what the server uses: it checks --mail-from, picks SMTP
+// or the outbox from the flags, and [Welcomer.SendWelcome] composes and
+// sends one welcome email.
+//
 // Senders never retry: the caller (a process manager) does, guided by
 // [SendError.Temporary]. The SMTP password never appears in errors or in the
 // String, GoString or slog output of an [SMTP].
 //
-// The smtptest subpackage holds an in-process SMTP server for tests.
+// The smtptest subpackage runs a real SMTP server (github.com/emersion/go-smtp)
+// on a loopback port for tests.
 package mail

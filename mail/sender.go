@@ -38,18 +38,15 @@ type SendError struct {
 	Op string
 	// Code is the SMTP reply code when the server answered with one, else 0.
 	Code int
-	// Temporary reports that trying again later may succeed: 4xx replies,
-	// network errors, timeouts and cancellations, file system errors.
-	// 5xx replies, bad addresses, refused TLS certificates and a relay
-	// that cannot authenticate are permanent.
-	Temporary bool
+	// temporary is what Temporary reports.
+	temporary bool
 	// Err is the cause. It never holds the SMTP password.
 	Err error
 }
 
 func (e *SendError) Error() string {
 	kind := "permanent"
-	if e.Temporary {
+	if e.temporary {
 		kind = "temporary"
 	}
 	op := ""
@@ -61,11 +58,11 @@ func (e *SendError) Error() string {
 
 func (e *SendError) Unwrap() error { return e.Err }
 
-// IsTemporary reports whether err is, or wraps, a temporary *SendError.
-func IsTemporary(err error) bool {
-	var se *SendError
-	return errors.As(err, &se) && se.Temporary
-}
+// Temporary reports that trying again later may succeed: 4xx replies,
+// network errors, timeouts and cancellations, file system errors. 5xx
+// replies, bad addresses, refused TLS certificates and a relay that cannot
+// authenticate are permanent. domain.Temporary sees it through errors.As.
+func (e *SendError) Temporary() bool { return e.temporary }
 
 // NewSender returns the SMTP sender for smtpURL when it is set, else an
 // Outbox writing into outboxDir.

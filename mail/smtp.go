@@ -218,7 +218,7 @@ func (s *SMTP) fail(ctx context.Context, op string, err error) error {
 		err = fmt.Errorf("%w: %w", cerr, err)
 	}
 	temporary, code := classify(err)
-	return &SendError{Transport: TransportSMTP, Op: op, Code: code, Temporary: temporary, Err: s.redactor().err(err)}
+	return &SendError{Transport: TransportSMTP, Op: op, Code: code, temporary: temporary, Err: s.redactor().err(err)}
 }
 
 // aLongTimeAgo is a deadline in the past, to unblock pending I/O.

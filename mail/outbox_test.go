@@ -76,14 +76,14 @@ func TestOutboxSendErrors(t *testing.T) {
 	}
 	err = o.Send(context.Background(), testFrom, "jane@example.org\r\nBcc: x@y", testMessage(t))
 	var se *SendError
-	if !errors.As(err, &se) || se.Temporary || se.Op != "envelope" || se.Transport != "outbox" {
+	if !errors.As(err, &se) || se.Temporary() || se.Op != "envelope" || se.Transport != "outbox" {
 		t.Errorf("bad address: err = %#v", err)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err = o.Send(ctx, testFrom, testRcpt, testMessage(t))
-	if !errors.As(err, &se) || !se.Temporary || !errors.Is(err, context.Canceled) {
+	if !errors.As(err, &se) || !se.Temporary() || !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled: err = %v", err)
 	}
 
@@ -92,7 +92,7 @@ func TestOutboxSendErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = o.Send(context.Background(), testFrom, testRcpt, testMessage(t))
-	if !errors.As(err, &se) || !se.Temporary || se.Op != "write" {
+	if !errors.As(err, &se) || !se.Temporary() || se.Op != "write" {
 		t.Errorf("missing dir: err = %v", err)
 	}
 

@@ -48,10 +48,10 @@ func (o *Outbox) Send(ctx context.Context, from string, to string, msg []byte) e
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return &SendError{Transport: TransportOutbox, Op: "write", Temporary: true, Err: err}
+		return &SendError{Transport: TransportOutbox, Op: "write", temporary: true, Err: err}
 	}
 	if _, err := o.write(msg); err != nil {
-		return &SendError{Transport: TransportOutbox, Op: "write", Temporary: true, Err: err}
+		return &SendError{Transport: TransportOutbox, Op: "write", temporary: true, Err: err}
 	}
 	return nil
 }

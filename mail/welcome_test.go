@@ -1,0 +1,141 @@
+package mail
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/mail/smtptest"
+)
+
+const testLoginURL = "https://shop.example.com/wp-login.php"
+
+func TestNewWelcomerConfig(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "outbox")
+	tests := []struct {
+		name          string
+		cfg           Config
+		wantTransport string
+		wantTimeout   time.Duration // SMTP only
+		wantErr       string        // exact text
+	}{
+		{name: "outbox", cfg: Config{From: testFrom, Outbox: dir}, wantTransport: "outbox"},
+		{name: "smtp, default timeout", cfg: Config{From: testFrom, SMTPURL: "smtp://mail.example.com", Outbox: dir}, wantTransport: "smtp", wantTimeout: DefaultTimeout},
+		{name: "smtp, own timeout", cfg: Config{From: testFrom, SMTPURL: "smtp://mail.example.com", Timeout: time.Second}, wantTransport: "smtp", wantTimeout: time.Second},
+		{name: "bad from", cfg: Config{From: "not an address", Outbox: dir}, wantErr: "mail: invalid --mail-from: not an email address (no angle-addr)"},
+		{name: "empty from", cfg: Config{Outbox: dir}, wantErr: "mail: invalid --mail-from: empty"},
+		{name: "from with a header", cfg: Config{From: "a@example.com\r\nBcc: x@example.com", Outbox: dir}, wantErr: "mail: invalid --mail-from: contains CR or LF"},
+		{name: "bad SMTP URL, no password in the error", cfg: Config{From: testFrom, SMTPURL: "ftp://alice:" + testPass + "@mail.example.com"}, wantErr: "--smtp-url: scheme must be smtp or smtps"},
+		{name: "no outbox directory", cfg: Config{From: testFrom}, wantErr: "mail: outbox directory is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := NewWelcomer(tt.cfg)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("NewWelcomer = %v, %v; want error %q", w, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := w.Transport(); got != tt.wantTransport {
+				t.Errorf("Transport = %q, want %q", got, tt.wantTransport)
+			}
+			if s, ok := w.sender.(*SMTP); ok && s.timeout != tt.wantTimeout {
+				t.Errorf("timeout = %v, want %v", s.timeout, tt.wantTimeout)
+			}
+		})
+	}
+}
+
+func TestWelcomerOutbox(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data", "outbox")
+	w, err := NewWelcomer(Config{From: testFrom, LoginURL: testLoginURL, Outbox: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	transport, err := w.SendWelcome(context.Background(), testRcpt, "jane")
+	if err != nil || transport != "outbox" {
+		t.Fatalf("SendWelcome = %q, %v", transport, err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.eml"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("outbox files = %v, %v", files, err)
+	}
+	raw, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := parse(t, raw)
+	if p.header.Get("To") != testRcpt || p.header.Get("From") != `"Shop" <noreply@shop.example.com>` {
+		t.Errorf("headers: %v", p.header)
+	}
+	if !strings.Contains(p.body, "jane") || !strings.Contains(p.body, testLoginURL) {
+		t.Errorf("body lacks the login or the link:\n%s", p.body)
+	}
+
+	// A mail that cannot be composed names no transport and is permanent.
+	transport, err = w.SendWelcome(context.Background(), testRcpt, " ")
+	var fe *FieldError
+	if transport != "" || !errors.As(err, &fe) || fe.Field != "Login" || domain.Temporary(err) {
+		t.Errorf("empty login: SendWelcome = %q, %v", transport, err)
+	}
+}
+
+func TestWelcomerSMTP(t *testing.T) {
+	srv := startServer(t, smtptest.WithAuth("alice", testPass))
+	srv.FailNext(1, 451)
+	srv.FailNext(1, 550)
+	w, err := NewWelcomer(Config{From: testFrom, LoginURL: testLoginURL, SMTPURL: "smtp://alice:" + testPass + "@" + srv.Addr(), Timeout: shortWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		wantErr   bool
+		temporary bool
+		code      int
+	}{
+		{name: "451 is temporary", wantErr: true, temporary: true, code: 451},
+		{name: "550 is permanent", wantErr: true, code: 550},
+		{name: "accepted"},
+	}
+	for _, tt := range tests {
+		transport, err := w.SendWelcome(context.Background(), "Jane <"+testRcpt+">", "jane")
+		if transport != "smtp" {
+			t.Errorf("%s: transport = %q", tt.name, transport)
+		}
+		if !tt.wantErr {
+			if err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+			continue
+		}
+		se := assertSendError(t, err, "mail", tt.temporary, tt.code)
+		if domain.Temporary(err) != tt.temporary {
+			t.Errorf("%s: domain.Temporary = %v (%v)", tt.name, !tt.temporary, se)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shortWait)
+	defer cancel()
+	msgs, err := srv.WaitFor(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := msgs[0]
+	if m.From != "noreply@shop.example.com" || len(m.To) != 1 || m.To[0] != testRcpt || m.User != "alice" {
+		t.Errorf("envelope = %q -> %q as %q", m.From, m.To, m.User)
+	}
+	p := parse(t, m.Data)
+	if p.header.Get("To") != `"Jane" <`+testRcpt+`>` || !strings.Contains(p.body, testLoginURL) {
+		t.Errorf("message: %v\n%s", p.header, p.body)
+	}
+	assertNoSecret(t, "message", string(m.Data))
+}

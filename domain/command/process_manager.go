@@ -98,7 +98,7 @@ func (c ProcessManagerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("Concurrency is %d, want at least 1 (0 for the default %d)", c.Concurrency, defaultPMConcurrency))
 	}
 	if c.Retry.Initial < 0 || c.Retry.Max < 0 {
-		errs = append(errs, fmt.Errorf("Retry is %+v, want no negative delay", c.Retry))
+		errs = append(errs, fmt.Errorf("Retry has a negative delay (Initial %s, Max %s)", c.Retry.Initial, c.Retry.Max))
 	}
 	return errors.Join(errs...)
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
-	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/eventstore/memory"
 )
 
 // The helpers and fakes of the process-manager tests are prefixed with pm,
@@ -36,10 +35,7 @@ const pmWait = 10 * time.Second
 // pmNewStore returns an empty event store.
 func pmNewStore(t *testing.T) domain.EventStore {
 	t.Helper()
-	s, err := eventstore.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := memory.New()
 	t.Cleanup(func() { s.Close() })
 	return s
 }

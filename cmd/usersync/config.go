@@ -78,7 +78,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.RetryMax, "retry-max", 5*time.Minute, "longest retry delay")
 	fs.IntVar(&c.ReturnAttempts, "password-return-attempts", 10, "password return attempts before giving up (the password is then destroyed)")
 	fs.IntVar(&c.MailAttempts, "mail-attempts", 10, "welcome email attempts before giving up")
-	fs.IntVar(&c.Concurrency, "concurrency", 8, "contacts processed at once (webhooks of one contact are always processed in order)")
+	fs.IntVar(&c.Concurrency, "concurrency", 8, "contacts processed at once (webhooks of one contact are always processed in order), and the most passwords being returned to FunnelKit at once")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, else json)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
@@ -189,7 +190,7 @@ func TestServe_RefusesViewsAheadOfTheEventStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := views.SaveCheckpoint(ctx, projections.PasswordReturnName, 5); err != nil {
+	if err := views.SaveCheckpoint(ctx, command.PasswordReturnName, 5); err != nil {
 		t.Fatal(err)
 	}
 	views.Close()

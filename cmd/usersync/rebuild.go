@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
@@ -98,7 +99,7 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	// Process managers are not rebuilt: they act on the world. One that
 	// handled events beyond the log's end (events.db restored from an
 	// older backup) goes back to the end, or it would skip the new ones.
-	for _, name := range projections.ProcessNames() {
+	for _, name := range command.ProcessNames() {
 		pos, err := views.Checkpoint(ctx, name)
 		if err != nil {
 			return err

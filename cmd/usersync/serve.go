@@ -62,7 +62,7 @@ type app struct {
 	pipeDone    chan error
 	pipeStop    context.CancelFunc
 	disp        *command.Dispatcher
-	returner    *projections.PasswordReturner
+	returner    *command.PasswordReturner
 	servers     []*nethttp.Server
 	serveErr    chan error
 	addr        string
@@ -144,17 +144,22 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 
 	retry := domain.Backoff{Initial: cfg.RetryInitial, Max: cfg.RetryMax}
-	procCfg := projections.ProcessConfig{Store: store, Checkpoints: a.views, Retry: retry, Log: log}
+	procCfg := command.ProcessManagerConfig{Store: store, Checkpoints: a.views, Retry: retry, Log: log}
 	returnCfg, mailCfg := procCfg, procCfg
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
 	consumers := a.views.Consumers()
 	processes := map[string]interface{ Current() uint64 }{}
-	welcomer := projections.NewWelcomer(mailCfg, mailer)
+	welcomer, err := command.NewWelcomer(mailCfg, mailer)
+	if err != nil {
+		return nil, err
+	}
 	consumers, processes[welcomer.Name()] = append(consumers, welcomer), welcomer
 	if policy.PasswordField != "" {
-		a.returner = projections.NewPasswordReturner(returnCfg, crm, a.keys)
+		if a.returner, err = command.NewPasswordReturner(returnCfg, crm, a.keys); err != nil {
+			return nil, err
+		}
 		consumers, processes[a.returner.Name()] = append(consumers, a.returner), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
@@ -203,7 +208,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, err
 	}
 	if a.returner != nil {
-		if err := a.returner.Resume(ctx, a.views.Passwords.List(projections.PasswordPending)); err != nil {
+		var pending []command.PendingReturn
+		for _, r := range a.views.Passwords.List(projections.PasswordPending) {
+			pending = append(pending, command.PendingReturn{ContactID: r.ContactID, KeyID: r.KeyID})
+		}
+		if err := a.returner.Resume(ctx, pending); err != nil {
 			return nil, err
 		}
 	}
@@ -277,7 +286,7 @@ func checkViewsNotAhead(ctx context.Context, store interface {
 				name, views.Path(), pos, head, data)
 		}
 	}
-	for _, name := range projections.ProcessNames() {
+	for _, name := range command.ProcessNames() {
 		pos, err := views.Checkpoint(ctx, name)
 		if err != nil {
 			return err

@@ -1,0 +1,73 @@
+package domain_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+)
+
+func TestBackoff_Delay_DoublesFromInitialUpToMax(t *testing.T) {
+	tests := []struct {
+		name    string
+		backoff domain.Backoff
+		want    []time.Duration // Delay(1), Delay(2), ...
+	}{
+		{
+			name:    "PowersOfTwoUnderTheCap",
+			backoff: domain.Backoff{Initial: time.Second, Max: 10 * time.Second},
+			want:    []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second},
+		},
+		{
+			name:    "ServeDefaults",
+			backoff: domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute},
+			want: []time.Duration{
+				500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second,
+				16 * time.Second, 32 * time.Second, 64 * time.Second, 128 * time.Second, 256 * time.Second,
+				5 * time.Minute, 5 * time.Minute,
+			},
+		},
+		{
+			name:    "CapReachedExactly",
+			backoff: domain.Backoff{Initial: time.Second, Max: 4 * time.Second},
+			want:    []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second},
+		},
+		{
+			name:    "InitialEqualsMax_IsConstant",
+			backoff: domain.Backoff{Initial: 3 * time.Second, Max: 3 * time.Second},
+			want:    []time.Duration{3 * time.Second, 3 * time.Second, 3 * time.Second},
+		},
+		{
+			name:    "InitialAboveMax_IsCappedFromTheStart",
+			backoff: domain.Backoff{Initial: time.Minute, Max: time.Second},
+			want:    []time.Duration{time.Second, time.Second},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for i, want := range tt.want {
+				if got := tt.backoff.Delay(i + 1); got != want {
+					t.Errorf("Delay(%d) = %v, want %v", i+1, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestBackoff_Delay_ManyFailures_StaysAtMax(t *testing.T) {
+	b := domain.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond}
+	for _, n := range []int{6, 64, 1000, 1 << 30} {
+		if got := b.Delay(n); got != b.Max {
+			t.Errorf("Delay(%d) = %v, want Max %v", n, got, b.Max)
+		}
+	}
+}
+
+func TestBackoff_Delay_BeforeAnyFailure_IsInitial(t *testing.T) {
+	b := domain.Backoff{Initial: time.Second, Max: time.Minute}
+	for _, n := range []int{0, -1} {
+		if got := b.Delay(n); got != time.Second {
+			t.Errorf("Delay(%d) = %v, want Initial", n, got)
+		}
+	}
+}

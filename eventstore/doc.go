@@ -16,6 +16,6 @@
 // signal) into a gap-free, duplicate-free stream of events in position order
 // that catches up from a position and then goes live.
 //
-// The package eventstoretest holds a conformance suite every Store adapter
-// should pass.
+// The package memory holds an in-memory Store for unit tests; the package
+// eventstoretest holds a conformance suite every Store adapter should pass.
 package eventstore

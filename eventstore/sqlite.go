@@ -117,11 +117,10 @@ var _ Store = (*SQLite)(nil)
 type Option func(*config)
 
 type config struct {
-	readers      int
-	maxBatch     int
+	readers      int // read connections: max(4, GOMAXPROCS)
+	maxBatch     int // appends one group commit takes at most: 1024
 	maxEvents    int
 	streamCache  int
-	fullCheck    bool
 	writerGate   <-chan struct{} // tests: the writer waits for it before its first batch
 	queueLen     int
 	busyTimeout  time.Duration
@@ -133,26 +132,6 @@ type config struct {
 	writerCheckpointPages int
 }
 
-// WithReaders sets how many read connections the store keeps (default:
-// max(4, GOMAXPROCS)).
-func WithReaders(n int) Option {
-	return func(c *config) {
-		if n > 0 {
-			c.readers = n
-		}
-	}
-}
-
-// WithMaxBatch bounds how many appends one group commit takes (default
-// 1024).
-func WithMaxBatch(n int) Option {
-	return func(c *config) {
-		if n > 0 {
-			c.maxBatch = n
-		}
-	}
-}
-
 // WithStreamCache bounds how many streams' versions the writer keeps in
 // memory (default 262144); past it the cache is dropped and reloaded from
 // the file on demand.
@@ -162,13 +141,6 @@ func WithStreamCache(n int) Option {
 			c.streamCache = n
 		}
 	}
-}
-
-// WithIntegrityCheck makes Open run PRAGMA quick_check, which reads the
-// whole file: slow on a large store, but it finds damage Open's cheap
-// checks cannot.
-func WithIntegrityCheck() Option {
-	return func(c *config) { c.fullCheck = true }
 }
 
 // WithSQLiteSync makes SQLite fsync the log inside every commit
@@ -478,15 +450,6 @@ func (s *SQLite) initSchema(ctx context.Context) (uint64, error) {
 	}
 	if _, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`); err != nil {
 		return 0, s.fileErr("open event store", err)
-	}
-	if s.cfg.fullCheck {
-		var res string
-		if err := db.QueryRowContext(ctx, `PRAGMA quick_check(1)`).Scan(&res); err != nil {
-			return 0, s.fileErr("check event store", err)
-		}
-		if res != "ok" {
-			return 0, fmt.Errorf("check event store %s: %w: %s", s.path, ErrCorrupt, res)
-		}
 	}
 	// A cheap read of both ends of the log: the first row and the last.
 	var head int64

@@ -31,6 +31,19 @@ type RecordedEvent struct {
 	RecordedAt time.Time
 }
 
+// ParkedEvent is an event a handler gave up on: the event's place in the
+// log, the handler, and the error it last failed with. It is recorded so
+// that it is visible and can be replayed; its JSON is part of the API.
+type ParkedEvent struct {
+	Handler  string    `json:"handler"`
+	Position uint64    `json:"position"`
+	Stream   string    `json:"stream"`
+	Version  uint64    `json:"version"`
+	Type     string    `json:"type"`
+	Error    string    `json:"error"`
+	ParkedAt time.Time `json:"parked_at"`
+}
+
 type expectKind uint8
 
 const (

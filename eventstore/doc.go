@@ -17,5 +17,6 @@
 // that catches up from a position and then goes live.
 //
 // The package memory holds an in-memory Store for unit tests; the package
-// eventstoretest holds a conformance suite every Store adapter should pass.
+// eventstoretest holds a conformance suite every Store adapter should pass;
+// the package pipeline feeds the log to its consumers through Watermill.
 package eventstore

@@ -9,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore/pipeline"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -199,7 +200,7 @@ func (s *Server) parked(w nethttp.ResponseWriter, r *nethttp.Request) {
 		return
 	}
 	if parked == nil {
-		parked = []projections.ParkedEvent{}
+		parked = []domain.ParkedEvent{}
 	}
 	writeJSON(w, nethttp.StatusOK, map[string]any{"parked": parked})
 }
@@ -242,7 +243,7 @@ func (s *Server) replayParked(w nethttp.ResponseWriter, r *nethttp.Request) {
 		}
 		res := result{Position: pe.Position, Replayed: true}
 		if err := s.cfg.Replay(r.Context(), pe); err != nil {
-			if errors.Is(err, projections.ErrRebuildToReplay) {
+			if errors.Is(err, pipeline.ErrRebuildToReplay) {
 				writeError(w, nethttp.StatusConflict, err.Error()+" (or POST /api/rebuild)")
 				return
 			}

@@ -56,7 +56,7 @@ type Config struct {
 	// Observe, when set, is told each webhook's action, outcome and duration.
 	Observe func(action, outcome string, d time.Duration)
 	// Replay hands a parked event to its handler again (nil: not offered).
-	Replay func(ctx context.Context, pe projections.ParkedEvent) error
+	Replay func(ctx context.Context, pe domain.ParkedEvent) error
 	// OnRebuild, when set, follows a rebuild started through the API.
 	OnRebuild func(p projections.Progress, done bool)
 }

@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"time"
+
+	"github.com/usersync/usersync/domain"
 )
 
 const insertParkedSQL = `INSERT INTO parked(handler, position, stream, version, type, error, parked_at)
 	VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(handler, position) DO UPDATE SET error = excluded.error, parked_at = excluded.parked_at`
 
-func insertParked(ctx context.Context, tx *sql.Tx, pe ParkedEvent) error {
+func insertParked(ctx context.Context, tx *sql.Tx, pe domain.ParkedEvent) error {
 	if _, err := tx.ExecContext(ctx, insertParkedSQL, pe.Handler, int64(pe.Position), pe.Stream, int64(pe.Version),
 		pe.Type, pe.Error, unixNano(pe.ParkedAt)); err != nil {
 		return fmt.Errorf("park event %d for %s: %w", pe.Position, pe.Handler, err)
@@ -20,7 +22,7 @@ func insertParked(ctx context.Context, tx *sql.Tx, pe ParkedEvent) error {
 
 // Park records an event a handler gave up on, so it is visible and can be
 // replayed.
-func (v *Views) Park(ctx context.Context, pe ParkedEvent) error {
+func (v *Views) Park(ctx context.Context, pe domain.ParkedEvent) error {
 	tx, err := v.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("park event %d: %w", pe.Position, err)
@@ -34,16 +36,16 @@ func (v *Views) Park(ctx context.Context, pe ParkedEvent) error {
 
 // Parked lists the parked events of a handler ("" for every handler) in
 // position order.
-func (v *Views) Parked(ctx context.Context, handler string) ([]ParkedEvent, error) {
+func (v *Views) Parked(ctx context.Context, handler string) ([]domain.ParkedEvent, error) {
 	rows, err := v.db.QueryContext(ctx, `SELECT handler, position, stream, version, type, error, parked_at FROM parked
 		WHERE ? = '' OR handler = ? ORDER BY position, handler`, handler, handler)
 	if err != nil {
 		return nil, fmt.Errorf("list parked events: %w", err)
 	}
 	defer rows.Close()
-	var out []ParkedEvent
+	var out []domain.ParkedEvent
 	for rows.Next() {
-		var pe ParkedEvent
+		var pe domain.ParkedEvent
 		var pos, version, at int64
 		if err := rows.Scan(&pe.Handler, &pos, &pe.Stream, &version, &pe.Type, &pe.Error, &at); err != nil {
 			return nil, fmt.Errorf("list parked events: %w", err)

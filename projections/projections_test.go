@@ -19,6 +19,7 @@ import (
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/eventstore/pipeline"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -34,20 +35,16 @@ type env struct {
 	dir   string
 	store *eventstore.SQLite
 	views *projections.Views
-	pipe  *projections.Pipeline
+	pipe  *pipeline.Pipeline
 	stop  func()
 	clock time.Time
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func fastRetry() projections.RetryPolicy {
-	return projections.RetryPolicy{MaxRetries: 2, InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond, Multiplier: 2}
-}
-
-// start opens the store and the views in dir and runs the pipeline, with
-// extra consumers beside the views.
-func start(t *testing.T, dir string, extra ...projections.Consumer) *env {
+// start opens the store and the views in dir and runs the pipeline that
+// feeds the views.
+func start(t *testing.T, dir string) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
@@ -58,8 +55,12 @@ func start(t *testing.T, dir string, extra ...projections.Consumer) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pipe, err := projections.NewPipeline(projections.PipelineConfig{Store: store, Parker: views, Retry: fastRetry(), Log: quietLog()},
-		append(views.Consumers(), extra...)...)
+	var consumers []pipeline.Consumer
+	for _, c := range views.Consumers() {
+		consumers = append(consumers, c)
+	}
+	pipe, err := pipeline.New(pipeline.Config{Store: store, Parker: views, Log: quietLog(),
+		Retry: domain.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond}, MaxRetries: 2}, consumers...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +433,7 @@ func TestViews_RestartResumesWithoutApplyingTwice(t *testing.T) {
 	}
 }
 
-func TestPipeline_UnknownEventIsParkedNotSkipped(t *testing.T) {
+func TestViews_UnknownEventIsParkedNotSkipped(t *testing.T) {
 	dir := t.TempDir()
 	e := start(t, dir)
 	e.append(domain.ContactID(1).Stream(), "w1",
@@ -460,92 +461,13 @@ func TestPipeline_UnknownEventIsParkedNotSkipped(t *testing.T) {
 	if len(all) != 2*len(e.views.Names()) {
 		t.Fatalf("every view parks the events it cannot read: %d parked", len(all))
 	}
-	if err := e.pipe.Replay(context.Background(), e.views, e.store, parked[0]); err == nil {
-		t.Fatal("replaying a view's event should ask for a rebuild")
+	if err := e.pipe.Replay(context.Background(), e.store, parked[0]); !errors.Is(err, pipeline.ErrRebuildToReplay) {
+		t.Fatalf("replaying a view's event: err = %v, want ErrRebuildToReplay", err)
 	}
 	// A rebuild parks them again (still unreadable) and keeps going.
 	stats, err := e.views.Rebuild(context.Background(), e.store, nil)
 	if err != nil || stats.Parked != 2*len(e.views.Names()) {
 		t.Fatalf("rebuild: %+v, %v", stats, err)
-	}
-}
-
-// flaky fails on one event a set number of times, then succeeds.
-type flaky struct {
-	name      string
-	failOn    uint64
-	failures  atomic.Int64
-	failTimes int64
-	panics    bool
-	pos       atomic.Uint64
-	handled   atomic.Int64
-}
-
-func (f *flaky) Name() string                                  { return f.name }
-func (f *flaky) Position(context.Context) (uint64, error)      { return f.pos.Load(), nil }
-func (f *flaky) Skip(_ context.Context, position uint64) error { f.pos.Store(position); return nil }
-func (f *flaky) Handle(_ context.Context, rec domain.RecordedEvent) error {
-	if rec.Position == f.failOn && f.failures.Load() < f.failTimes {
-		f.failures.Add(1)
-		if f.panics {
-			panic("handler bug")
-		}
-		return fmt.Errorf("transient failure %d", f.failures.Load())
-	}
-	f.handled.Add(1)
-	f.pos.Store(rec.Position)
-	return nil
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-func TestPipeline_RetriesThenParksAFailingHandler(t *testing.T) {
-	recovers := &flaky{name: "recovers", failOn: 2, failTimes: 2}
-	keepsFailing := &flaky{name: "keeps-failing", failOn: 2, failTimes: 1 << 30}
-	panics := &flaky{name: "panics", failOn: 2, failTimes: 1 << 30, panics: true}
-	e := start(t, t.TempDir(), recovers, keepsFailing, panics)
-	for i := range 3 {
-		e.append(domain.ContactID(i+1).Stream(), "", domain.RoleChanged{Old: "a", New: "b"})
-	}
-	e.caughtUp()
-	for _, f := range []*flaky{recovers, keepsFailing, panics} {
-		waitUntil(t, f.name+" to pass event 3", func() bool { return f.pos.Load() == 3 })
-	}
-	if recovers.handled.Load() != 3 || recovers.failures.Load() != 2 {
-		t.Errorf("recovers: handled %d after %d failures", recovers.handled.Load(), recovers.failures.Load())
-	}
-	// MaxRetries 2: the first try and two retries, then parked.
-	for _, f := range []*flaky{keepsFailing, panics} {
-		if f.handled.Load() != 2 || f.failures.Load() != 3 {
-			t.Errorf("%s: handled %d, failures %d", f.name, f.handled.Load(), f.failures.Load())
-		}
-	}
-	parked, _ := e.views.Parked(context.Background(), "")
-	if len(parked) != 2 || parked[0].Position != 2 || parked[1].Position != 2 {
-		t.Fatalf("parked: %+v", parked)
-	}
-	// Once the cause is fixed, replay hands the event over again and unparks it.
-	keepsFailing.failTimes = 0
-	for _, pe := range parked {
-		if pe.Handler == "keeps-failing" {
-			if err := e.pipe.Replay(context.Background(), e.views, e.store, pe); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if left, _ := e.views.Parked(context.Background(), "keeps-failing"); len(left) != 0 || keepsFailing.handled.Load() != 3 {
-		t.Fatalf("after replay: parked %+v, handled %d", left, keepsFailing.handled.Load())
 	}
 }
 

@@ -48,17 +48,6 @@ type RebuildStats struct {
 	Buckets, Written, Deleted int
 }
 
-// ParkedEvent is an event a handler could not apply.
-type ParkedEvent struct {
-	Handler  string    `json:"handler"`
-	Position uint64    `json:"position"`
-	Stream   string    `json:"stream"`
-	Version  uint64    `json:"version"`
-	Type     string    `json:"type"`
-	Error    string    `json:"error"`
-	ParkedAt time.Time `json:"parked_at"`
-}
-
 const rebuildBatch = 4096
 
 type decodedBatch struct {
@@ -91,7 +80,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 		p.mu.RUnlock()
 	}
 	var stats RebuildStats
-	var parked []ParkedEvent
+	var parked []domain.ParkedEvent
 	// Each view applies the batches in its own goroutine: views share
 	// nothing, and the apply step would otherwise be the slowest stage.
 	apply := func(b *decodedBatch) {
@@ -252,8 +241,8 @@ var gcDuringRebuilds struct {
 	prev    int
 }
 
-func parkedFrom(handler string, rec domain.RecordedEvent, err error) ParkedEvent {
-	return ParkedEvent{Handler: handler, Position: rec.Position, Stream: rec.Stream, Version: rec.Version,
+func parkedFrom(handler string, rec domain.RecordedEvent, err error) domain.ParkedEvent {
+	return domain.ParkedEvent{Handler: handler, Position: rec.Position, Stream: rec.Stream, Version: rec.Version,
 		Type: rec.Type, Error: err.Error(), ParkedAt: time.Now().UTC()}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/eventstore/keystore"
+	"github.com/usersync/usersync/eventstore/pipeline"
 	"github.com/usersync/usersync/funnelkit"
 	"github.com/usersync/usersync/funnelkit/simulator"
 	usershttp "github.com/usersync/usersync/http"
@@ -58,7 +59,7 @@ type app struct {
 	store       *eventstore.SQLite
 	keys        *keystore.Keys
 	views       *projections.Views
-	pipe        *projections.Pipeline
+	pipe        *pipeline.Pipeline
 	pipeDone    chan error
 	pipeStop    context.CancelFunc
 	disp        *command.Dispatcher
@@ -149,7 +150,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	consumers := a.views.Consumers()
+	var consumers []pipeline.Consumer
+	for _, c := range a.views.Consumers() {
+		consumers = append(consumers, c)
+	}
 	processes := map[string]interface{ Current() uint64 }{}
 	welcomer, err := command.NewWelcomer(mailCfg, mailer)
 	if err != nil {
@@ -163,8 +167,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		consumers, processes[a.returner.Name()] = append(consumers, a.returner), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
-	a.pipe, err = projections.NewPipeline(projections.PipelineConfig{
-		Store: a.store, Parker: a.views, Retry: projections.DefaultRetry(), Log: log,
+	a.pipe, err = pipeline.New(pipeline.Config{
+		Store: a.store, Parker: a.views, Log: log,
 		Instrument: wm.AddPrometheusRouterMetrics, OnPark: m.Parked,
 	}, consumers...)
 	if err != nil {
@@ -223,8 +227,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
 		Ready:   a.ready,
 		Metrics: m.Handler(),
-		Replay: func(ctx context.Context, pe projections.ParkedEvent) error {
-			return a.pipe.Replay(ctx, a.views, a.store, pe)
+		Replay: func(ctx context.Context, pe domain.ParkedEvent) error {
+			return a.pipe.Replay(ctx, a.store, pe)
 		},
 		Observe: m.ObserveWebhook,
 		OnRebuild: func() func(projections.Progress, bool) {

@@ -183,7 +183,7 @@ func (m *Metrics) ObserveFunnelKit(endpoint string, status int, kind string, d t
 }
 
 // Parked counts a parked event.
-func (m *Metrics) Parked(pe projections.ParkedEvent) { m.parkedTotal.WithLabelValues(pe.Handler).Inc() }
+func (m *Metrics) Parked(pe domain.ParkedEvent) { m.parkedTotal.WithLabelValues(pe.Handler).Inc() }
 
 // WelcomeEmail counts a welcome email attempt.
 func (m *Metrics) WelcomeEmail(outcome string) { m.welcomeEmails.WithLabelValues(outcome).Inc() }

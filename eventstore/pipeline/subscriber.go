@@ -1,4 +1,4 @@
-package projections
+package pipeline
 
 import (
 	"context"
@@ -51,6 +51,11 @@ type Subscriber struct {
 func NewSubscriber(store Follower, start func(ctx context.Context, topic string) (uint64, error), log *slog.Logger) *Subscriber {
 	return &Subscriber{store: store, start: start, log: log, redeliver: 200 * time.Millisecond, closing: make(chan struct{})}
 }
+
+// String names the subscriber in Watermill's logs and metrics (the
+// subscriber_name label). It is the name the type had before it moved out
+// of package projections, so that dashboards and queries keep matching.
+func (s *Subscriber) String() string { return "projections.Subscriber" }
 
 // Subscribe implements message.Subscriber.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {

@@ -1,4 +1,9 @@
-package projections
+// Package pipeline feeds the event log to its consumers (projections and
+// process managers) through a Watermill router: Subscriber is a Watermill
+// message.Subscriber over the event store, and Pipeline runs each consumer
+// as a router handler with retry and recovery middleware, parking the
+// events a consumer still cannot handle.
+package pipeline
 
 import (
 	"context"
@@ -27,23 +32,91 @@ type Consumer interface {
 	Skip(ctx context.Context, position uint64) error
 }
 
-// Parker records events that consumers gave up on.
+// InOrder is implemented by a Consumer that can apply events in position
+// order only, as a view does, when InOrderOnly reports true. Replay refuses
+// its parked events with ErrRebuildToReplay: they are replayed by a rebuild.
+type InOrder interface {
+	InOrderOnly() bool
+}
+
+// Parker records events that consumers gave up on, and forgets them once
+// they have been replayed.
 type Parker interface {
-	Park(ctx context.Context, pe ParkedEvent) error
+	Park(ctx context.Context, pe domain.ParkedEvent) error
+	Unpark(ctx context.Context, handler string, position uint64) error
 }
 
-// RetryPolicy is the exponential backoff a failing handler gets before its
-// event is parked.
-type RetryPolicy struct {
-	MaxRetries      int
-	InitialInterval time.Duration
-	MaxInterval     time.Duration
-	Multiplier      float64
+// Log is the part of the event store Replay reads a parked event from.
+type Log interface {
+	ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error)
 }
 
-// DefaultRetry retries 5 times over about 3 seconds.
-func DefaultRetry() RetryPolicy {
-	return RetryPolicy{MaxRetries: 5, InitialInterval: 100 * time.Millisecond, MaxInterval: 2 * time.Second, Multiplier: 2}
+// Defaults of Config.
+const (
+	DefaultMaxRetries   = 5
+	DefaultRetryInitial = 100 * time.Millisecond
+	DefaultRetryMax     = 2 * time.Second
+)
+
+// Config is what New needs beyond the consumers. Zero fields that have a
+// default get it; New validates the result once.
+type Config struct {
+	// Store is the event log the consumers follow. Required.
+	Store Follower
+	// Parker records the events a consumer gave up on. Required.
+	Parker Parker
+	// Retry is the backoff a failing handler gets between tries, doubling
+	// from Retry.Initial up to Retry.Max. Zero fields default to
+	// DefaultRetryInitial and DefaultRetryMax.
+	Retry domain.Backoff
+	// MaxRetries is how many times a failing handler is tried again before
+	// its event is parked; 0 means DefaultMaxRetries.
+	MaxRetries int
+	// Log gets the pipeline's messages; nil means slog.Default().
+	Log *slog.Logger
+	// Instrument, if set, is given the router before handlers are added
+	// (to add metrics middleware).
+	Instrument func(*message.Router)
+	// OnPark, if set, is called after an event is parked (for metrics).
+	OnPark func(pe domain.ParkedEvent)
+}
+
+// withDefaults returns c with the defaults filled in.
+func (c Config) withDefaults() Config {
+	if c.Retry.Initial == 0 {
+		c.Retry.Initial = DefaultRetryInitial
+	}
+	if c.Retry.Max == 0 {
+		c.Retry.Max = DefaultRetryMax
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = DefaultMaxRetries
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return c
+}
+
+// Validate reports what is wrong with c, once its defaults are filled in.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("no event store"))
+	}
+	if c.Parker == nil {
+		errs = append(errs, errors.New("no parker"))
+	}
+	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
+		errs = append(errs, fmt.Errorf("retry backoff %v..%v: want 0 < initial <= max", c.Retry.Initial, c.Retry.Max))
+	}
+	if c.MaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("max retries %d is negative", c.MaxRetries))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pipeline config: %w", err)
+	}
+	return nil
 }
 
 // Pipeline runs consumers as handlers of a Watermill router fed by the event
@@ -54,38 +127,29 @@ type Pipeline struct {
 	consumers map[string]Consumer
 	parker    Parker
 	log       *slog.Logger
-	onPark    func(pe ParkedEvent)
+	onPark    func(pe domain.ParkedEvent)
 }
 
-// PipelineConfig is what NewPipeline needs beyond the consumers.
-type PipelineConfig struct {
-	Store  Follower
-	Parker Parker
-	Retry  RetryPolicy
-	Log    *slog.Logger
-	// Instrument, if set, is given the router before handlers are added
-	// (to add metrics middleware).
-	Instrument func(*message.Router)
-	// OnPark, if set, is called after an event is parked (for metrics).
-	OnPark func(pe ParkedEvent)
-}
-
-// NewPipeline wires consumers to the store.
-func NewPipeline(cfg PipelineConfig, consumers ...Consumer) (*Pipeline, error) {
-	store, parker, retry, log := cfg.Store, cfg.Parker, cfg.Retry, cfg.Log
+// New wires consumers to the store.
+func New(cfg Config, consumers ...Consumer) (*Pipeline, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Log
 	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
-	p := &Pipeline{router: router, consumers: map[string]Consumer{}, parker: parker, log: log, onPark: cfg.OnPark}
+	p := &Pipeline{router: router, consumers: map[string]Consumer{}, parker: cfg.Parker, log: log, onPark: cfg.OnPark}
 	for _, c := range consumers {
 		if _, dup := p.consumers[c.Name()]; dup {
 			return nil, fmt.Errorf("pipeline: two consumers named %q", c.Name())
 		}
 		p.consumers[c.Name()] = c
 	}
-	sub := NewSubscriber(store, func(ctx context.Context, topic string) (uint64, error) {
+	sub := NewSubscriber(cfg.Store, func(ctx context.Context, topic string) (uint64, error) {
 		c, ok := p.consumers[topic]
 		if !ok {
 			return 0, fmt.Errorf("no consumer %q", topic)
@@ -97,8 +161,8 @@ func NewPipeline(cfg PipelineConfig, consumers ...Consumer) (*Pipeline, error) {
 	router.AddMiddleware(
 		p.park,
 		middleware.Retry{
-			MaxRetries: retry.MaxRetries, InitialInterval: retry.InitialInterval,
-			MaxInterval: retry.MaxInterval, Multiplier: retry.Multiplier,
+			MaxRetries: cfg.MaxRetries, InitialInterval: cfg.Retry.Initial,
+			MaxInterval: cfg.Retry.Max, Multiplier: 2,
 			ShouldRetry: func(rp middleware.RetryParams) bool { return !permanent(rp.Err) },
 			Logger:      wlog,
 		}.Middleware,
@@ -142,7 +206,8 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 		if recErr != nil {
 			return nil, errors.Join(err, recErr)
 		}
-		pe := parkedFrom(name, rec, err)
+		pe := domain.ParkedEvent{Handler: name, Position: rec.Position, Stream: rec.Stream, Version: rec.Version,
+			Type: rec.Type, Error: err.Error(), ParkedAt: time.Now().UTC()}
 		ctx := context.WithoutCancel(msg.Context())
 		if perr := p.parker.Park(ctx, pe); perr != nil {
 			return nil, fmt.Errorf("handler %s failed on event %d (%w) and parking it failed: %w", name, rec.Position, err, perr)
@@ -165,29 +230,23 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 // the views: a view applies events in order only.
 var ErrRebuildToReplay = errors.New("a view replays parked events by a rebuild: run usersync rebuild")
 
-// Run runs the router until ctx is done or Close is called.
+// Run runs the router until ctx is done.
 func (p *Pipeline) Run(ctx context.Context) error { return p.router.Run(ctx) }
 
 // Running is closed once every handler runs.
 func (p *Pipeline) Running() chan struct{} { return p.router.Running() }
 
-// Close stops the router and waits for the handlers.
-func (p *Pipeline) Close() error { return p.router.Close() }
-
-// Replay hands a parked event to its handler again (out of order, after a
-// fix); on success it is removed from the parked list.
-func (p *Pipeline) Replay(ctx context.Context, v *Views, log EventLog, pe ParkedEvent) error {
+// Replay hands a parked event, read from log, to its handler again (out of
+// order, after a fix); on success it is unparked. The parked event of a
+// consumer that applies events in order only fails with ErrRebuildToReplay.
+func (p *Pipeline) Replay(ctx context.Context, log Log, pe domain.ParkedEvent) error {
 	c, ok := p.consumers[pe.Handler]
 	if !ok {
 		return fmt.Errorf("replay event %d: no handler %q", pe.Position, pe.Handler)
 	}
-	if _, isView := c.(viewConsumer); isView {
+	if o, ok := c.(InOrder); ok && o.InOrderOnly() {
 		return fmt.Errorf("replay event %d for view %s: %w", pe.Position, pe.Handler, ErrRebuildToReplay)
 	}
-	return replay(ctx, c, v, log, pe)
-}
-
-func replay(ctx context.Context, c Consumer, v *Views, log EventLog, pe ParkedEvent) error {
 	recs, err := log.ReadAll(ctx, pe.Position-1, 1)
 	if err != nil {
 		return fmt.Errorf("replay event %d: %w", pe.Position, err)
@@ -198,31 +257,5 @@ func replay(ctx context.Context, c Consumer, v *Views, log EventLog, pe ParkedEv
 	if err := c.Handle(ctx, recs[0]); err != nil {
 		return fmt.Errorf("replay event %d for %s: %w", pe.Position, pe.Handler, err)
 	}
-	return v.Unpark(ctx, pe.Handler, pe.Position)
-}
-
-// viewConsumer feeds one projection of Views.
-type viewConsumer struct {
-	v    *Views
-	name string
-}
-
-func (c viewConsumer) Name() string { return c.name }
-func (c viewConsumer) Position(context.Context) (uint64, error) {
-	return c.v.Position(c.name)
-}
-func (c viewConsumer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
-	return c.v.Handle(ctx, c.name, rec)
-}
-func (c viewConsumer) Skip(ctx context.Context, position uint64) error {
-	return c.v.Skip(ctx, c.name, position)
-}
-
-// Consumers returns one pipeline consumer per projection.
-func (v *Views) Consumers() []Consumer {
-	out := make([]Consumer, len(v.all))
-	for i, p := range v.all {
-		out[i] = viewConsumer{v: v, name: p.name}
-	}
-	return out
+	return p.parker.Unpark(ctx, pe.Handler, pe.Position)
 }

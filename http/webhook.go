@@ -87,7 +87,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
 	}
 	if !known {
-		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", truncate(rawAction, 40))
+		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", domain.Truncate(rawAction, 40))
 		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: msg, Status: 400}, msg)
 		return
 	}
@@ -212,11 +212,4 @@ func remoteHost(r *nethttp.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -172,7 +172,7 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 	st.mu.Unlock()
 	go func() {
 		var last projections.Progress
-		stats, err := s.cfg.Views.Rebuild(context.Background(), s.cfg.Store, func(p projections.Progress) {
+		res, err := projections.Rebuild(context.Background(), s.cfg.Views, s.cfg.Store, func(p projections.Progress) {
 			st.mu.Lock()
 			st.Position, st.Head, st.Events = p.Position, p.Head, p.Events
 			st.mu.Unlock()
@@ -181,6 +181,11 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 				s.cfg.OnRebuild(p, false)
 			}
 		})
+		stats := res.Stats
+		for _, m := range res.Moved {
+			s.cfg.Log.Warn("rebuild: a process had handled events beyond the log's end; it resumes from the rebuilt position",
+				"process", m.Name, "position", m.From, "resumes_from", m.To)
+		}
 		if s.cfg.OnRebuild != nil {
 			last.Position, last.Events = stats.Position, stats.Events
 			s.cfg.OnRebuild(last, true)

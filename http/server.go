@@ -6,6 +6,7 @@ package http
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	nethttp "net/http"
 	"strings"
@@ -35,19 +36,28 @@ type Queue interface {
 	Forget(webhookID string, ch <-chan domain.Outcome)
 }
 
-// Config is what the server is built from.
+// Config is what the server is built from. New fills the defaults and
+// validates it.
 type Config struct {
-	AccessKey  Secret
+	// AccessKey is the key webhooks send as access_key (required).
+	AccessKey Secret
+	// AdminToken is the bearer token of /api (required).
 	AdminToken Secret
 	// Wait is how long a webhook answer waits for processing before it
-	// answers 202 queued.
-	Wait  time.Duration
+	// answers 202 queued (0: it does not wait).
+	Wait time.Duration
+	// Store records the webhooks and is read by /api and rebuilds (required).
 	Store Store
+	// Views answer /api and are rebuilt by POST /api/rebuild (required).
 	Views *projections.Views
+	// Queue processes the recorded webhooks (required).
 	Queue Queue
-	Log   *slog.Logger
+	// Log takes the webhook lines and the errors (required).
+	Log *slog.Logger
+	// NewID gives each webhook its id (required).
 	NewID func() string
-	Now   func() time.Time
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 	// Ready reports whether the server can take webhooks (nil: always).
 	Ready func(ctx context.Context) error
 	// Metrics serves /metrics when set.
@@ -60,6 +70,47 @@ type Config struct {
 	OnRebuild func(p projections.Progress, done bool)
 }
 
+// setDefaults fills what the config may leave out.
+func (c *Config) setDefaults() {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports every required part that is missing or wrong, in one
+// error.
+func (c Config) Validate() error {
+	var problems []string
+	if !c.AccessKey.set {
+		problems = append(problems, "AccessKey is missing: the key webhooks must send as access_key")
+	}
+	if !c.AdminToken.set {
+		problems = append(problems, "AdminToken is missing: the bearer token of /api")
+	}
+	if c.Wait < 0 {
+		problems = append(problems, fmt.Sprintf("Wait is %s: it must not be negative", c.Wait))
+	}
+	if c.Store == nil {
+		problems = append(problems, "Store is missing: the event store webhooks are recorded in")
+	}
+	if c.Views == nil {
+		problems = append(problems, "Views is missing: the views /api answers from")
+	}
+	if c.Queue == nil {
+		problems = append(problems, "Queue is missing: what processes the recorded webhooks")
+	}
+	if c.Log == nil {
+		problems = append(problems, "Log is missing: the logger of webhooks and errors")
+	}
+	if c.NewID == nil {
+		problems = append(problems, "NewID is missing: what gives each webhook its id")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("http config: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
 // Server serves the webhook and the API.
 type Server struct {
 	cfg     Config
@@ -67,10 +118,12 @@ type Server struct {
 	rebuild rebuildState
 }
 
-// New builds the server's routes.
-func New(cfg Config) *Server {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+// New builds the server's routes from cfg, its defaults filled, once it is
+// valid (see Config.Validate).
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, router: mux.NewRouter()}
 	r := s.router
@@ -101,7 +154,7 @@ func New(cfg Config) *Server {
 	// Everything else is the webhook, on any path, as WP Fusion does.
 	r.NotFoundHandler = nethttp.HandlerFunc(s.webhook)
 	r.MethodNotAllowedHandler = nethttp.HandlerFunc(s.webhook)
-	return s
+	return s, nil
 }
 
 // ServeHTTP implements http.Handler.

@@ -201,7 +201,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		}
 	}
 
-	srv := usershttp.New(usershttp.Config{
+	srv, err := usershttp.New(usershttp.Config{
 		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
 		Store: store, Views: a.views, Queue: a.disp, Log: log,
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
@@ -221,6 +221,9 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 			}
 		}(),
 	})
+	if err != nil {
+		return nil, err
+	}
 	a.serveErr = make(chan error, 2)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

@@ -62,8 +62,10 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Metrics serves /metrics when set.
 	Metrics nethttp.Handler
-	// Observe, when set, is told each webhook's action, outcome and duration.
-	Observe func(action, outcome string, d time.Duration)
+	// WebhookDecorators wrap the webhook handler, the first outermost,
+	// around the decorator that logs each webhook; they read what the
+	// handler found out with Report (see ObserveWebhooks).
+	WebhookDecorators []Decorator
 	// Replay hands a parked event to its handler again (nil: not offered).
 	Replay func(ctx context.Context, pe projections.ParkedEvent) error
 	// OnRebuild, when set, follows a rebuild started through the API.
@@ -104,6 +106,11 @@ func (c Config) Validate() error {
 	}
 	if c.NewID == nil {
 		problems = append(problems, "NewID is missing: what gives each webhook its id")
+	}
+	for i, d := range c.WebhookDecorators {
+		if d == nil {
+			problems = append(problems, fmt.Sprintf("WebhookDecorators[%d] is nil", i))
+		}
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("http config: %s", strings.Join(problems, "; "))
@@ -152,8 +159,12 @@ func New(cfg Config) (*Server, error) {
 		writeError(w, nethttp.StatusMethodNotAllowed, "method "+r.Method+" not allowed here: see docs/api.md")
 	})
 	// Everything else is the webhook, on any path, as WP Fusion does.
-	r.NotFoundHandler = nethttp.HandlerFunc(s.webhook)
-	r.MethodNotAllowedHandler = nethttp.HandlerFunc(s.webhook)
+	webhook := logWebhooks(cfg.Log)(nethttp.HandlerFunc(s.webhook))
+	for i := len(cfg.WebhookDecorators) - 1; i >= 0; i-- {
+		webhook = cfg.WebhookDecorators[i](webhook)
+	}
+	r.NotFoundHandler = webhook
+	r.MethodNotAllowedHandler = webhook
 	return s, nil
 }
 

@@ -63,6 +63,10 @@ func TestConfig_Validate(t *testing.T) {
 		{"no queue", func(c *Config) { c.Queue = nil }, []string{"Queue is missing"}},
 		{"no log", func(c *Config) { c.Log = nil }, []string{"Log is missing"}},
 		{"no ids", func(c *Config) { c.NewID = nil }, []string{"NewID is missing"}},
+		{"a nil decorator", func(c *Config) {
+			c.WebhookDecorators = []Decorator{ObserveWebhooks(func(string, string, time.Duration) {}), nil}
+		},
+			[]string{"WebhookDecorators[1] is nil"}},
 		{"several", func(c *Config) { c.Store, c.Log = nil, nil }, []string{"http config: ", "Store is missing", "; Log is missing"}},
 	}
 	base := testConfig(t, quietLog())

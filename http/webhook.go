@@ -23,21 +23,19 @@ type webhookAnswer struct {
 // webhook handles a FunnelKit webhook on any path. The order of checks and
 // the status codes follow docs/api.md (the protocol reference's usersync
 // column). Once the webhook is recorded, nothing loses it: the answer only
-// says how far processing got within the wait.
+// says how far processing got within the wait. What it found out goes to
+// the request's WebhookReport, which the decorators log and count.
 func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	start := time.Now()
-	action, outcome := "none", "rejected"
-	defer func() {
-		if s.cfg.Observe != nil {
-			s.cfg.Observe(action, outcome, time.Since(start))
-		}
-	}()
-	// Refused before it is recorded: logged without parameters (the access
-	// key may be among them) and without the query string.
+	r, rep := Report(r)
+	reply := func(status int, a webhookAnswer) {
+		rep.Status = status
+		writeJSON(w, status, a)
+	}
+	// Refused before it is recorded, and before it has an id.
 	refuse := func(status int, msg string) {
-		s.cfg.Log.Info("webhook", "outcome", "rejected", "status", status, "reason", msg, "method", r.Method,
-			"source", remoteHost(r), "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, status, webhookAnswer{Message: msg})
+		rep.Outcome, rep.Reason = outcomeRejected, msg
+		reply(status, webhookAnswer{Message: msg})
 	}
 	params, err := readParams(r)
 	if err != nil {
@@ -54,37 +52,36 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		return
 	}
 	act, known := domain.NormalizeAction(rawAction)
+	rep.Action = "unknown"
 	if known {
-		action = act
-	} else {
-		action = "unknown"
+		rep.Action = act
 	}
 	id := s.cfg.NewID()
-	log := s.cfg.Log.With("webhook_id", id, "action", action)
+	rep.WebhookID = id
 	if act == domain.ActionTest {
-		outcome = "processed"
-		log.Info("webhook", "outcome", "test", "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: domain.StatusProcessed})
+		rep.Outcome = outcomeTest
+		reply(nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: domain.StatusProcessed})
 		return
 	}
 	received := domain.WebhookReceived{
 		WebhookID: id, Action: act, ContactID: params["contact_id"], Params: recordable(params),
 		Method: r.Method, Source: remoteHost(r), ReceivedAt: s.cfg.Now().UTC(),
 	}
+	notRecorded := func(err error) {
+		rep.Outcome, rep.Err = outcomeFailed, err
+		reply(nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+	}
 	// Answers decided here, before processing, are recorded with the webhook.
 	reject := func(stream string, status int, final domain.Event, msg string) {
 		if err := s.record(r.Context(), stream, received, final); err != nil {
-			log.Error("record webhook", "err", err)
-			outcome = "failed"
-			writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+			notRecorded(err)
 			return
 		}
-		outcome = "rejected"
+		rep.Outcome, rep.Reason = outcomeRejected, msg
 		if status == nethttp.StatusOK {
-			outcome = "ignored"
+			rep.Outcome = outcomeIgnored
 		}
-		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
+		reply(status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
 	}
 	if !known {
 		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", domain.Truncate(rawAction, 40))
@@ -101,7 +98,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
 		return
 	}
-	log = log.With("contact_id", contact)
+	rep.ContactID = contact
 	req, err := domain.ParseRequest(received)
 	if err != nil {
 		reject(contact.Stream(), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
@@ -115,17 +112,14 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if ch != nil {
 			s.cfg.Queue.Forget(id, ch)
 		}
-		log.Error("record webhook", "err", err)
-		outcome = "failed"
-		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+		notRecorded(err)
 		return
 	}
 	// Recorded: from here on the webhook is processed whatever happens to
 	// this request.
 	queued := func(msg string) {
-		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "reason", msg, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: domain.StatusQueued})
+		rep.Outcome, rep.Reason = outcomeQueued, msg
+		reply(nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: domain.StatusQueued})
 	}
 	if err := s.cfg.Queue.Submit(contact); err != nil {
 		if ch != nil {
@@ -142,27 +136,22 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	defer wait.Stop()
 	select {
 	case out := <-ch:
-		outcome = out.Status
-		if out.Status == domain.StatusRetrying {
-			outcome = "queued"
-		}
-		log.Info("webhook", "outcome", out.Status, "status", out.HTTPStatus, "message", out.Message, "duration_seconds", time.Since(start).Seconds())
-		s.answer(r.Context(), w, out, start)
+		s.answer(r.Context(), w, rep, out, start)
 	case <-wait.C:
 		s.cfg.Queue.Forget(id, ch)
 		queued("Queued: processing continues")
 	case <-r.Context().Done():
 		s.cfg.Queue.Forget(id, ch)
-		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "reason", "the sender went away; processing continues", "duration_seconds", time.Since(start).Seconds())
+		rep.Outcome, rep.Reason = outcomeQueued, "the sender went away; processing continues"
 	}
 }
 
 // answer writes the answer for a processed webhook, with the user view
-// once the views have applied the outcome.
-func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out domain.Outcome, start time.Time) {
+// once the views have applied the outcome, and reports it in rep.
+func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, rep *WebhookReport, out domain.Outcome, start time.Time) {
+	rep.Processed, rep.Outcome, rep.Message = true, out.Status, out.Message
 	a := webhookAnswer{Success: out.Success(), Message: out.Message, WebhookID: out.WebhookID, Status: out.Status}
-	status := out.HTTPStatus
+	status := statusFor(out)
 	if out.Status == domain.StatusRetrying {
 		a.Success, a.Status, status = true, domain.StatusQueued, nethttp.StatusAccepted
 	}
@@ -175,8 +164,13 @@ func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out domai
 			}
 		}
 	}
+	rep.Status = status
 	writeJSON(w, status, a)
 }
+
+// statusFor is the HTTP status the answer for a processing outcome has.
+// It is the one place that reads the outcome for it.
+func statusFor(out domain.Outcome) int { return out.HTTPStatus }
 
 // record appends the webhook (and an outcome decided at once) durably.
 func (s *Server) record(ctx context.Context, stream string, received domain.WebhookReceived, final domain.Event) error {

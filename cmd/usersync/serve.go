@@ -210,7 +210,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		Replay: func(ctx context.Context, pe projections.ParkedEvent) error {
 			return a.pipe.Replay(ctx, a.views, a.store, pe)
 		},
-		Observe: m.ObserveWebhook,
+		WebhookDecorators: []usershttp.Decorator{usershttp.ObserveWebhooks(m.ObserveWebhook)},
 		OnRebuild: func() func(projections.Progress, bool) {
 			var last uint64
 			return func(p projections.Progress, done bool) {

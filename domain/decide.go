@@ -77,7 +77,7 @@ func (p Policy) RoleFor(requested string) (Role, error) {
 		return "", fmt.Errorf("%w: administrator is never granted by a webhook", ErrRoleRefused)
 	}
 	if !slices.Contains(p.AllowedRoles, r) {
-		return "", fmt.Errorf("%w: %q is not in the allowed roles (--roles)", ErrRoleRefused, truncate(requested, 40))
+		return "", fmt.Errorf("%w: %q is not in the allowed roles (--roles)", ErrRoleRefused, Truncate(requested, 40))
 	}
 	return r, nil
 }
@@ -179,7 +179,7 @@ func PlanAdd(s *ContactState, c CRMContact, owner *User) (AddPlan, error) {
 		return 0, ErrNoEmail
 	}
 	if !ValidEmail(email) {
-		return 0, fmt.Errorf("%w: %q", ErrInvalidEmail, truncate(email, 80))
+		return 0, fmt.Errorf("%w: %q", ErrInvalidEmail, Truncate(email, 80))
 	}
 	if owner != nil && owner.ContactID != s.ContactID {
 		return AddLink, nil
@@ -311,7 +311,7 @@ func DecideEmail(u *User, email string, free bool) (events []Event, note string)
 		return nil, ""
 	}
 	if !ValidEmail(email) {
-		return nil, fmt.Sprintf("email not changed: %q is not a valid address", truncate(email, 80))
+		return nil, fmt.Sprintf("email not changed: %q is not a valid address", Truncate(email, 80))
 	}
 	if !free {
 		return nil, fmt.Sprintf("email not changed: %s belongs to another user", email)
@@ -352,7 +352,7 @@ func ResolveTags(entries []string, catalog []Tag) ([]Tag, error) {
 		}
 		i := slices.IndexFunc(catalog, func(t Tag) bool { return t.Name == e })
 		if i < 0 {
-			return nil, Fail(ErrInvalidRequest, fmt.Sprintf("tags: no FunnelKit tag is named %q (use tag ids or exact names)", truncate(e, 60)))
+			return nil, Fail(ErrInvalidRequest, fmt.Sprintf("tags: no FunnelKit tag is named %q (use tag ids or exact names)", Truncate(e, 60)))
 		}
 		out = append(out, catalog[i])
 	}

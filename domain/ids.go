@@ -20,7 +20,7 @@ func ParseContactID(s string) (ContactID, error) {
 	t := strings.TrimSpace(s)
 	n, err := strconv.ParseUint(t, 10, 64)
 	if err != nil || n == 0 || t[0] == '+' {
-		return 0, fmt.Errorf("%w, got %q", ErrInvalidContactID, truncate(s, 40))
+		return 0, fmt.Errorf("%w, got %q", ErrInvalidContactID, Truncate(s, 40))
 	}
 	return ContactID(n), nil
 }
@@ -98,11 +98,4 @@ func SortTags(tags []Tag) []Tag {
 		return 0
 	})
 	return slices.CompactFunc(out, func(a, b Tag) bool { return a.ID == b.ID })
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

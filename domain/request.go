@@ -36,7 +36,7 @@ func ParseBool(name, v string) (bool, error) {
 	case "0", "false", "no", "off", "":
 		return false, nil
 	}
-	return false, fmt.Errorf("%s must be one of 1, true, yes, on, 0, false, no, off; got %q", name, truncate(v, 40))
+	return false, fmt.Errorf("%s must be one of 1, true, yes, on, 0, false, no, off; got %q", name, Truncate(v, 40))
 }
 
 // Request is a recorded webhook read as a command.
@@ -57,7 +57,7 @@ type Request struct {
 func ParseRequest(w WebhookReceived) (Request, error) {
 	action, known := NormalizeAction(w.Action)
 	if !known || action == ActionTest {
-		return Request{}, fmt.Errorf("unknown wpf_action %q: use add, update or update_tags", truncate(w.Action, 40))
+		return Request{}, fmt.Errorf("unknown wpf_action %q: use add, update or update_tags", Truncate(w.Action, 40))
 	}
 	r := Request{Action: action, Role: strings.TrimSpace(w.Params["role"]), Email: NormalizeEmail(w.Params["email"])}
 	var err error

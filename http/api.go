@@ -186,7 +186,7 @@ func (s *Server) getWebhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	id := mux.Vars(r)["id"]
 	wh, ok := s.cfg.Views.Webhooks.Get(id)
 	if !ok {
-		writeError(w, nethttp.StatusNotFound, "no webhook "+truncate(id, 60)+" (the receipt may take a moment to appear)")
+		writeError(w, nethttp.StatusNotFound, "no webhook "+domain.Truncate(id, 60)+" (the receipt may take a moment to appear)")
 		return
 	}
 	writeJSON(w, nethttp.StatusOK, wh)

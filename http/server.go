@@ -6,6 +6,7 @@ package http
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	nethttp "net/http"
 	"strings"
@@ -36,29 +37,86 @@ type Queue interface {
 	Forget(webhookID string, ch <-chan command.Outcome)
 }
 
-// Config is what the server is built from.
+// Config is what the server is built from. New fills the defaults and
+// validates it.
 type Config struct {
-	AccessKey  Secret
+	// AccessKey is the key webhooks send as access_key (required).
+	AccessKey Secret
+	// AdminToken is the bearer token of /api (required).
 	AdminToken Secret
 	// Wait is how long a webhook answer waits for processing before it
-	// answers 202 queued.
-	Wait  time.Duration
+	// answers 202 queued (0: it does not wait).
+	Wait time.Duration
+	// Store records the webhooks and is read by /api and rebuilds (required).
 	Store Store
+	// Views answer /api and are rebuilt by POST /api/rebuild (required).
 	Views *projections.Views
+	// Queue processes the recorded webhooks (required).
 	Queue Queue
-	Log   *slog.Logger
+	// Log takes the webhook lines and the errors (required).
+	Log *slog.Logger
+	// NewID gives each webhook its id (required).
 	NewID func() string
-	Now   func() time.Time
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 	// Ready reports whether the server can take webhooks (nil: always).
 	Ready func(ctx context.Context) error
 	// Metrics serves /metrics when set.
 	Metrics nethttp.Handler
-	// Observe, when set, is told each webhook's action, outcome and duration.
-	Observe func(action, outcome string, d time.Duration)
+	// WebhookDecorators wrap the webhook handler, the first outermost,
+	// around the decorator that logs each webhook; they read what the
+	// handler found out with Report (see ObserveWebhooks).
+	WebhookDecorators []Decorator
 	// Replay hands a parked event to its handler again (nil: not offered).
 	Replay func(ctx context.Context, pe domain.ParkedEvent) error
 	// OnRebuild, when set, follows a rebuild started through the API.
 	OnRebuild func(p projections.Progress, done bool)
+}
+
+// setDefaults fills what the config may leave out.
+func (c *Config) setDefaults() {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports every required part that is missing or wrong, in one
+// error.
+func (c Config) Validate() error {
+	var problems []string
+	if !c.AccessKey.set {
+		problems = append(problems, "AccessKey is missing: the key webhooks must send as access_key")
+	}
+	if !c.AdminToken.set {
+		problems = append(problems, "AdminToken is missing: the bearer token of /api")
+	}
+	if c.Wait < 0 {
+		problems = append(problems, fmt.Sprintf("Wait is %s: it must not be negative", c.Wait))
+	}
+	if c.Store == nil {
+		problems = append(problems, "Store is missing: the event store webhooks are recorded in")
+	}
+	if c.Views == nil {
+		problems = append(problems, "Views is missing: the views /api answers from")
+	}
+	if c.Queue == nil {
+		problems = append(problems, "Queue is missing: what processes the recorded webhooks")
+	}
+	if c.Log == nil {
+		problems = append(problems, "Log is missing: the logger of webhooks and errors")
+	}
+	if c.NewID == nil {
+		problems = append(problems, "NewID is missing: what gives each webhook its id")
+	}
+	for i, d := range c.WebhookDecorators {
+		if d == nil {
+			problems = append(problems, fmt.Sprintf("WebhookDecorators[%d] is nil", i))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("http config: %s", strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 // Server serves the webhook and the API.
@@ -68,10 +126,12 @@ type Server struct {
 	rebuild rebuildState
 }
 
-// New builds the server's routes.
-func New(cfg Config) *Server {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+// New builds the server's routes from cfg, its defaults filled, once it is
+// valid (see Config.Validate).
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, router: mux.NewRouter()}
 	r := s.router
@@ -100,9 +160,13 @@ func New(cfg Config) *Server {
 		writeError(w, nethttp.StatusMethodNotAllowed, "method "+r.Method+" not allowed here: see docs/api.md")
 	})
 	// Everything else is the webhook, on any path, as WP Fusion does.
-	r.NotFoundHandler = nethttp.HandlerFunc(s.webhook)
-	r.MethodNotAllowedHandler = nethttp.HandlerFunc(s.webhook)
-	return s
+	webhook := logWebhooks(cfg.Log)(nethttp.HandlerFunc(s.webhook))
+	for i := len(cfg.WebhookDecorators) - 1; i >= 0; i-- {
+		webhook = cfg.WebhookDecorators[i](webhook)
+	}
+	r.NotFoundHandler = webhook
+	r.MethodNotAllowedHandler = webhook
+	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
@@ -173,7 +237,7 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 	st.mu.Unlock()
 	go func() {
 		var last projections.Progress
-		stats, err := s.cfg.Views.Rebuild(context.Background(), s.cfg.Store, func(p projections.Progress) {
+		res, err := projections.Rebuild(context.Background(), s.cfg.Views, s.cfg.Store, func(p projections.Progress) {
 			st.mu.Lock()
 			st.Position, st.Head, st.Events = p.Position, p.Head, p.Events
 			st.mu.Unlock()
@@ -182,6 +246,11 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 				s.cfg.OnRebuild(p, false)
 			}
 		})
+		stats := res.Stats
+		for _, m := range res.Moved {
+			s.cfg.Log.Warn("rebuild: a process had handled events beyond the log's end; it resumes from the rebuilt position",
+				"process", m.Name, "position", m.From, "resumes_from", m.To)
+		}
 		if s.cfg.OnRebuild != nil {
 			last.Position, last.Events = stats.Position, stats.Events
 			s.cfg.OnRebuild(last, true)

@@ -25,21 +25,19 @@ type webhookAnswer struct {
 // webhook handles a FunnelKit webhook on any path. The order of checks and
 // the status codes follow docs/api.md (the protocol reference's usersync
 // column). Once the webhook is recorded, nothing loses it: the answer only
-// says how far processing got within the wait.
+// says how far processing got within the wait. What it found out goes to
+// the request's WebhookReport, which the decorators log and count.
 func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	start := time.Now()
-	action, outcome := "none", "rejected"
-	defer func() {
-		if s.cfg.Observe != nil {
-			s.cfg.Observe(action, outcome, time.Since(start))
-		}
-	}()
-	// Refused before it is recorded: logged without parameters (the access
-	// key may be among them) and without the query string.
+	r, rep := Report(r)
+	reply := func(status int, a webhookAnswer) {
+		rep.Status = status
+		writeJSON(w, status, a)
+	}
+	// Refused before it is recorded, and before it has an id.
 	refuse := func(status int, msg string) {
-		s.cfg.Log.Info("webhook", "outcome", "rejected", "status", status, "reason", msg, "method", r.Method,
-			"source", remoteHost(r), "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, status, webhookAnswer{Message: msg})
+		rep.Outcome, rep.Reason = outcomeRejected, msg
+		reply(status, webhookAnswer{Message: msg})
 	}
 	params, err := readParams(r)
 	if err != nil {
@@ -56,40 +54,39 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		return
 	}
 	act, known := domain.NormalizeAction(rawAction)
+	rep.Action = "unknown"
 	if known {
-		action = act
-	} else {
-		action = "unknown"
+		rep.Action = act
 	}
 	id := s.cfg.NewID()
-	log := s.cfg.Log.With("webhook_id", id, "action", action)
+	rep.WebhookID = id
 	if act == domain.ActionTest {
-		outcome = "processed"
-		log.Info("webhook", "outcome", "test", "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: command.StatusProcessed})
+		rep.Outcome = outcomeTest
+		reply(nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: command.StatusProcessed})
 		return
 	}
 	received := domain.WebhookReceived{
 		WebhookID: id, Action: act, ContactID: params["contact_id"], Params: recordable(params),
 		Method: r.Method, Source: remoteHost(r), ReceivedAt: s.cfg.Now().UTC(),
 	}
+	notRecorded := func(err error) {
+		rep.Outcome, rep.Err = outcomeFailed, err
+		reply(nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+	}
 	// Answers decided here, before processing, are recorded with the webhook.
 	reject := func(stream string, status int, final domain.Event, msg string) {
 		if err := s.record(r.Context(), stream, received, final); err != nil {
-			log.Error("record webhook", "err", err)
-			outcome = "failed"
-			writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+			notRecorded(err)
 			return
 		}
-		outcome = "rejected"
+		rep.Outcome, rep.Reason = outcomeRejected, msg
 		if status == nethttp.StatusOK {
-			outcome = "ignored"
+			rep.Outcome = outcomeIgnored
 		}
-		log.Info("webhook", "outcome", outcome, "status", status, "reason", msg, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
+		reply(status, webhookAnswer{Message: msg, WebhookID: id, Status: statusOf(final)})
 	}
 	if !known {
-		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", truncate(rawAction, 40))
+		msg := fmt.Sprintf("unknown wpf_action %q: use add, update or update_tags", domain.Truncate(rawAction, 40))
 		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: msg, Status: 400}, msg)
 		return
 	}
@@ -103,7 +100,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		reject(domain.WebhookStream(id), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
 		return
 	}
-	log = log.With("contact_id", contact)
+	rep.ContactID = contact
 	req, err := domain.ParseRequest(received)
 	if err != nil {
 		reject(contact.Stream(), nethttp.StatusBadRequest, domain.WebhookFailed{WebhookID: id, Action: act, Reason: err.Error(), Status: 400}, err.Error())
@@ -117,17 +114,14 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if ch != nil {
 			s.cfg.Queue.Forget(id, ch)
 		}
-		log.Error("record webhook", "err", err)
-		outcome = "failed"
-		writeJSON(w, nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
+		notRecorded(err)
 		return
 	}
 	// Recorded: from here on the webhook is processed whatever happens to
 	// this request.
 	queued := func(msg string) {
-		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "reason", msg, "duration_seconds", time.Since(start).Seconds())
-		writeJSON(w, nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: command.StatusQueued})
+		rep.Outcome, rep.Reason = outcomeQueued, msg
+		reply(nethttp.StatusAccepted, webhookAnswer{Success: true, Message: msg, WebhookID: id, Status: command.StatusQueued})
 	}
 	if err := s.cfg.Queue.Submit(contact); err != nil {
 		if ch != nil {
@@ -144,25 +138,20 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	defer wait.Stop()
 	select {
 	case out := <-ch:
-		outcome = out.Status
-		if out.Status == command.StatusRetrying {
-			outcome = "queued"
-		}
-		log.Info("webhook", "outcome", out.Status, "status", statusFor(out), "message", out.Message, "duration_seconds", time.Since(start).Seconds())
-		s.answer(r.Context(), w, out, start)
+		s.answer(r.Context(), w, rep, out, start)
 	case <-wait.C:
 		s.cfg.Queue.Forget(id, ch)
 		queued("Queued: processing continues")
 	case <-r.Context().Done():
 		s.cfg.Queue.Forget(id, ch)
-		outcome = "queued"
-		log.Info("webhook", "outcome", outcome, "reason", "the sender went away; processing continues", "duration_seconds", time.Since(start).Seconds())
+		rep.Outcome, rep.Reason = outcomeQueued, "the sender went away; processing continues"
 	}
 }
 
 // answer writes the answer for a processed webhook, with the user view
-// once the views have applied the outcome.
-func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out command.Outcome, start time.Time) {
+// once the views have applied the outcome, and reports it in rep.
+func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, rep *WebhookReport, out command.Outcome, start time.Time) {
+	rep.Processed, rep.Outcome, rep.Message = true, out.Status, out.Message
 	a := webhookAnswer{Success: out.Success(), Message: out.Message, WebhookID: out.WebhookID, Status: out.Status}
 	status := statusFor(out)
 	if out.Status == command.StatusRetrying {
@@ -177,7 +166,27 @@ func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, out comma
 			}
 		}
 	}
+	rep.Status = status
 	writeJSON(w, status, a)
+}
+
+// statusFor is the HTTP status of the answer for a webhook's outcome: 200
+// when it was processed or ignored, 202 while it waits for a retry, and
+// for a failure the status its kind calls for (the one its WebhookFailed
+// event records). It is the one place that maps outcomes to statuses.
+func statusFor(out command.Outcome) int {
+	switch {
+	case out.Status == command.StatusRetrying:
+		return nethttp.StatusAccepted
+	case out.Status != command.StatusFailed:
+		return nethttp.StatusOK
+	case errors.Is(out.Err, domain.ErrInvalidRequest):
+		return nethttp.StatusBadRequest
+	case errors.Is(out.Err, domain.ErrCRMRefused):
+		return nethttp.StatusBadGateway
+	default:
+		return nethttp.StatusInternalServerError
+	}
 }
 
 // record appends the webhook (and an outcome decided at once) durably.
@@ -214,30 +223,4 @@ func remoteHost(r *nethttp.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
-// statusFor is the HTTP status of the answer for a webhook's outcome: 200
-// when it was processed or ignored, 202 while it waits for a retry, and
-// for a failure the status its kind calls for (the one its WebhookFailed
-// event records).
-func statusFor(out command.Outcome) int {
-	switch {
-	case out.Status == command.StatusRetrying:
-		return nethttp.StatusAccepted
-	case out.Status != command.StatusFailed:
-		return nethttp.StatusOK
-	case errors.Is(out.Err, domain.ErrInvalidRequest):
-		return nethttp.StatusBadRequest
-	case errors.Is(out.Err, domain.ErrCRMRefused):
-		return nethttp.StatusBadGateway
-	default:
-		return nethttp.StatusInternalServerError
-	}
 }

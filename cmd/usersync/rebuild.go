@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
@@ -92,25 +91,14 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		report = pb.update
 		defer pb.finish()
 	}
-	stats, err := views.Rebuild(ctx, store, report)
+	res, err := projections.Rebuild(ctx, views, store, report)
 	if err != nil {
 		return err
 	}
-	// Process managers are not rebuilt: they act on the world. One that
-	// handled events beyond the log's end (events.db restored from an
-	// older backup) goes back to the end, or it would skip the new ones.
-	for _, name := range command.ProcessNames() {
-		pos, err := views.Checkpoint(ctx, name)
-		if err != nil {
-			return err
-		}
-		if pos > stats.Position {
-			if err := views.SaveCheckpoint(ctx, name, stats.Position); err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "process %s had handled events up to position %d, beyond the log's end: it resumes from %d\n", name, pos, stats.Position)
-		}
+	for _, m := range res.Moved {
+		fmt.Fprintf(stdout, "process %s had handled events up to position %d, beyond the log's end: it resumes from %d\n", m.Name, m.From, m.To)
 	}
+	stats := res.Stats
 	rate := float64(stats.Events) / max(stats.Duration.Seconds(), 1e-9)
 	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d parked events, position %d; wrote %d of %d buckets of %s (the others were unchanged), deleted %d\n",
 		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Parked, stats.Position,

@@ -221,7 +221,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		}
 	}
 
-	srv := usershttp.New(usershttp.Config{
+	srv, err := usershttp.New(usershttp.Config{
 		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
 		Store: store, Views: a.views, Queue: a.disp, Log: log,
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
@@ -230,7 +230,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		Replay: func(ctx context.Context, pe domain.ParkedEvent) error {
 			return a.pipe.Replay(ctx, a.store, pe)
 		},
-		Observe: m.ObserveWebhook,
+		WebhookDecorators: []usershttp.Decorator{usershttp.ObserveWebhooks(m.ObserveWebhook)},
 		OnRebuild: func() func(projections.Progress, bool) {
 			var last uint64
 			return func(p projections.Progress, done bool) {
@@ -241,6 +241,9 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 			}
 		}(),
 	})
+	if err != nil {
+		return nil, err
+	}
 	a.serveErr = make(chan error, 2)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

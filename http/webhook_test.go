@@ -1,0 +1,147 @@
+package http
+
+import (
+	"encoding/json"
+	nethttp "net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
+)
+
+// answeringQueue answers every awaited webhook with out once it is
+// submitted.
+type answeringQueue struct {
+	out command.Outcome
+
+	mu      sync.Mutex
+	waiting map[string]chan command.Outcome
+}
+
+func (q *answeringQueue) Await(id string) <-chan command.Outcome {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ch := make(chan command.Outcome, 1)
+	q.waiting[id] = ch
+	return ch
+}
+
+func (q *answeringQueue) Submit(domain.ContactID) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for id, ch := range q.waiting {
+		out := q.out
+		out.WebhookID = id
+		ch <- out
+		delete(q.waiting, id)
+	}
+	return nil
+}
+
+func (q *answeringQueue) Forget(id string, _ <-chan command.Outcome) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.waiting, id)
+}
+
+// The webhook handler reports through the decorators New stacks: one log
+// line (the logging decorator) and one observation (a decorator given in
+// the config) per webhook, the HTTP status from the outcome.
+func TestWebhook_ReportsThroughTheDecorators(t *testing.T) {
+	tests := []struct {
+		name        string
+		query       url.Values
+		out         command.Outcome
+		wantStatus  int
+		wantAnswer  string
+		wantObserve [2]string
+		wantLog     map[string]any
+	}{
+		{"wrong access key", url.Values{"wpf_action": {"add"}, "contact_id": {"1"}, "access_key": {"guessed-key"}}, command.Outcome{},
+			403, "", [2]string{"none", "rejected"}, map[string]any{"outcome": "rejected", "status": 403.0, "reason": "Invalid Access Key", "method": "GET"}},
+		{"test", url.Values{"wpf_action": {"test"}, "access_key": {"access-key"}}, command.Outcome{},
+			200, "processed", [2]string{"test", "processed"}, map[string]any{"webhook_id": "w1", "action": "test", "outcome": "test"}},
+		{"processed", url.Values{"wpf_action": {"update"}, "contact_id": {"7"}, "access_key": {"access-key"}},
+			command.Outcome{ContactID: 7, Status: command.StatusProcessed, Message: "No changes"},
+			200, "processed", [2]string{"update", "processed"},
+			map[string]any{"webhook_id": "w1", "action": "update", "contact_id": 7.0, "outcome": "processed", "status": 200.0, "message": "No changes"}},
+		{"failed in processing", url.Values{"wpf_action": {"add"}, "contact_id": {"7"}, "access_key": {"access-key"}},
+			command.Outcome{ContactID: 7, Status: command.StatusFailed, Err: domain.Fail(domain.ErrCRMRefused, "FunnelKit is down"), Message: "FunnelKit is down"},
+			502, "failed", [2]string{"add", "failed"},
+			map[string]any{"webhook_id": "w1", "action": "add", "contact_id": 7.0, "outcome": "failed", "status": 502.0, "message": "FunnelKit is down"}},
+		{"retrying", url.Values{"wpf_action": {"add"}, "contact_id": {"7"}, "access_key": {"access-key"}},
+			command.Outcome{ContactID: 7, Status: command.StatusRetrying, Message: "FunnelKit did not answer; retrying"},
+			202, "queued", [2]string{"add", "queued"},
+			map[string]any{"webhook_id": "w1", "action": "add", "contact_id": 7.0, "outcome": "retrying", "status": 202.0, "message": "FunnelKit did not answer; retrying"}},
+		{"async", url.Values{"wpf_action": {"update"}, "contact_id": {"7"}, "async": {"1"}, "access_key": {"access-key"}}, command.Outcome{},
+			202, "queued", [2]string{"update", "queued"},
+			map[string]any{"webhook_id": "w1", "action": "update", "contact_id": 7.0, "outcome": "queued", "reason": "Queued"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			cfg := testConfig(t, slogJSON(logs))
+			cfg.Queue = &answeringQueue{out: tt.out, waiting: map[string]chan command.Outcome{}}
+			var observed [][2]string
+			var mu sync.Mutex
+			cfg.WebhookDecorators = []Decorator{ObserveWebhooks(func(action, outcome string, d time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				observed = append(observed, [2]string{action, outcome})
+			})}
+			s, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := nethttp.Get(serve(t, s) + "/any/path?" + tt.query.Encode())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var a webhookAnswer
+			err = json.NewDecoder(resp.Body).Decode(&a)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tt.wantStatus || a.Status != tt.wantAnswer {
+				t.Errorf("answered %d %+v, want %d with status %q", resp.StatusCode, a, tt.wantStatus, tt.wantAnswer)
+			}
+			mu.Lock()
+			if !slices.Equal(observed, [][2]string{tt.wantObserve}) {
+				t.Errorf("observed %v, want %v", observed, tt.wantObserve)
+			}
+			mu.Unlock()
+			var webhookLines []map[string]any
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var l map[string]any
+				if json.Unmarshal([]byte(line), &l) == nil && l["msg"] == "webhook" {
+					webhookLines = append(webhookLines, l)
+				}
+			}
+			if len(webhookLines) != 1 {
+				t.Fatalf("%d webhook lines, want 1:\n%s", len(webhookLines), logs.String())
+			}
+			l := webhookLines[0]
+			for _, k := range []string{"time", "level", "msg", "duration_seconds", "source"} {
+				delete(l, k)
+			}
+			for k, v := range tt.wantLog {
+				if l[k] != v {
+					t.Errorf("log field %s is %v, want %v", k, l[k], v)
+				}
+				delete(l, k)
+			}
+			if len(l) > 0 {
+				t.Errorf("log line has more fields: %v", l)
+			}
+			if strings.Contains(logs.String(), "guessed-key") || strings.Contains(logs.String(), "access-key") {
+				t.Errorf("a key is in the log:\n%s", logs.String())
+			}
+		})
+	}
+}

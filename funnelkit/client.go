@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -78,20 +79,11 @@ func New(cfg Config) (*Client, error) {
 		url.PathEscape(cfg.Password),
 		base64.StdEncoding.EncodeToString([]byte(cfg.User + ":" + cfg.Password)),
 	} {
-		if s != "" && !containsString(c.creds.secrets, s) {
+		if s != "" && !slices.Contains(c.creds.secrets, s) {
 			c.creds.secrets = append(c.creds.secrets, s)
 		}
 	}
 	return c, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checkRedirect follows redirects of a GET (http → https, www) but not of a

@@ -1,7 +1,6 @@
 package funnelkit
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -105,9 +104,3 @@ func (e *Error) Temporary() bool {
 
 // NotFound says whether FunnelKit answered that the contact does not exist.
 func (e *Error) NotFound() bool { return e.Kind == KindNotFound }
-
-// IsNotFound reports whether err is a *Error for a contact that does not exist.
-func IsNotFound(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.NotFound()
-}

@@ -91,20 +91,3 @@ func TestFollowGapsAndShortReads(t *testing.T) {
 		t.Fatalf("Err = %v, want the read error", err)
 	}
 }
-
-func TestNewSubscription(t *testing.T) {
-	t.Parallel()
-	sub, events, end := eventstore.NewSubscription(1)
-	go func() {
-		events <- domain.RecordedEvent{Position: 1}
-		events <- domain.RecordedEvent{Position: 2}
-		end(nil)
-	}()
-	var got []uint64
-	for e := range sub.Events() {
-		got = append(got, e.Position)
-	}
-	if len(got) != 2 || sub.Err() != nil {
-		t.Fatalf("got %v, %v", got, sub.Err())
-	}
-}

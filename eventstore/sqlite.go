@@ -120,10 +120,10 @@ type config struct {
 	writerCheckpointPages int
 }
 
-// WithStreamCache bounds how many streams' versions the writer keeps in
+// withStreamCache bounds how many streams' versions the writer keeps in
 // memory (default 262144); past it the cache is dropped and reloaded from
-// the file on demand.
-func WithStreamCache(n int) Option {
+// the file on demand (tests only, through export_test.go).
+func withStreamCache(n int) Option {
 	return func(c *config) {
 		if n > 0 {
 			c.streamCache = n
@@ -131,12 +131,13 @@ func WithStreamCache(n int) Option {
 	}
 }
 
-// WithSQLiteSync makes SQLite fsync the log inside every commit
+// withSQLiteSync makes SQLite fsync the log inside every commit
 // (synchronous=FULL) instead of the default pipelined sync, where SQLite
 // commits with synchronous=NORMAL and a second goroutine fsyncs the log
 // while the writer prepares the next batch. Both acknowledge an append only
-// once it is on disk; this one is slower.
-func WithSQLiteSync() Option {
+// once it is on disk; this one is slower. The tests and the benchmark
+// BenchmarkAppendSQLiteSync use it (through export_test.go) to compare.
+func withSQLiteSync() Option {
 	return func(c *config) { c.sqliteSync = true }
 }
 

@@ -84,18 +84,6 @@ func (s *Subscription) Events() <-chan domain.RecordedEvent { return s.events }
 // done.
 func (s *Subscription) Err() error { return s.err }
 
-// NewSubscription returns a Subscription that the caller feeds itself, for
-// adapters that subscribe natively rather than through Follow: send the
-// events on events in position order, then call end exactly once, with
-// nil when the subscription's context ended. end closes the channel.
-func NewSubscription(buffer int) (sub *Subscription, events chan<- domain.RecordedEvent, end func(err error)) {
-	sub = &Subscription{events: make(chan domain.RecordedEvent, max(buffer, 0))}
-	return sub, sub.events, func(err error) {
-		sub.err = err
-		close(sub.events)
-	}
-}
-
 // Follow starts a subscription on feed: it reads the events after position
 // after in batches, delivers them on the subscription's channel in order,
 // and when it has caught up waits for feed.Changed before reading again. It

@@ -4,6 +4,8 @@ import (
 	"flag"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -36,6 +38,28 @@ func TestAPIDocListsEveryEndpoint(t *testing.T) {
 	} {
 		if !strings.Contains(string(doc), "`"+ep) {
 			t.Errorf("docs/api.md does not document %s", ep)
+		}
+	}
+}
+
+// TestArchitectureDocNamesRealFiles keeps docs/architecture.md and the
+// README's folder table true: every Go file and folder they name exists.
+func TestArchitectureDocNamesRealFiles(t *testing.T) {
+	named := regexp.MustCompile("`((?:domain|eventstore|projections|http|funnelkit|mail|cmd)(?:/[a-z_]+)*(?:/|\\.go)?)`")
+	for _, doc := range []string{"../../docs/architecture.md", "../../README.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, m := range named.FindAllStringSubmatch(string(b), -1) {
+			n++
+			if _, err := os.Stat(filepath.Join("../..", m[1])); err != nil {
+				t.Errorf("%s names %s, which does not exist", doc, m[1])
+			}
+		}
+		if n < 5 {
+			t.Errorf("%s names %d paths; the pattern no longer finds them", doc, n)
 		}
 	}
 }

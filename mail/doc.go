@@ -15,8 +15,8 @@
 //   - [Outbox] writes the message as an .eml file into a directory
 //     (DATA/outbox/) when no SMTP relay is configured.
 //
-// [NewWelcomer] is what the server uses: it checks --mail-from, picks SMTP
-// or the outbox from the flags, and [Welcomer.SendWelcome] composes and
+// [NewMailer] is what the server uses: it checks --mail-from, picks SMTP
+// or the outbox from the flags, and [Mailer.SendWelcome] composes and
 // sends one welcome email.
 //
 // Senders never retry: the caller (a process manager) does, guided by

@@ -138,7 +138,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	mailer, err := mail.NewWelcomer(mail.Config{From: cfg.MailFrom, LoginURL: cfg.LoginURL, SMTPURL: cfg.SMTPURL, Outbox: paths.outbox()})
+	mailer, err := mail.NewMailer(mail.Config{From: cfg.MailFrom, LoginURL: cfg.LoginURL, SMTPURL: cfg.SMTPURL, Outbox: paths.outbox()})
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 
 const testLoginURL = "https://shop.example.com/wp-login.php"
 
-func TestNewWelcomerConfig(t *testing.T) {
+func TestNewMailerConfig(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "outbox")
 	tests := []struct {
 		name          string
@@ -35,10 +35,10 @@ func TestNewWelcomerConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w, err := NewWelcomer(tt.cfg)
+			w, err := NewMailer(tt.cfg)
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("NewWelcomer = %v, %v; want error %q", w, err, tt.wantErr)
+					t.Fatalf("NewMailer = %v, %v; want error %q", w, err, tt.wantErr)
 				}
 				return
 			}
@@ -55,9 +55,9 @@ func TestNewWelcomerConfig(t *testing.T) {
 	}
 }
 
-func TestWelcomerOutbox(t *testing.T) {
+func TestMailerOutbox(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data", "outbox")
-	w, err := NewWelcomer(Config{From: testFrom, LoginURL: testLoginURL, Outbox: dir})
+	w, err := NewMailer(Config{From: testFrom, LoginURL: testLoginURL, Outbox: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,11 +89,11 @@ func TestWelcomerOutbox(t *testing.T) {
 	}
 }
 
-func TestWelcomerSMTP(t *testing.T) {
+func TestMailerSMTP(t *testing.T) {
 	srv := startServer(t, smtptest.WithAuth("alice", testPass))
 	srv.FailNext(1, 451)
 	srv.FailNext(1, 550)
-	w, err := NewWelcomer(Config{From: testFrom, LoginURL: testLoginURL, SMTPURL: "smtp://alice:" + testPass + "@" + srv.Addr(), Timeout: shortWait})
+	w, err := NewMailer(Config{From: testFrom, LoginURL: testLoginURL, SMTPURL: "smtp://alice:" + testPass + "@" + srv.Addr(), Timeout: shortWait})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Config configures NewWelcomer.
+// Config configures NewMailer.
 type Config struct {
 	// From is the sender address (--mail-from); it must parse.
 	From string
@@ -19,19 +19,19 @@ type Config struct {
 	Timeout time.Duration
 }
 
-// Welcomer composes and sends the welcome email through the one Sender its
+// Mailer composes and sends the welcome email through the one Sender its
 // Config picked. It is safe for concurrent use.
-type Welcomer struct {
+type Mailer struct {
 	sender   Sender
 	from     string
 	loginURL string
 }
 
-// NewWelcomer checks cfg.From, fills in the defaults and picks the sender:
+// NewMailer checks cfg.From, fills in the defaults and picks the sender:
 // SMTP when cfg.SMTPURL is set, else an Outbox in cfg.Outbox (created if
 // needed). Its errors name the flag at fault (--mail-from, --smtp-url) and
 // never hold the SMTP password.
-func NewWelcomer(cfg Config) (*Welcomer, error) {
+func NewMailer(cfg Config) (*Mailer, error) {
 	if _, err := ParseAddress("--mail-from", cfg.From); err != nil {
 		return nil, err
 	}
@@ -42,17 +42,17 @@ func NewWelcomer(cfg Config) (*Welcomer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Welcomer{sender: sender, from: cfg.From, loginURL: cfg.LoginURL}, nil
+	return &Mailer{sender: sender, from: cfg.From, loginURL: cfg.LoginURL}, nil
 }
 
 // Transport names the delivery: TransportSMTP or TransportOutbox.
-func (w *Welcomer) Transport() string { return w.sender.Transport() }
+func (w *Mailer) Transport() string { return w.sender.Transport() }
 
 // SendWelcome composes the welcome email for login and sends it to to,
 // once. It returns the transport used, "" when the mail could not be
 // composed (a *FieldError). Send failures are *SendError as they are:
 // their Temporary method tells whether to try again.
-func (w *Welcomer) SendWelcome(ctx context.Context, to, login string) (transport string, err error) {
+func (w *Mailer) SendWelcome(ctx context.Context, to, login string) (transport string, err error) {
 	msg, err := Compose(w.from, Welcome{To: to, Login: login, LoginURL: w.loginURL}, time.Now(), "")
 	if err != nil {
 		return "", err

@@ -85,7 +85,8 @@ func appendAt(ctx context.Context, store domain.EventStore, stream string, versi
 	return res, nil
 }
 
-// pause waits until the given time; false when ctx ends first.
+// pause waits until the given time (the next attempt); false when ctx
+// ends first.
 func pause(ctx context.Context, until time.Time) bool {
 	t := time.NewTimer(max(time.Until(until), 0))
 	defer t.Stop()

@@ -207,15 +207,3 @@ func (p *processManager) record(ctx context.Context, id domain.ContactID, wh str
 	}
 	return nil
 }
-
-// pause waits before the next attempt; false when ctx ends first.
-func (p *processManager) pause(ctx context.Context, until time.Time) bool {
-	t := time.NewTimer(max(time.Until(until), 0))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

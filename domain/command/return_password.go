@@ -80,7 +80,7 @@ func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.P
 			}
 			// The store failed, not FunnelKit: try again later.
 			p.log.Error("password return interrupted; trying again", "webhook_id", wh, "contact_id", id, "err", err)
-			if !p.pause(p.ctx, p.now().Add(p.retry.Delay(attempt))) {
+			if !pause(p.ctx, p.now().Add(p.retry.Delay(attempt))) {
 				return
 			}
 		}
@@ -192,7 +192,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 		}
 		p.result("failed")
 		p.log.Warn("password return failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", attempt, "next_attempt_at", failed.NextAttemptAt, "err", err)
-		if !p.pause(ctx, failed.NextAttemptAt) {
+		if !pause(ctx, failed.NextAttemptAt) {
 			return ctx.Err()
 		}
 	}

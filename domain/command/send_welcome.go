@@ -101,7 +101,7 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, cre
 		}
 		w.result("failed")
 		w.log.Warn("welcome email failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", attempt, "err", err)
-		if !w.pause(ctx, failed.NextAttemptAt) {
+		if !pause(ctx, failed.NextAttemptAt) {
 			return ctx.Err()
 		}
 	}

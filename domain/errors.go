@@ -41,3 +41,9 @@ func Temporary(err error) bool {
 	var t interface{ Temporary() bool }
 	return errors.As(err, &t) && t.Temporary()
 }
+
+// ErrStorageUnavailable marks a storage error that passes once the disk
+// has room again or the file is free: the disk is full (SQLITE_FULL,
+// ENOSPC, a quota) or the database is busy or locked. Whatever failed on
+// it is tried again, never given up on (an event is not parked for it).
+var ErrStorageUnavailable = errors.New("temporary storage error (disk full or database busy): it is tried again")

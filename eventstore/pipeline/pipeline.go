@@ -17,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
 )
 
 // Consumer is a handler the pipeline feeds with every event in order: a
@@ -189,7 +190,9 @@ func permanent(err error) bool {
 }
 
 // park is the outermost middleware: an error that survived the retries
-// parks the event and moves the handler's checkpoint past it.
+// parks the event and moves the handler's checkpoint past it. A temporary
+// storage error (eventstore.TemporaryStorage: disk full, database busy)
+// never parks: the event is delivered again until it succeeds.
 func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		out, err := h(msg)
@@ -202,6 +205,15 @@ func (p *Pipeline) park(h message.HandlerFunc) message.HandlerFunc {
 			return nil, err
 		}
 		name := message.HandlerNameFromCtx(msg.Context())
+		if eventstore.TemporaryStorage(err) {
+			// The disk is full or the file busy: that passes, and the
+			// event must not be given up on for it. The error nacks it;
+			// the subscriber delivers it again after a pause, for as long
+			// as it takes.
+			p.log.Warn("temporary storage error: the event is tried again, not parked; free disk space if it is full",
+				"handler", name, "err", err)
+			return nil, err
+		}
 		rec, recErr := FromMessage(msg)
 		if recErr != nil {
 			return nil, errors.Join(err, recErr)

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,6 +65,7 @@ type flaky struct {
 	failTimes int64
 	panics    bool
 	inOrder   bool
+	err       error // what it fails with (default: a plain error)
 	pos       atomic.Uint64
 	handled   atomic.Int64
 }
@@ -76,6 +79,9 @@ func (f *flaky) Handle(_ context.Context, rec domain.RecordedEvent) error {
 		f.failures.Add(1)
 		if f.panics {
 			panic("handler bug")
+		}
+		if f.err != nil {
+			return fmt.Errorf("failure %d: %w", f.failures.Load(), f.err)
 		}
 		return fmt.Errorf("transient failure %d", f.failures.Load())
 	}
@@ -184,6 +190,41 @@ func TestPipeline_RetriesThenParksAFailingHandler(t *testing.T) {
 	}
 	if left := parker.list("panics"); len(left) != 1 {
 		t.Fatalf("replaying one handler's event unparked another's: %+v", left)
+	}
+}
+
+// TestPipeline_NeverParksForATemporaryStorageError: a full disk or a busy
+// file fails a handler for longer than its retries, and the event is still
+// handled, not parked, once the storage is back.
+func TestPipeline_NeverParksForATemporaryStorageError(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"marked", domain.ErrStorageUnavailable},
+		{"ENOSPC", &os.PathError{Op: "write", Path: "views.db-wal", Err: syscall.ENOSPC}},
+		{"EDQUOT", syscall.EDQUOT},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := memory.New()
+			defer store.Close()
+			parker := &parked{}
+			// MaxRetries 2 would park after 3 failures; it fails 8 times.
+			f := &flaky{name: "full-disk", failOn: 1, failTimes: 8, err: tc.err}
+			run(t, fastConfig(store, parker), f)
+			for i := range 2 {
+				if _, err := store.Append(context.Background(), fmt.Sprintf("s-%d", i), domain.AnyVersion(), eventstoretest.Event("E", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitUntil(t, "the handler to pass event 2", func() bool { return f.pos.Load() == 2 })
+			if got := parker.list(""); len(got) != 0 {
+				t.Errorf("parked for a temporary storage error: %+v", got)
+			}
+			if f.handled.Load() != 2 || f.failures.Load() != 8 {
+				t.Errorf("handled %d after %d failures, want 2 after 8", f.handled.Load(), f.failures.Load())
+			}
+		})
 	}
 }
 

@@ -44,8 +44,13 @@ const (
 	// pages) at which the writer checkpoints itself.
 	checkpointPages       = 1000
 	writerCheckpointPages = 8000
-	sqliteHdrBytes        = 100
-	walHdrBytes           = 32
+	// checkpointInterval is how often the checkpointer looks for
+	// commits it has not copied yet; walSizeLimit (bytes) is the
+	// journal_size_limit the log is cut back to after a restart.
+	checkpointInterval = 5 * time.Second
+	walSizeLimit       = 4 << 20
+	sqliteHdrBytes     = 100
+	walHdrBytes        = 32
 )
 
 // SQLite is the embedded event store: one SQLite file in WAL mode, written
@@ -67,6 +72,7 @@ type SQLite struct {
 	lock    *os.File
 	wdb     *sql.DB
 	cdb     *sql.DB // the checkpointer's connection
+	pdb     *sql.DB // Writable's test writes (connects on first use)
 	readers chan *rawConn
 
 	// mu guards closed. Append holds it (read) while queueing a request
@@ -85,6 +91,11 @@ type SQLite struct {
 	// failed holds the error that made the store unusable for appends (a
 	// failed sync: what is on disk is no longer known).
 	failed atomic.Pointer[error]
+	// lastErr is the error of the last commit when it failed, nil once
+	// a commit (or a test write of Writable) succeeds; probeMu keeps
+	// Writable's test writes one at a time.
+	lastErr atomic.Pointer[error]
+	probeMu sync.Mutex
 
 	// head is the position of the last durable event; readers see
 	// nothing past it.
@@ -118,6 +129,7 @@ type config struct {
 
 	checkpointPages       int
 	writerCheckpointPages int
+	checkpointInterval    time.Duration
 }
 
 // withStreamCache bounds how many streams' versions the writer keeps in
@@ -183,7 +195,7 @@ func (s *SQLite) Close() error {
 		r := <-s.readers
 		errs = append(errs, r.close())
 	}
-	errs = append(errs, s.cdb.Close(), s.wdb.Close(), s.wal.Close())
+	errs = append(errs, s.pdb.Close(), s.cdb.Close(), s.wdb.Close(), s.wal.Close())
 	unlockFile(s.lock)
 
 	s.chMu.Lock()
@@ -210,6 +222,9 @@ func (s *SQLite) release() {
 	}
 	if s.cdb != nil {
 		_ = s.cdb.Close()
+	}
+	if s.pdb != nil {
+		_ = s.pdb.Close()
 	}
 	if s.wal != nil {
 		_ = s.wal.Close()

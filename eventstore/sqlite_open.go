@@ -36,6 +36,7 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err erro
 
 		checkpointPages:       checkpointPages,
 		writerCheckpointPages: writerCheckpointPages,
+		checkpointInterval:    checkpointInterval,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -89,6 +90,9 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err erro
 		// itself only when the log still grows past this many pages, so
 		// that the log restarts from its beginning.
 		fmt.Sprintf("wal_autocheckpoint(%d)", cfg.writerCheckpointPages),
+		// After a checkpoint lets the log start again from its
+		// beginning, a log that grew past this is cut back to it.
+		fmt.Sprintf("journal_size_limit(%d)", walSizeLimit),
 	}})
 	if err != nil {
 		return nil, s.fileErr("open", err)
@@ -124,6 +128,15 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err erro
 		return nil, s.fileErr("open", err)
 	}
 	s.cdb.SetMaxOpenConns(1)
+	s.pdb, err = openDB(path, url.Values{"_pragma": {
+		fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()),
+		"synchronous(FULL)",
+	}})
+	if err != nil {
+		return nil, s.fileErr("open", err)
+	}
+	s.pdb.SetMaxOpenConns(1)
+	s.pdb.SetConnMaxIdleTime(time.Minute)
 	cconn, err := s.cdb.Conn(ctx)
 	if err != nil {
 		return nil, s.fileErr("open", err)
@@ -147,12 +160,28 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err erro
 
 // runCheckpointer copies the log into the database file in the
 // background (PRAGMA wal_checkpoint(PASSIVE)) each time the writer has
-// committed about checkpointPages pages, so that the writer seldom has to.
+// committed about checkpointPages pages, so that the writer seldom has to,
+// and every checkpointInterval when anything was committed since the last
+// one, so that a quiet store's log does not keep what it holds.
 // Its connection syncs fully: the log before copying, the database after.
 func (s *SQLite) runCheckpointer(conn *sql.Conn) {
 	defer close(s.ckptDone)
 	defer conn.Close()
-	for range s.ckpt {
+	tick := time.NewTicker(s.cfg.checkpointInterval)
+	defer tick.Stop()
+	var done uint64 // s.commits at the last checkpoint
+	for {
+		select {
+		case _, ok := <-s.ckpt:
+			if !ok {
+				return
+			}
+		case <-tick.C:
+			if s.commits.Load() == done {
+				continue
+			}
+		}
+		done = s.commits.Load()
 		// A failed or partial checkpoint is harmless: the writer's own
 		// checkpoint and the next wake-up catch up.
 		_, _ = conn.ExecContext(context.Background(), `PRAGMA wal_checkpoint(PASSIVE)`)
@@ -192,6 +221,7 @@ func (s *SQLite) fileErr(op string, err error) error {
 	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s %s: %w", op, s.path, err)
 	}
+	err = MarkStorage(err)
 	var re *sqliteError
 	if errors.As(err, &re) && re.corrupt() {
 		return fmt.Errorf("%s %s: %w: %w", op, s.path, ErrCorrupt, err)

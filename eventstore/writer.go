@@ -340,6 +340,7 @@ func (w *writer) process(batch []*appendReq) syncItem {
 		// The whole transaction is gone, and every check in the batch
 		// may have counted on it: fail them all.
 		err = w.s.fileErr("commit to", err)
+		w.s.lastErr.Store(&err)
 		for _, r := range batch {
 			if !r.dropped {
 				r.res, r.err = domain.AppendResult{}, fmt.Errorf("append to %s: %w", r.stream, err)
@@ -349,6 +350,7 @@ func (w *writer) process(batch []*appendReq) syncItem {
 		return syncItem{batch: batch}
 	}
 	w.head = head
+	w.s.lastErr.Store(nil)
 	if len(w.cache)+len(w.pending) > w.s.cfg.streamCache {
 		clear(w.cache)
 	}

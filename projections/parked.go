@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
 )
 
 const insertParkedSQL = `INSERT INTO parked(handler, position, stream, version, type, error, parked_at)
@@ -23,6 +24,10 @@ func insertParked(ctx context.Context, tx *sql.Tx, pe domain.ParkedEvent) error 
 // Park records an event a handler gave up on, so it is visible and can be
 // replayed.
 func (v *Views) Park(ctx context.Context, pe domain.ParkedEvent) error {
+	return eventstore.MarkStorage(v.park(ctx, pe))
+}
+
+func (v *Views) park(ctx context.Context, pe domain.ParkedEvent) error {
 	tx, err := v.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("park event %d: %w", pe.Position, err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
@@ -101,6 +102,16 @@ type Views struct {
 // are served from memory, so this bounds only what a crash replays.
 const FlushInterval = 100 * time.Millisecond
 
+// checkpointEvery is how many flush ticks pass between checkpoints of the
+// write-ahead log into views.db (when something was written since), and
+// walSizeLimit (bytes) the journal_size_limit the log is cut back to once
+// a checkpoint lets it start again: the log stays small on a quiet server
+// instead of keeping megabytes that views.db never got.
+const (
+	checkpointEvery = 20
+	walSizeLimit    = 1 << 20
+)
+
 const viewsSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS view_buckets (view TEXT NOT NULL, bucket INTEGER NOT NULL, rows BLOB NOT NULL,
@@ -122,7 +133,8 @@ func Open(ctx context.Context, path string) (*Views, error) {
 	if err := checkSQLiteFile(path); err != nil {
 		return nil, err
 	}
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_txlock=immediate"
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)" +
+		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit) + "&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open views %s: %w", path, err)
@@ -197,11 +209,19 @@ func (v *Views) flushLoop() {
 	defer close(v.flushDone)
 	t := time.NewTicker(FlushInterval)
 	defer t.Stop()
+	ticks, wrote := 0, false
 	for {
 		select {
 		case <-t.C:
 			// A failed flush keeps the changes dirty; the next tick tries again.
-			_ = v.Flush(context.Background())
+			n, _ := v.flush(context.Background())
+			wrote = wrote || n > 0
+			if ticks++; ticks >= checkpointEvery && wrote {
+				// Best effort, as checkpointLater.
+				if v.CheckpointWAL(context.Background()) == nil {
+					ticks, wrote = 0, false
+				}
+			}
 		case <-v.stopFlush:
 			return
 		}
@@ -211,15 +231,26 @@ func (v *Views) flushLoop() {
 // Flush writes every view's changed rows and checkpoint to the file, each
 // view in one transaction.
 func (v *Views) Flush(ctx context.Context) error {
+	_, err := v.flush(ctx)
+	return err
+}
+
+// flush is Flush, and says how many views it wrote.
+func (v *Views) flush(ctx context.Context) (int, error) {
 	var errs []error
+	n := 0
 	for _, p := range v.all {
 		p.mu.Lock()
 		if p.pos != p.stored {
-			errs = append(errs, v.commit(ctx, p, p.st.flush))
+			err := v.commit(ctx, p, p.st.flush)
+			if err == nil {
+				n++
+			}
+			errs = append(errs, err)
 		}
 		p.mu.Unlock()
 	}
-	return errors.Join(errs...)
+	return n, errors.Join(errs...)
 }
 
 // Close writes what is not yet written and closes the views file.
@@ -336,6 +367,11 @@ func (v *Views) Skip(ctx context.Context, name string, position uint64) error {
 
 // commit runs write and stores p's checkpoint in one transaction. p.mu is held.
 func (v *Views) commit(ctx context.Context, p *projection, write func(context.Context, *sql.Tx) error) error {
+	return eventstore.MarkStorage(v.commitTx(ctx, p, write))
+}
+
+// commitTx is commit, its storage errors not yet marked.
+func (v *Views) commitTx(ctx context.Context, p *projection, write func(context.Context, *sql.Tx) error) error {
 	tx, err := v.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("view %s: begin: %w", p.name, err)
@@ -406,7 +442,7 @@ func (v *Views) Checkpoint(ctx context.Context, name string) (uint64, error) {
 func (v *Views) SaveCheckpoint(ctx context.Context, name string, pos uint64) error {
 	if _, err := v.db.ExecContext(ctx, `INSERT INTO checkpoints(name, position) VALUES(?, ?)
 		ON CONFLICT(name) DO UPDATE SET position = excluded.position`, name, pos); err != nil {
-		return fmt.Errorf("store checkpoint of %s at %d: %w", name, pos, err)
+		return fmt.Errorf("store checkpoint of %s at %d: %w", name, pos, eventstore.MarkStorage(err))
 	}
 	return nil
 }

@@ -61,6 +61,11 @@ type Config struct {
 	Now func() time.Time
 	// Ready reports whether the server can take webhooks (nil: always).
 	Ready func(ctx context.Context) error
+	// Admit, when set, is asked before a new webhook is recorded; an
+	// error refuses the webhook with 503 and the error's message, not
+	// recorded (FunnelKit sends it again). usersync refuses so while the
+	// data disk is below its reserve.
+	Admit func(ctx context.Context) error
 	// Metrics serves /metrics when set.
 	Metrics nethttp.Handler
 	// WebhookDecorators wrap the webhook handler, the first outermost,

@@ -65,6 +65,14 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		reply(nethttp.StatusOK, webhookAnswer{Success: true, Message: "usersync is reachable; the access key is right", WebhookID: id, Status: command.StatusProcessed})
 		return
 	}
+	if s.cfg.Admit != nil {
+		if err := s.cfg.Admit(r.Context()); err != nil {
+			w.Header().Set("Retry-After", "60")
+			rep.Err = err
+			refuse(nethttp.StatusServiceUnavailable, "usersync cannot take new webhooks right now, none was recorded; FunnelKit should send it again: "+err.Error())
+			return
+		}
+	}
 	received := domain.WebhookReceived{
 		WebhookID: id, Action: act, ContactID: params["contact_id"], Params: recordable(params),
 		Method: r.Method, Source: remoteHost(r), ReceivedAt: s.cfg.Now().UTC(),

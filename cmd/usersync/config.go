@@ -47,6 +47,7 @@ type serveConfig struct {
 	LogLevel          string
 	MetricsAddr       string
 	FunnelKitTimeout  time.Duration
+	DiskReserve       byteSize
 }
 
 // envName is the environment variable that sets a flag.
@@ -83,6 +84,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")
 	fs.DurationVar(&c.FunnelKitTimeout, "funnelkit-timeout", 15*time.Second, "timeout of each FunnelKit request")
+	c.DiskReserve = 64 << 20
+	fs.Var(&c.DiskReserve, "disk-reserve", "free space kept on the data disk: below it new webhooks are refused with 503 (FunnelKit sends them again) and /readyz is not ready; 0 turns it off")
 	return fs, c
 }
 

@@ -69,6 +69,7 @@ type app struct {
 	wait        time.Duration
 	metricsAddr string
 	metrics     *metrics.Metrics
+	disk        diskGuard
 	sim         func()
 	once        sync.Once
 }
@@ -76,7 +77,7 @@ type app struct {
 // startApp opens the data directory, recovers what was queued, and starts
 // listening. It returns once the server accepts webhooks.
 func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
-	a := &app{log: log, wait: cfg.Wait}
+	a := &app{log: log, wait: cfg.Wait, disk: diskGuard{dir: cfg.Data, reserve: uint64(cfg.DiskReserve), free: freeBytes}}
 	defer func() {
 		if err != nil {
 			_ = a.shutdown()
@@ -225,6 +226,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		Store: store, Views: a.views, Queue: a.disp, Log: log,
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
 		Ready:   a.ready,
+		Admit:   a.disk.check,
 		Metrics: m.Handler(),
 		Replay: func(ctx context.Context, pe domain.ParkedEvent) error {
 			return a.pipe.Replay(ctx, a.store, pe)
@@ -332,11 +334,19 @@ func (a *app) recover(ctx context.Context) error {
 	return nil
 }
 
-// ready is /readyz: the store answers and the views are close to the head.
+// ready is /readyz: the store answers and can take appends, the data disk
+// has its reserve, and the views are close to the head. FunnelKit being
+// down does not make it unready: webhooks are still recorded.
 func (a *app) ready(ctx context.Context) error {
 	head, err := a.store.Head(ctx)
 	if err != nil {
 		return fmt.Errorf("event store: %w", err)
+	}
+	if err := a.disk.check(ctx); err != nil {
+		return err
+	}
+	if err := a.store.Writable(ctx); err != nil {
+		return err
 	}
 	for _, name := range a.views.Names() {
 		pos, err := a.views.Position(name)

@@ -1,6 +1,7 @@
 package domain_test
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -68,6 +69,46 @@ func TestBackoff_Delay_BeforeAnyFailure_IsInitial(t *testing.T) {
 	for _, n := range []int{0, -1} {
 		if got := b.Delay(n); got != time.Second {
 			t.Errorf("Delay(%d) = %v, want Initial", n, got)
+		}
+	}
+}
+
+func TestBackoff_Jittered_StaysBetweenHalfTheDelayAndTheDelay(t *testing.T) {
+	b := domain.Backoff{Initial: time.Second, Max: 8 * time.Second}
+	tests := []struct {
+		name string
+		n    int
+		r    float64
+		want time.Duration
+	}{
+		{"NoJitter_IsDelay", 1, 0, time.Second},
+		{"Half", 1, 0.5, 750 * time.Millisecond},
+		{"AlmostOne_JustAboveHalf", 3, 0.999, 4*time.Second - time.Duration(float64(4*time.Second)*0.5*0.999)},
+		{"One_IsHalf", 2, 1, time.Second},
+		{"AtTheCap", 10, 0.25, 7 * time.Second},
+		{"NegativeClampedToZero", 2, -3, 2 * time.Second},
+		{"AboveOneClampedToOne", 2, 7, time.Second},
+		{"NaNIsZero", 2, math.NaN(), 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := b.Jittered(tt.n, tt.r); got != tt.want {
+				t.Errorf("Jittered(%d, %v) = %v, want %v", tt.n, tt.r, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBackoff_Jittered_NeverAboveDelayNorBelowItsFloor(t *testing.T) {
+	b := domain.Backoff{Initial: 3 * time.Millisecond, Max: 5 * time.Minute}
+	for n := 1; n <= 40; n++ {
+		d := b.Delay(n)
+		floor := d - time.Duration(float64(d)*domain.JitterFraction)
+		for i := 0; i <= 100; i++ {
+			r := float64(i) / 100
+			if got := b.Jittered(n, r); got > d || got < floor {
+				t.Fatalf("Jittered(%d, %v) = %v, want within [%v, %v]", n, r, got, floor, d)
+			}
 		}
 	}
 }

@@ -35,7 +35,7 @@ func (c *Client) Contact(ctx context.Context, id domain.ContactID) (domain.CRMCo
 		return domain.CRMContact{}, c.fail(k.op(), KindInvalidJSON, http.StatusOK, "unexpected contact: "+derr.Error(), nil)
 	}
 	if contact.ID != id {
-		return domain.CRMContact{}, c.fail(k.op(), KindInvalidJSON, http.StatusOK,
+		return domain.CRMContact{}, c.fail(k.op(), KindWrongContact, http.StatusOK,
 			fmt.Sprintf("the answer is contact #%d, not #%d", contact.ID, id), nil)
 	}
 	return contact, nil

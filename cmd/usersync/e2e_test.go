@@ -472,16 +472,26 @@ func TestFailedCRMRead_NeverWipesTags(t *testing.T) {
 	h := newHarness(t)
 	h.send("get", hook("add", "1"))
 	before, _ := h.user(1)
-	for _, kind := range []funnelkit.Kind{funnelkit.KindHTML, funnelkit.KindEmptyBody, funnelkit.KindInvalidJSON} {
-		h.sim.FailWith(funnelkit.EndpointContact, 1, kind)
-		a := h.send("get", hook("update_tags", "1"))
-		if a.Success || a.Code != 502 {
-			t.Fatalf("%v: %+v\n%s", kind, a, h.logs.String())
-		}
+	// Answers that are not FunnelKit's (a challenge page, an empty or
+	// broken body, refused credentials) are an outage: the webhook is
+	// kept and retried, and the user is not touched meanwhile.
+	faults := []func(){
+		func() { h.sim.FailWith(funnelkit.EndpointContact, 1, funnelkit.KindHTML) },
+		func() { h.sim.FailWith(funnelkit.EndpointContact, 1, funnelkit.KindEmptyBody) },
+		func() { h.sim.FailWith(funnelkit.EndpointContact, 1, funnelkit.KindInvalidJSON) },
+		func() { h.sim.FailNext(funnelkit.EndpointContact, 1, 401) },
 	}
-	h.sim.FailNext(funnelkit.EndpointContact, 1, 401)
-	if a := h.send("get", hook("update", "1")); a.Success || a.Code != 502 || strings.Contains(a.Message, testFKPass) {
-		t.Fatalf("401: %+v", a)
+	for i, fault := range faults {
+		fault()
+		a := h.send("get", hook("update_tags", "1"))
+		if !a.Success || a.Code != 202 || a.Status != "queued" || strings.Contains(a.Message, testFKPass) {
+			t.Fatalf("fault %d: %+v\n%s", i, a, h.logs.String())
+		}
+		if u, _ := h.user(1); !reflect.DeepEqual(before, u) {
+			t.Fatalf("fault %d: a failed FunnelKit read changed the user:\n%+v\n%+v", i, before, u)
+		}
+		// The retry takes the next fault only once it is processed.
+		h.eventually("webhook "+a.WebhookID+" to be processed", func() bool { return h.receipt(a.WebhookID).Status == "processed" })
 	}
 	after, _ := h.user(1)
 	if !reflect.DeepEqual(before, after) {

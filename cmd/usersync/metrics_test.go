@@ -96,7 +96,7 @@ func TestMetrics_MoveWithAnEndToEndRun(t *testing.T) {
 	h.send("get", hook("add", "1", "send_notification", "true"))
 	h.send("form", hook("update_tags", "2"))
 	h.send("json", hook("update", "1", "access_key", "wrong"))
-	h.sim.FailWith(funnelkit.EndpointContact, 1, funnelkit.KindAuth)
+	h.sim.FailWith(funnelkit.EndpointContact, 1, funnelkit.KindNotFound)
 	h.send("get", hook("update", "1"))
 	h.eventually("the password return and welcome email", func() bool {
 		m, _ := scrape(t, h.app.addr)
@@ -122,12 +122,13 @@ func TestMetrics_MoveWithAnEndToEndRun(t *testing.T) {
 		{"usersync_webhook_duration_seconds", map[string]string{"action": "add"}, 1},
 		{"usersync_events_appended_total", map[string]string{"type": "UserCreated"}, 1},
 		{"usersync_events_appended_total", map[string]string{"type": "PasswordReturned"}, 1},
-		{"usersync_funnelkit_errors_total", map[string]string{"endpoint": "GET contacts/{id}", "kind": "auth"}, 1},
+		{"usersync_funnelkit_errors_total", map[string]string{"endpoint": "GET contacts/{id}", "kind": "not_found"}, 1},
 		{"usersync_password_return_attempts_total", map[string]string{"outcome": "returned"}, 1},
 		{"usersync_welcome_emails_total", map[string]string{"outcome": "sent"}, 1},
 		{"usersync_users", nil, 1},
 		{"usersync_password_returns", map[string]string{"status": "pending"}, 0},
 		{"usersync_webhooks_open", nil, 0},
+		{"usersync_webhooks_retrying", nil, 0},
 	}
 	for _, c := range checks {
 		if got := m[c.metric].get(c.labels); got != c.want {

@@ -110,10 +110,12 @@ type world struct {
 	crm     *fakeCRM
 	secrets *fakeSecrets
 	proc    *ProcessWebhook
-	mu      sync.Mutex // guards now and ids
+	mu      sync.Mutex // guards now, ids and jitter
 	now     time.Time
 	ids     int
-	hooks   int
+	// jitter is what the use case draws for a retry's jitter (0: none).
+	jitter float64
+	hooks  int
 }
 
 // setNow moves the use case's clock.
@@ -154,6 +156,11 @@ func newWorld(t *testing.T, policy domain.Policy) *world {
 		},
 		Now:   w.clock,
 		Retry: domain.Backoff{Initial: time.Second, Max: time.Minute},
+		Rand: func() float64 {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return w.jitter
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

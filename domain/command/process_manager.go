@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -40,9 +41,12 @@ type ProcessManagerConfig struct {
 	Store domain.EventStore
 	// Checkpoints keeps the position of the last event handled. Required.
 	Checkpoints Checkpoints
-	// Retry is the wait between failed attempts. The zero value retries
-	// at once.
+	// Retry is the wait between failed attempts, jittered
+	// (domain.Backoff.Jittered). The zero value retries at once.
 	Retry domain.Backoff
+	// Rand draws the jitter of each retry, a number in [0, 1) (default
+	// math/rand/v2's Float64). A constant makes the schedule exact.
+	Rand func() float64
 	// MaxAttempts is how many tries before giving up (default 8).
 	MaxAttempts int
 	// Concurrency bounds the FunnelKit calls of the PasswordReturner in
@@ -75,6 +79,9 @@ func (c *ProcessManagerConfig) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -116,6 +123,7 @@ type processManager struct {
 	store       domain.EventStore
 	checkpoints Checkpoints
 	retry       domain.Backoff
+	rand        func() float64
 	maxAttempts int
 	now         func() time.Time
 	log         *slog.Logger
@@ -139,7 +147,7 @@ func pmConfigure(name string, cfg *ProcessManagerConfig) error {
 // newProcessManager makes the shared part of the process manager name from
 // a configuration pmConfigure accepted.
 func newProcessManager(name string, cfg ProcessManagerConfig) processManager {
-	return processManager{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry,
+	return processManager{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry, rand: cfg.Rand,
 		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult}
 }
 
@@ -188,6 +196,12 @@ func (p *processManager) Current() uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pos
+}
+
+// nextAttempt is when to try again after attempt failures: the jittered
+// backoff from now.
+func (p *processManager) nextAttempt(attempt int) time.Time {
+	return p.now().Add(p.retry.Jittered(attempt, p.rand()))
 }
 
 func (p *processManager) result(outcome string) {

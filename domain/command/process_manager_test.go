@@ -194,7 +194,8 @@ func (l *pmLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, n
 // pmConfig is a valid configuration over store and cps.
 func pmConfig(store domain.EventStore, cps command.Checkpoints) command.ProcessManagerConfig {
 	return command.ProcessManagerConfig{Store: store, Checkpoints: cps,
-		Retry: domain.Backoff{Initial: time.Second, Max: time.Minute}, Now: pmNow}
+		Retry: domain.Backoff{Initial: time.Second, Max: time.Minute}, Now: pmNow,
+		Rand: func() float64 { return 0 }}
 }
 
 func TestProcessManagerConfig_Validate(t *testing.T) {

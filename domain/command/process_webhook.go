@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"time"
 
 	"github.com/usersync/usersync/domain"
@@ -25,6 +26,7 @@ type ProcessWebhook struct {
 	newID     func() string
 	now       func() time.Time
 	retry     domain.Backoff
+	rand      func() float64
 	conflicts conflicts
 	locks     keyLocks
 }
@@ -42,11 +44,18 @@ type ProcessWebhookConfig struct {
 	// Retry is the schedule of a webhook waiting for the CRM (default
 	// 500 ms doubling up to 5 minutes, as --retry-initial/--retry-max).
 	Retry domain.Backoff
+	// Rand draws the jitter of each retry (domain.Backoff.Jittered), a
+	// number in [0, 1) (default math/rand/v2's Float64). A constant makes
+	// the schedule exact, as tests want.
+	Rand func() float64
 }
 
 func (c *ProcessWebhookConfig) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
 	}
 	if c.Retry == (domain.Backoff{}) {
 		c.Retry = domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute}
@@ -88,7 +97,7 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 	}
 	return &ProcessWebhook{
 		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store), crm: cfg.CRM, secrets: cfg.Secrets,
-		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, conflicts: defaultConflicts(),
+		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, rand: cfg.Rand, conflicts: defaultConflicts(),
 	}, nil
 }
 
@@ -261,7 +270,7 @@ func (p *ProcessWebhook) envelope(wh string, e domain.Event) domain.Envelope {
 // retry records a transient failure; the webhook stays open.
 func (w *work) retry(s *domain.ContactState, pw domain.PendingWebhook, cause error) ([]domain.Envelope, Outcome, error) {
 	attempt := pw.Attempts + 1
-	next := w.p.now().Add(w.p.retry.Delay(attempt))
+	next := w.p.now().Add(w.p.retry.Jittered(attempt, w.p.rand()))
 	env := w.p.envelope(pw.WebhookID, domain.WebhookRetrying{WebhookID: pw.WebhookID, Attempt: attempt, Error: cause.Error(), NextAttemptAt: next})
 	return []domain.Envelope{env}, Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Status: StatusRetrying,
 		Message: "FunnelKit is unavailable; the webhook is queued and retried: " + cause.Error(),

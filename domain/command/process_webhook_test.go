@@ -402,6 +402,34 @@ func TestProcessWebhook_SecondRetry_WaitsLonger(t *testing.T) {
 	}
 }
 
+func TestProcessWebhook_Retry_IsJittered(t *testing.T) {
+	tests := []struct {
+		name   string
+		jitter float64
+		want   time.Duration // after t0, for the first retry (Initial 1s)
+	}{
+		{"NoJitter_TheFullBackoff", 0, time.Second},
+		{"HalfJitter_ThreeQuarters", 0.5, 750 * time.Millisecond},
+		{"FullJitter_HalfTheBackoff", 1, 500 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t, testPolicy())
+			w.jitter = tt.jitter
+			w.crm.contactErr = errCRMDown
+			w.webhook(7, domain.ActionAdd, nil)
+			out, _, err := w.proc.Next(context.Background(), 7)
+			if err != nil || out.Status != StatusRetrying || !out.RetryAt.Equal(t0.Add(tt.want)) {
+				t.Fatalf("Next = %+v, %v; want retrying at t0+%v", out, err, tt.want)
+			}
+			s, err := w.proc.contacts.Load(context.Background(), 7)
+			if err != nil || len(s.Pending) != 1 || !s.Pending[0].NextAttemptAt.Equal(t0.Add(tt.want)) {
+				t.Fatalf("recorded next attempt: %+v, %v; want t0+%v", s, err, tt.want)
+			}
+		})
+	}
+}
+
 func TestProcessWebhook_AnotherWriterWins_DecidesAgainWithoutReadingTheCRMAgain(t *testing.T) {
 	w := newWorld(t, testPolicy())
 	w.crm.set(contact(7, "ada@example.com"))

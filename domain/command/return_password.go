@@ -80,7 +80,7 @@ func (p *PasswordReturner) start(id domain.ContactID, wh string, issued domain.P
 			}
 			// The store failed, not FunnelKit: try again later.
 			p.log.Error("password return interrupted; trying again", "webhook_id", wh, "contact_id", id, "err", err)
-			if !pause(p.ctx, p.now().Add(p.retry.Delay(attempt))) {
+			if !pause(p.ctx, p.nextAttempt(attempt)) {
 				return
 			}
 		}
@@ -180,7 +180,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, id domain.ContactID, wh 
 		giveUp := attempt >= p.maxAttempts
 		failed := domain.PasswordReturnFailed{KeyID: issued.KeyID, Field: issued.Field, Attempt: attempt, Error: err.Error(), GaveUp: giveUp}
 		if !giveUp {
-			failed.NextAttemptAt = p.now().Add(p.retry.Delay(attempt)).UTC()
+			failed.NextAttemptAt = p.nextAttempt(attempt).UTC()
 		}
 		if err := p.record(ctx, id, wh, failed); err != nil {
 			return err

@@ -168,6 +168,8 @@ func TestPasswordReturner_Handle(t *testing.T) {
 		crm         []error
 		unsealErr   error
 		maxAttempts int
+		// jitter is what the returner draws for each retry's jitter.
+		jitter float64
 		// then
 		wantCalls    int
 		want         []domain.Event
@@ -185,6 +187,16 @@ func TestPasswordReturner_Handle(t *testing.T) {
 			want: []domain.Event{
 				domain.PasswordReturnFailed{KeyID: "k1", Field: "pw", Attempt: 1, Error: refused.msg, NextAttemptAt: at(time.Second)},
 				domain.PasswordReturnFailed{KeyID: "k1", Field: "pw", Attempt: 2, Error: badAuth.msg, NextAttemptAt: at(2 * time.Second)},
+				domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: 3},
+			},
+			wantOutcomes: []string{"failed", "failed", "returned"},
+		},
+		{
+			name:  "retries are jittered: between half the backoff and the backoff",
+			given: []domain.Event{pmIssued("k1")}, crm: []error{refused, refused}, jitter: 0.5, wantCalls: 3,
+			want: []domain.Event{
+				domain.PasswordReturnFailed{KeyID: "k1", Field: "pw", Attempt: 1, Error: refused.msg, NextAttemptAt: at(750 * time.Millisecond)},
+				domain.PasswordReturnFailed{KeyID: "k1", Field: "pw", Attempt: 2, Error: refused.msg, NextAttemptAt: at(1500 * time.Millisecond)},
 				domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: 3},
 			},
 			wantOutcomes: []string{"failed", "failed", "returned"},
@@ -251,6 +263,7 @@ func TestPasswordReturner_Handle(t *testing.T) {
 			log := &pmLog{}
 			cfg := pmConfig(store, cps)
 			cfg.MaxAttempts, cfg.OnResult, cfg.Log = tt.maxAttempts, outcomes.add, log.logger()
+			cfg.Rand = func() float64 { return tt.jitter }
 			r, err := command.NewPasswordReturner(cfg, crm, keys)
 			if err != nil {
 				t.Fatal(err)

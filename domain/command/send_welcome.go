@@ -89,7 +89,7 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, cre
 		giveUp := attempt >= w.maxAttempts || !domain.Temporary(err)
 		failed := domain.WelcomeEmailFailed{To: created.Email, Attempt: attempt, Error: err.Error(), GaveUp: giveUp}
 		if !giveUp {
-			failed.NextAttemptAt = w.now().Add(w.retry.Delay(attempt)).UTC()
+			failed.NextAttemptAt = w.nextAttempt(attempt).UTC()
 		}
 		if err := w.record(ctx, id, wh, failed); err != nil {
 			return err

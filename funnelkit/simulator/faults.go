@@ -2,7 +2,9 @@ package simulator
 
 import (
 	"fmt"
+	"maps"
 
+	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/funnelkit"
 )
 
@@ -71,4 +73,82 @@ func (s *Simulator) ClearFaults() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	clear(s.faults)
+}
+
+// Outage is a way for the whole site to fail, for StartOutage.
+type Outage int
+
+// Outages StartOutage knows.
+const (
+	// OutageDown drops every connection without an answer (the client
+	// reports funnelkit.KindUnreachable).
+	OutageDown Outage = iota + 1
+	// OutageSlow holds every request until the client gives up (its
+	// timeout; funnelkit.KindUnreachable).
+	OutageSlow
+	// OutageServer answers 500 with WordPress's critical error
+	// (funnelkit.KindServer).
+	OutageServer
+	// OutageChallenge answers 200 with a CDN challenge page, HTML instead
+	// of JSON (funnelkit.KindHTML).
+	OutageChallenge
+	// OutageAuth answers 401: the Application Password is refused, as
+	// when a security plugin blocks Basic auth (funnelkit.KindAuth).
+	OutageAuth
+)
+
+var outageNames = map[Outage]string{OutageDown: "down", OutageSlow: "slow", OutageServer: "server", OutageChallenge: "challenge", OutageAuth: "auth"}
+
+// String names the outage ("challenge").
+func (o Outage) String() string {
+	if n, ok := outageNames[o]; ok {
+		return n
+	}
+	return fmt.Sprintf("outage(%d)", int(o))
+}
+
+func (o Outage) fault() (fault, bool) {
+	switch o {
+	case OutageDown:
+		return fault{kind: funnelkit.KindUnreachable}, true
+	case OutageSlow:
+		return fault{hang: true}, true
+	case OutageServer:
+		return fault{kind: funnelkit.KindServer}, true
+	case OutageChallenge:
+		return fault{challenge200: true}, true
+	case OutageAuth:
+		return fault{kind: funnelkit.KindAuth}, true
+	}
+	return fault{}, false
+}
+
+// StartOutage makes every request to a known endpoint fail as o says, after
+// any queued faults, until EndOutage. Requests are still counted
+// (Requests, RequestsTo, OutageRequests).
+func (s *Simulator) StartOutage(o Outage) {
+	f, ok := o.fault()
+	if !ok {
+		panic(fmt.Sprintf("simulator: StartOutage with %v", o))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outage = &f
+	clear(s.outageCounts)
+}
+
+// EndOutage ends the outage StartOutage began: the site answers again.
+func (s *Simulator) EndOutage() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outage = nil
+}
+
+// OutageRequests is how many requests the current or last outage failed,
+// per contact of the request's path (0 for the requests without one, such
+// as GET tags).
+func (s *Simulator) OutageRequests() map[domain.ContactID]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.outageCounts)
 }

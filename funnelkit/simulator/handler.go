@@ -70,6 +70,9 @@ func (s *Simulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if q := s.faults[rt.endpoint]; len(q) > 0 {
 			f = &q[0]
 			s.faults[rt.endpoint] = q[1:]
+		} else if s.outage != nil {
+			f = s.outage
+			s.outageCounts[rt.id]++
 		}
 	}
 	s.mu.Unlock()
@@ -134,6 +137,12 @@ func (s *Simulator) serveFault(w http.ResponseWriter, r *http.Request, f fault) 
 		wpError(w, f.status, strconv.Itoa(f.status), http.StatusText(f.status))
 		return
 	}
+	if f.challenge200 {
+		w.Header().Set("Content-Type", "text/html; charset=UTF-8")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprint(w, challengePage)
+		return
+	}
 	switch f.kind {
 	case funnelkit.KindEmptyBody:
 		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
@@ -141,8 +150,7 @@ func (s *Simulator) serveFault(w http.ResponseWriter, r *http.Request, f fault) 
 	case funnelkit.KindHTML:
 		w.Header().Set("Content-Type", "text/html; charset=UTF-8")
 		w.WriteHeader(http.StatusForbidden)
-		fmt.Fprint(w, "<!DOCTYPE html><html lang=\"en-US\"><head><title>Just a moment...</title></head>"+
-			"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>")
+		fmt.Fprint(w, challengePage)
 	case funnelkit.KindInvalidJSON:
 		w.Header().Set("Content-Type", "application/json; charset=UTF-8")
 		w.WriteHeader(http.StatusOK)
@@ -159,6 +167,11 @@ func (s *Simulator) serveFault(w http.ResponseWriter, r *http.Request, f fault) 
 		wpError(w, http.StatusBadRequest, "rest_invalid_param", "Invalid parameter(s)")
 	}
 }
+
+// challengePage is what a CDN answers instead of the site while it
+// challenges the client.
+const challengePage = "<!DOCTYPE html><html lang=\"en-US\"><head><title>Just a moment...</title></head>" +
+	"<body><noscript>Enable JavaScript and cookies to continue</noscript></body></html>"
 
 // wpError writes a WordPress REST error. A numeric code is written as a
 // number, as FunnelKit does ({"code":404,…}).

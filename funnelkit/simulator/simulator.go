@@ -60,6 +60,8 @@ type fault struct {
 	status int
 	kind   funnelkit.Kind
 	hang   bool
+	// challenge200 answers 200 with a challenge page.
+	challenge200 bool
 }
 
 // Simulator is the stand-in site. All its methods are safe for concurrent
@@ -74,6 +76,10 @@ type Simulator struct {
 	faults   map[string][]fault
 	counts   map[string]int
 	total    int
+	// outage, when set, fails every request (StartOutage); outageCounts
+	// counts them by contact.
+	outage       *fault
+	outageCounts map[domain.ContactID]int
 }
 
 // New makes an empty simulator that accepts Basic auth with user and
@@ -85,6 +91,8 @@ func New(user, password string) *Simulator {
 		tags:     map[uint64]string{},
 		faults:   map[string][]fault{},
 		counts:   map[string]int{},
+
+		outageCounts: map[domain.ContactID]int{},
 	}
 }
 

@@ -2,6 +2,7 @@ package simulator_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -300,4 +301,57 @@ func TestSimulator_Listen(t *testing.T) {
 	if _, _, err := sim.Listen("256.0.0.1:0"); err == nil {
 		t.Error("Listen on a bad address succeeded")
 	}
+}
+
+func TestSimulator_OutageFailsEveryRequestUntilItEnds(t *testing.T) {
+	tests := []struct {
+		outage simulator.Outage
+		kind   funnelkit.Kind
+		status int
+	}{
+		{simulator.OutageDown, funnelkit.KindUnreachable, 0},
+		{simulator.OutageSlow, funnelkit.KindUnreachable, 0},
+		{simulator.OutageServer, funnelkit.KindServer, 500},
+		{simulator.OutageChallenge, funnelkit.KindHTML, 200},
+		{simulator.OutageAuth, funnelkit.KindAuth, 401},
+	}
+	for _, tt := range tests {
+		t.Run(tt.outage.String(), func(t *testing.T) {
+			sim, url := start(t)
+			c, err := funnelkit.New(funnelkit.Config{BaseURL: url, User: user, Password: password, Timeout: 200 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sim.StartOutage(tt.outage)
+			for _, id := range []domain.ContactID{1, 2, 2} {
+				_, err := c.Contact(t.Context(), id)
+				var fe *funnelkit.Error
+				if !errors.As(err, &fe) || fe.Kind != tt.kind || fe.Status != tt.status || !fe.Temporary() {
+					t.Fatalf("Contact(%d) during the outage: %v; want kind %v, status %d, temporary", id, err, tt.kind, tt.status)
+				}
+			}
+			if _, err := c.Tags(t.Context()); err == nil {
+				t.Fatal("Tags answered during the outage")
+			}
+			// Go's transport may send a GET again on a dropped connection.
+			got := sim.OutageRequests()
+			if got[1] < 1 || got[2] < 2 || got[1] > 2 || got[2] > 4 || got[0] < 1 {
+				t.Errorf("OutageRequests = %v, want 1 (or 2) for contact 1, 2 (or 4) for contact 2, some for tags (0)", got)
+			}
+			sim.EndOutage()
+			if ct, err := c.Contact(t.Context(), 1); err != nil || ct.Email != "ann@example.com" {
+				t.Fatalf("after the outage: %+v, %v", ct, err)
+			}
+		})
+	}
+}
+
+func TestSimulator_StartOutage_UnknownPanics(t *testing.T) {
+	sim := simulator.New(user, password)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic")
+		}
+	}()
+	sim.StartOutage(simulator.Outage(99))
 }

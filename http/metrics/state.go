@@ -23,6 +23,8 @@ var (
 	descPendingAge   = prometheus.NewDesc(ns+"_password_return_oldest_pending_seconds", "Age of the oldest password still pending return (0 when none).", nil, nil)
 	descUsers        = prometheus.NewDesc(ns+"_users", "Users in the users view.", nil, nil)
 	descWebhooksOpen = prometheus.NewDesc(ns+"_webhooks_open", "Webhooks recorded and not yet finished (queued or retrying).", nil, nil)
+	descRetrying     = prometheus.NewDesc(ns+"_webhooks_retrying", "Open webhooks waiting for FunnelKit: their last attempt failed because FunnelKit was unavailable (down, 5xx, a challenge page, refused credentials), and they are retried with backoff.", nil, nil)
+	descRetryingAge  = prometheus.NewDesc(ns+"_webhooks_retrying_oldest_seconds", "Age (since it was received) of the oldest webhook waiting for FunnelKit (0 when none).", nil, nil)
 	descScrapeErrors = prometheus.NewDesc(ns+"_state_scrape_errors", "1 when the last scrape could not read part of the state.", nil, nil)
 )
 
@@ -31,7 +33,7 @@ var (
 type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHead, descPos, descLag, descLagSeconds, descParked, descReturns, descPendingAge, descUsers, descWebhooksOpen, descScrapeErrors} {
+	for _, d := range []*prometheus.Desc{descHead, descPos, descLag, descLagSeconds, descParked, descReturns, descPendingAge, descUsers, descWebhooksOpen, descRetrying, descRetryingAge, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -102,6 +104,23 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPendingAge, prometheus.GaugeValue, age)
 	ch <- prometheus.MustNewConstMetric(descUsers, prometheus.GaugeValue, float64(c.src.Views.Users.Count()))
-	ch <- prometheus.MustNewConstMetric(descWebhooksOpen, prometheus.GaugeValue, float64(len(c.src.Views.Webhooks.Open())))
+	open := c.src.Views.Webhooks.Open()
+	retrying, oldestRetrying := 0, time.Time{}
+	for _, w := range open {
+		if w.Status != projections.WebhookRetrying {
+			continue
+		}
+		retrying++
+		if oldestRetrying.IsZero() || w.ReceivedAt.Before(oldestRetrying) {
+			oldestRetrying = w.ReceivedAt
+		}
+	}
+	retryingAge := 0.0
+	if !oldestRetrying.IsZero() {
+		retryingAge = max(time.Since(oldestRetrying).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(descWebhooksOpen, prometheus.GaugeValue, float64(len(open)))
+	ch <- prometheus.MustNewConstMetric(descRetrying, prometheus.GaugeValue, float64(retrying))
+	ch <- prometheus.MustNewConstMetric(descRetryingAge, prometheus.GaugeValue, retryingAge)
 	ch <- prometheus.MustNewConstMetric(descScrapeErrors, prometheus.GaugeValue, failed)
 }

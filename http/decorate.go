@@ -53,6 +53,10 @@ type WebhookReport struct {
 	ContactID domain.ContactID
 	// Err is why the webhook could not be recorded (answered 500).
 	Err error
+	// Refused is why the webhook was refused before it was authenticated
+	// (RefusedUnreadable, RefusedNoAction, RefusedWrongSecret,
+	// RefusedThrottled); empty otherwise.
+	Refused string
 }
 
 type reportKey struct{}
@@ -97,17 +101,26 @@ func metricOutcome(outcome string) string {
 
 // logWebhooks is the decorator that writes each webhook's one "webhook"
 // log line once it is answered (or the "record webhook" error line when it
-// could not be recorded). A webhook refused before it got an id is logged
-// without its parameters (the access key may be among them) and without
-// the query string: with the method and the sender's address only.
-func logWebhooks(log *slog.Logger) Decorator {
+// could not be recorded). A webhook refused before it got an id is counted
+// with refused (by its reason) and logged through refusedLog, which bounds
+// such lines (nil: every one is logged), without its parameters (the
+// access key may be among them) and without the query string: with the
+// method and the sender's address only.
+func logWebhooks(log *slog.Logger, refusedLog *refusedLog, refused func(endpoint, reason string)) Decorator {
+	info := log.Info
+	if refusedLog != nil {
+		info = refusedLog.Info
+	}
 	return func(next nethttp.Handler) nethttp.Handler {
 		return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			start := time.Now()
 			r, rep := Report(r)
 			next.ServeHTTP(w, r)
 			if rep.WebhookID == "" {
-				log.Info("webhook", "outcome", rep.Outcome, "status", rep.Status, "reason", rep.Reason, "method", r.Method,
+				if rep.Refused != "" && refused != nil {
+					refused(EndpointWebhook, rep.Refused)
+				}
+				info("webhook", "outcome", rep.Outcome, "status", rep.Status, "reason", rep.Reason, "method", r.Method,
 					"source", remoteHost(r), "duration_seconds", time.Since(start).Seconds())
 				return
 			}

@@ -157,7 +157,7 @@ func TestLogWebhooks(t *testing.T) {
 				_, rep := Report(r)
 				*rep = tt.rep
 			})
-			get(t, serve(t, logWebhooks(log)(handler))+"/?access_key=secret-key")
+			get(t, serve(t, logWebhooks(log, nil, nil)(handler))+"/?access_key=secret-key")
 			lines := logLines(t, logs.String())
 			if len(lines) != 1 {
 				t.Fatalf("%d log lines, want 1:\n%s", len(lines), logs.String())
@@ -204,7 +204,7 @@ func TestObserveWebhooks(t *testing.T) {
 			})
 			logs := &syncBuffer{}
 			// Around the logging decorator, as New stacks them.
-			h := ObserveWebhooks(observe)(logWebhooks(slog.New(slog.NewJSONHandler(logs, nil)))(handler))
+			h := ObserveWebhooks(observe)(logWebhooks(slog.New(slog.NewJSONHandler(logs, nil)), nil, nil)(handler))
 			get(t, serve(t, h)+"/")
 			// Observed before the (empty) answer went out.
 			var got observation

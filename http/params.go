@@ -12,17 +12,45 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/usersync/usersync/domain"
 )
 
 // maxBody bounds a webhook body. FunnelKit sends a few rows of data.
 const maxBody = 1 << 20
 
+// maxParams bounds the parameters of the query string, and those of the
+// body, of a webhook (Go's net/url refuses more than 10,000 in a query).
+// FunnelKit sends a few dozen.
+const maxParams = 1000
+
 // readParams merges the query string and the body (form or JSON) of a
 // webhook; the body wins. JSON values are turned into strings the way
-// FunnelKit renders merge tags; nested objects become dotted keys.
+// FunnelKit renders merge tags; nested objects become dotted keys. A
+// parameter whose name or value holds a NUL byte or is not valid UTF-8 is
+// refused: nothing downstream (WordPress, FunnelKit, the recorded event)
+// could keep it as sent.
 func readParams(r *nethttp.Request) (map[string]string, error) {
+	params, err := readRawParams(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkText(params); err != nil {
+		return nil, err
+	}
+	return params, nil
+}
+
+func readRawParams(r *nethttp.Request) (map[string]string, error) {
 	params := map[string]string{}
-	for k, vs := range r.URL.Query() {
+	if err := checkParamCount("the query string", r.URL.RawQuery); err != nil {
+		return nil, err
+	}
+	// Other errors of a query (a bad escape, a semicolon) only drop the
+	// pair they are in, as net/http does for forms.
+	query, _ := url.ParseQuery(r.URL.RawQuery)
+	for k, vs := range query {
 		if len(vs) > 0 {
 			params[k] = vs[0]
 		}
@@ -43,6 +71,10 @@ func readParams(r *nethttp.Request) (map[string]string, error) {
 	ct, mediaParams, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch {
 	case ct == "application/json" || (ct == "" && looksJSON(body)):
+		if !utf8.Valid(body) {
+			// The decoder would replace the bad bytes with U+FFFD unseen.
+			return nil, errors.New("the JSON body is not valid UTF-8: send UTF-8 text")
+		}
 		var v any
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.UseNumber()
@@ -53,8 +85,18 @@ func readParams(r *nethttp.Request) (map[string]string, error) {
 		if !ok {
 			return nil, errors.New("JSON body must be an object of key/value rows")
 		}
-		flatten("", obj, params)
+		fields := map[string]string{}
+		flatten("", obj, fields)
+		if len(fields) > maxParams {
+			return nil, fmt.Errorf("the JSON body has %d fields, more than the %d a webhook may have: send only the fields usersync reads", len(fields), maxParams)
+		}
+		for k, v := range fields {
+			params[k] = v
+		}
 	case ct == "application/x-www-form-urlencoded" || ct == "" || ct == "text/plain":
+		if err := checkParamCount("the form body", string(body)); err != nil {
+			return nil, err
+		}
 		form, err := url.ParseQuery(string(body))
 		if err != nil {
 			return nil, fmt.Errorf("body is not a valid form: %w", err)
@@ -79,6 +121,36 @@ func readParams(r *nethttp.Request) (map[string]string, error) {
 		return nil, fmt.Errorf("unsupported Content-Type %q: send a form or JSON", ct)
 	}
 	return params, nil
+}
+
+// checkParamCount refuses a query string or form with more than maxParams
+// parameters, counted as net/url counts them.
+func checkParamCount(what, raw string) error {
+	if raw == "" {
+		return nil
+	}
+	if n := strings.Count(raw, "&") + 1; n > maxParams {
+		return fmt.Errorf("%s has %d parameters, more than the %d a webhook may have: send only the fields usersync reads", what, n, maxParams)
+	}
+	return nil
+}
+
+// checkText refuses a parameter whose name or value holds a NUL byte or
+// invalid UTF-8, naming the parameter (not its value, which may be a
+// secret).
+func checkText(params map[string]string) error {
+	for k, v := range params {
+		name := strconv.Quote(domain.Truncate(k, 40))
+		switch {
+		case !utf8.ValidString(k) || strings.ContainsRune(k, 0):
+			return fmt.Errorf("parameter name %s holds a NUL byte or invalid UTF-8: send UTF-8 text", name)
+		case !utf8.ValidString(v):
+			return fmt.Errorf("parameter %s is not valid UTF-8: send UTF-8 text", name)
+		case strings.ContainsRune(v, 0):
+			return fmt.Errorf("parameter %s holds a NUL byte: send text without it", name)
+		}
+	}
+	return nil
 }
 
 func looksJSON(b []byte) bool {

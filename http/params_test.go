@@ -2,6 +2,7 @@ package http
 
 import (
 	"bytes"
+	"fmt"
 	"mime/multipart"
 	"net/http/httptest"
 	"reflect"
@@ -38,6 +39,25 @@ func TestReadParams(t *testing.T) {
 		{"JSON array", "POST", "/", "application/json", `[1,2]`, nil, "must be an object"},
 		{"unknown type", "POST", "/", "application/xml", `<a/>`, nil, "unsupported Content-Type"},
 		{"too large", "POST", "/", "application/x-www-form-urlencoded", "a=" + strings.Repeat("x", maxBody), nil, "larger than"},
+		{"10,001 query parameters", "GET", "/?wpf_action=add" + strings.Repeat("&a=1", 10000), "", "", nil,
+			"the query string has 10001 parameters, more than the 1000 a webhook may have"},
+		{"as many query parameters as allowed", "GET", "/?wpf_action=add" + strings.Repeat("&a=1", maxParams-1), "", "",
+			map[string]string{"wpf_action": "add", "a": "1"}, ""},
+		{"too many form fields", "POST", "/", "application/x-www-form-urlencoded", "wpf_action=add" + strings.Repeat("&a=1", 10000), nil,
+			"the form body has 10001 parameters, more than the 1000"},
+		{"too many JSON fields", "POST", "/", "application/json", `{"wpf_action":"add"` + jsonFields(1000) + `}`, nil,
+			"the JSON body has 1001 fields, more than the 1000"},
+		{"a bad escape drops only its pair", "GET", "/?wpf_action=add&bad=%zz&contact_id=3", "", "",
+			map[string]string{"wpf_action": "add", "contact_id": "3"}, ""},
+		{"a NUL byte in a query value", "GET", "/?wpf_action=add&first_name=An%00n", "", "", nil, `parameter "first_name" holds a NUL byte`},
+		{"a NUL byte in a JSON value", "POST", "/", "application/json", `{"wpf_action":"add","email":"a\u0000@b.c"}`, nil, `parameter "email" holds a NUL byte`},
+		{"a NUL byte in a name", "POST", "/", "application/x-www-form-urlencoded", "wpf_action=add&x%00y=1", nil, `parameter name "x\x00y" holds a NUL byte`},
+		{"invalid UTF-8 in a value", "GET", "/?wpf_action=add&last_name=Caf%E9", "", "", nil, `parameter "last_name" is not valid UTF-8`},
+		{"invalid UTF-8 in a form name", "POST", "/", "application/x-www-form-urlencoded", "wpf_action=add&%FF=1", nil, `parameter name "\xff" holds a NUL byte or invalid UTF-8`},
+		{"the access key's value is not shown", "GET", "/?wpf_action=add&access_key=sec%00ret", "", "", nil, `parameter "access_key" holds a NUL byte: send text without it`},
+		{"invalid UTF-8 in a JSON body", "POST", "/", "application/json", "{\"wpf_action\":\"add\",\"first_name\":\"Caf\xe9\"}", nil, "the JSON body is not valid UTF-8"},
+		{"UTF-8 text is kept", "GET", "/?wpf_action=add&first_name=Zo%C3%AB%20%F0%9F%98%80", "", "",
+			map[string]string{"wpf_action": "add", "first_name": "Zoë 😀"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,6 +77,15 @@ func TestReadParams(t *testing.T) {
 			}
 		})
 	}
+}
+
+// jsonFields is n more JSON fields, f1 to fn, to follow a first one.
+func jsonFields(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, `,"f%d":"v"`, i+1)
+	}
+	return b.String()
 }
 
 func TestRecordable_DropsSecrets(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	nethttp "net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -76,12 +77,32 @@ type Config struct {
 	Replay func(ctx context.Context, pe domain.ParkedEvent) error
 	// OnRebuild, when set, follows a rebuild started through the API.
 	OnRebuild func(p projections.Progress, done bool)
+	// AuthFailures throttles wrong access keys and admin tokens per source
+	// address, shared by the webhook and /api (nil: not throttled). A
+	// throttled source gets 429 with Retry-After for a wrong secret; a
+	// right one is always accepted.
+	AuthFailures *FailureLimiter
+	// RefusedLogsPerSecond bounds the log lines of refused requests (0:
+	// DefaultRefusedLogsPerSecond); the rest are counted in one line a
+	// second.
+	RefusedLogsPerSecond int
+	// Refused, when set, counts each request refused before it was
+	// authenticated, by endpoint (EndpointWebhook, EndpointAPI) and reason
+	// (RefusedUnreadable, RefusedNoAction, RefusedWrongSecret,
+	// RefusedThrottled).
+	Refused func(endpoint, reason string)
 }
 
 // setDefaults fills what the config may leave out.
 func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.RefusedLogsPerSecond == 0 {
+		c.RefusedLogsPerSecond = DefaultRefusedLogsPerSecond
+	}
+	if c.Refused == nil {
+		c.Refused = func(string, string) {}
 	}
 }
 
@@ -113,6 +134,9 @@ func (c Config) Validate() error {
 	if c.NewID == nil {
 		problems = append(problems, "NewID is missing: what gives each webhook its id")
 	}
+	if c.RefusedLogsPerSecond < 0 {
+		problems = append(problems, fmt.Sprintf("RefusedLogsPerSecond is %d: it must not be negative", c.RefusedLogsPerSecond))
+	}
 	for i, d := range c.WebhookDecorators {
 		if d == nil {
 			problems = append(problems, fmt.Sprintf("WebhookDecorators[%d] is nil", i))
@@ -129,6 +153,7 @@ type Server struct {
 	cfg     Config
 	router  *mux.Router
 	rebuild rebuildState
+	refused *refusedLog
 }
 
 // New builds the server's routes from cfg, its defaults filled, once it is
@@ -138,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, router: mux.NewRouter()}
+	s := &Server{cfg: cfg, router: mux.NewRouter(), refused: newRefusedLog(cfg.Log, cfg.RefusedLogsPerSecond, cfg.Now)}
 	r := s.router
 	r.HandleFunc("/healthz", s.healthz).Methods("GET", "HEAD")
 	r.HandleFunc("/readyz", s.readyz).Methods("GET", "HEAD")
@@ -165,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 		writeError(w, nethttp.StatusMethodNotAllowed, "method "+r.Method+" not allowed here: see docs/api.md")
 	})
 	// Everything else is the webhook, on any path, as WP Fusion does.
-	webhook := logWebhooks(cfg.Log)(nethttp.HandlerFunc(s.webhook))
+	webhook := logWebhooks(cfg.Log, s.refused, cfg.Refused)(nethttp.HandlerFunc(s.webhook))
 	for i := len(cfg.WebhookDecorators) - 1; i >= 0; i-- {
 		webhook = cfg.WebhookDecorators[i](webhook)
 	}
@@ -191,16 +216,55 @@ func (s *Server) readyz(w nethttp.ResponseWriter, r *nethttp.Request) {
 	writeJSON(w, nethttp.StatusOK, map[string]string{"status": "ready"})
 }
 
+// requireAdmin lets through requests with the admin token as a bearer
+// token (the scheme in any case, RFC 6750 and RFC 9110). A wrong or
+// missing token is 401, or 429 once its source is throttled (see
+// Config.AuthFailures); the right token is checked first and always
+// passes.
 func (s *Server) requireAdmin(next nethttp.Handler) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !s.cfg.AdminToken.Matches(strings.TrimSpace(token)) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="usersync"`)
-			writeError(w, nethttp.StatusUnauthorized, "missing or wrong admin token: send Authorization: Bearer <admin token>")
+		if token, ok := bearerToken(r.Header.Get("Authorization")); ok && s.cfg.AdminToken.Matches(token) {
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		source := remoteHost(r)
+		if wait, throttled := s.throttled(source); throttled {
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
+			writeError(w, nethttp.StatusTooManyRequests, fmt.Sprintf("too many wrong admin tokens from this address: try again in %d s", retryAfterSeconds(wait)))
+			s.refusedAPI(r, nethttp.StatusTooManyRequests, RefusedThrottled, source)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="usersync"`)
+		writeError(w, nethttp.StatusUnauthorized, "missing or wrong admin token: send Authorization: Bearer <admin token>")
+		s.refusedAPI(r, nethttp.StatusUnauthorized, RefusedWrongSecret, source)
 	})
+}
+
+// refusedAPI logs (within the refused lines' limit) and counts a refused
+// API request, without its path's query or its headers.
+func (s *Server) refusedAPI(r *nethttp.Request, status int, reason, source string) {
+	s.cfg.Refused(EndpointAPI, reason)
+	s.refused.Info("api request refused", "status", status, "reason", reason, "method", r.Method, "source", source)
+}
+
+// throttled records a failed secret from source and reports whether the
+// source is throttled, and for how long.
+func (s *Server) throttled(source string) (time.Duration, bool) {
+	if s.cfg.AuthFailures == nil {
+		return 0, false
+	}
+	wait, ok := s.cfg.AuthFailures.Fail(source)
+	return wait, !ok
+}
+
+// bearerToken is the token of an Authorization header with the Bearer
+// scheme, whatever its case.
+func bearerToken(header string) (string, bool) {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(header), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
 }
 
 func writeJSON(w nethttp.ResponseWriter, status int, v any) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	nethttp "net/http"
+	"strconv"
 	"time"
 
 	"github.com/usersync/usersync/domain"
@@ -35,22 +36,31 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		writeJSON(w, status, a)
 	}
 	// Refused before it is recorded, and before it has an id.
-	refuse := func(status int, msg string) {
-		rep.Outcome, rep.Reason = outcomeRejected, msg
+	refuse := func(status int, why, msg string) {
+		rep.Outcome, rep.Reason, rep.Refused = outcomeRejected, msg, why
 		reply(status, webhookAnswer{Message: msg})
 	}
 	params, err := readParams(r)
 	if err != nil {
-		refuse(nethttp.StatusBadRequest, "Could not read the webhook: "+err.Error())
+		refuse(nethttp.StatusBadRequest, RefusedUnreadable, "Could not read the webhook: "+err.Error())
 		return
 	}
 	rawAction := params["wpf_action"]
 	if rawAction == "" {
-		refuse(nethttp.StatusInternalServerError, "No Action Specified: add wpf_action=add, update or update_tags")
+		refuse(nethttp.StatusInternalServerError, RefusedNoAction, "No Action Specified: add wpf_action=add, update or update_tags")
 		return
 	}
+	// The key is checked first, in constant time, so that the right key
+	// is never throttled; only a wrong one counts against its source.
 	if !s.cfg.AccessKey.Matches(params["access_key"]) {
-		refuse(nethttp.StatusForbidden, "Invalid Access Key")
+		if wait, throttled := s.throttled(remoteHost(r)); throttled {
+			secs := retryAfterSeconds(wait)
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			refuse(nethttp.StatusTooManyRequests, RefusedThrottled,
+				fmt.Sprintf("Too many wrong access keys from this address: try again in %d s (the right key is always accepted)", secs))
+			return
+		}
+		refuse(nethttp.StatusForbidden, RefusedWrongSecret, "Invalid Access Key")
 		return
 	}
 	act, known := domain.NormalizeAction(rawAction)
@@ -69,7 +79,11 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		if err := s.cfg.Admit(r.Context()); err != nil {
 			w.Header().Set("Retry-After", "60")
 			rep.Err = err
-			refuse(nethttp.StatusServiceUnavailable, "usersync cannot take new webhooks right now, none was recorded; FunnelKit should send it again: "+err.Error())
+			// Authenticated, so not counted as a refused request: its
+			// outcome (rejected, 503) is logged and counted as a webhook.
+			msg := "usersync cannot take new webhooks right now, none was recorded; FunnelKit should send it again: " + err.Error()
+			rep.Outcome, rep.Reason = outcomeRejected, msg
+			reply(nethttp.StatusServiceUnavailable, webhookAnswer{Message: msg})
 			return
 		}
 	}

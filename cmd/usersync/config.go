@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -48,6 +49,8 @@ type serveConfig struct {
 	MetricsAddr       string
 	FunnelKitTimeout  time.Duration
 	DiskReserve       byteSize
+	AuthFailRate      float64
+	AuthFailBurst     int
 }
 
 // envName is the environment variable that sets a flag.
@@ -86,6 +89,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.FunnelKitTimeout, "funnelkit-timeout", 15*time.Second, "timeout of each FunnelKit request")
 	c.DiskReserve = 64 << 20
 	fs.Var(&c.DiskReserve, "disk-reserve", "free space kept on the data disk: below it new webhooks are refused with 503 (FunnelKit sends them again) and /readyz is not ready; 0 turns it off")
+	fs.Float64Var(&c.AuthFailRate, "auth-fail-rate", 1, "wrong access keys or admin tokens per second a source address may keep making after --auth-fail-burst (then 429); 0 turns throttling off")
+	fs.IntVar(&c.AuthFailBurst, "auth-fail-burst", 10, "wrong access keys or admin tokens in a row a source address may make before it is throttled")
 	return fs, c
 }
 
@@ -151,6 +156,12 @@ func (c *serveConfig) validate() error {
 	}
 	if c.FunnelKitTimeout <= 0 {
 		return errors.New("--funnelkit-timeout must be positive")
+	}
+	if c.AuthFailRate < 0 || math.IsNaN(c.AuthFailRate) || math.IsInf(c.AuthFailRate, 0) {
+		return fmt.Errorf("--auth-fail-rate %v must be a number of failures per second, 0 or more (0 turns throttling off)", c.AuthFailRate)
+	}
+	if c.AuthFailRate > 0 && c.AuthFailBurst < 1 {
+		return fmt.Errorf("--auth-fail-burst %d must be at least 1 (or turn throttling off with --auth-fail-rate 0)", c.AuthFailBurst)
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.LogLevel)); err != nil {

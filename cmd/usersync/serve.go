@@ -221,7 +221,14 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		}
 	}
 
+	var authFailures *usershttp.FailureLimiter
+	if cfg.AuthFailRate > 0 {
+		if authFailures, err = usershttp.NewFailureLimiter(usershttp.FailureLimiterConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst}); err != nil {
+			return nil, err
+		}
+	}
 	srv, err := usershttp.New(usershttp.Config{
+		AuthFailures: authFailures, Refused: m.Refused,
 		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
 		Store: store, Views: a.views, Queue: a.disp, Log: log,
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
@@ -264,12 +271,27 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		a.metricsAddr = mln.Addr().String()
 		go func() { a.serveErr <- ms.Serve(mln) }()
 	}
-	hs := &nethttp.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := newWebServer(srv)
 	a.servers = append(a.servers, hs)
 	go func() { a.serveErr <- hs.Serve(ln) }()
 	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
 	printWelcome(stdout, a.addr, fresh, cfg.Demo)
 	return a, nil
+}
+
+// Timeouts of the webhook and API listener: a client that sends its
+// headers slower than readHeaderTimeout, or its whole request slower than
+// readTimeout, is dropped (slow-loris); an idle keep-alive connection is
+// closed after idleTimeout.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// newWebServer is the http.Server of --addr.
+func newWebServer(h nethttp.Handler) *nethttp.Server {
+	return &nethttp.Server{Handler: h, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout, IdleTimeout: idleTimeout}
 }
 
 // checkViewsNotAhead refuses views and process managers that handled events

@@ -29,6 +29,7 @@ type Metrics struct {
 
 	webhooks        *prometheus.CounterVec
 	webhookDuration *prometheus.HistogramVec
+	refused         *prometheus.CounterVec
 	eventsAppended  *prometheus.CounterVec
 	appendDuration  prometheus.Histogram
 	appendErrors    prometheus.Counter
@@ -61,6 +62,9 @@ func New() *Metrics {
 	m.webhookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "webhook_duration_seconds",
 		Help:    "Time from receiving a webhook to answering it, by action.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"action"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_refused_total",
+		Help: "Requests refused before they were authenticated, by endpoint (webhook, api) and reason (unreadable, no_action, wrong_secret, throttled)."},
+		[]string{"endpoint", "reason"})
 	m.eventsAppended = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_appended_total",
 		Help: "Events appended to the event store, by event type."}, []string{"type"})
 	m.appendDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "append_duration_seconds",
@@ -96,7 +100,7 @@ func New() *Metrics {
 		Help: "Events applied by rebuilds."})
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.webhooks, m.webhookDuration, m.eventsAppended, m.appendDuration, m.appendErrors, m.commitBatch, m.commitDuration,
+		m.webhooks, m.webhookDuration, m.refused, m.eventsAppended, m.appendDuration, m.appendErrors, m.commitBatch, m.commitDuration,
 		m.fkDuration, m.fkErrors, m.parkedTotal, m.welcomeEmails, m.passwordResults,
 		m.rebuildRunning, m.rebuildPosition, m.rebuildHead, m.rebuildEvents,
 	)
@@ -105,6 +109,11 @@ func New() *Metrics {
 	for _, a := range actions {
 		for _, o := range outcomes {
 			m.webhooks.WithLabelValues(a, o)
+		}
+	}
+	for _, e := range refusedEndpoints {
+		for _, r := range refusedReasons {
+			m.refused.WithLabelValues(e, r)
 		}
 	}
 	for _, t := range knownTypes {
@@ -144,6 +153,17 @@ func (m *Metrics) ObserveWebhook(action, outcome string, d time.Duration) {
 	outcome = bounded(outcome, outcomes, "failed")
 	m.webhooks.WithLabelValues(action, outcome).Inc()
 	m.webhookDuration.WithLabelValues(action).Observe(d.Seconds())
+}
+
+// Endpoints and reasons of refused requests used as label values.
+var (
+	refusedEndpoints = []string{"webhook", "api"}
+	refusedReasons   = []string{"unreadable", "no_action", "wrong_secret", "throttled"}
+)
+
+// Refused counts a request refused before it was authenticated.
+func (m *Metrics) Refused(endpoint, reason string) {
+	m.refused.WithLabelValues(bounded(endpoint, refusedEndpoints, "other"), bounded(reason, refusedReasons, "other")).Inc()
 }
 
 // knownTypes bounds the type label.

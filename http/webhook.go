@@ -78,7 +78,6 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	if s.cfg.Admit != nil {
 		if err := s.cfg.Admit(r.Context()); err != nil {
 			w.Header().Set("Retry-After", "60")
-			rep.Err = err
 			// Authenticated, so not counted as a refused request: its
 			// outcome (rejected, 503) is logged and counted as a webhook.
 			msg := "usersync cannot take new webhooks right now, none was recorded; FunnelKit should send it again: " + err.Error()

@@ -35,7 +35,11 @@ type Unsealer interface {
 }
 
 // Mailer sends the welcome email: the login and a login link, never the
-// password. transport names how it went out (smtp or outbox).
+// password. key names this one mail (the user's id): sending it again with
+// the same key, after a crash between the send and its record, must not
+// make a second mail where the transport can tell (the outbox replaces the
+// file; SMTP receivers see the same Message-ID). transport names how it
+// went out (smtp or outbox).
 type Mailer interface {
-	SendWelcome(ctx context.Context, to, login string) (transport string, err error)
+	SendWelcome(ctx context.Context, key, to, login string) (transport string, err error)
 }

@@ -2,6 +2,9 @@ package mail
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
 	"time"
 )
 
@@ -48,15 +51,43 @@ func NewMailer(cfg Config) (*Mailer, error) {
 // Transport names the delivery: TransportSMTP or TransportOutbox.
 func (w *Mailer) Transport() string { return w.sender.Transport() }
 
-// SendWelcome composes the welcome email for login and sends it to to,
-// once. It returns the transport used, "" when the mail could not be
-// composed (a *FieldError). Send failures are *SendError as they are:
-// their Temporary method tells whether to try again.
-func (w *Mailer) SendWelcome(ctx context.Context, to, login string) (transport string, err error) {
-	msg, err := Compose(w.from, Welcome{To: to, Login: login, LoginURL: w.loginURL}, time.Now(), "")
+// SendWelcome composes the welcome email for login and sends it to to.
+// key names the mail: its Message-ID is made from it, so a mail sent again
+// with the same key (after a crash before its record) is the same mail:
+// the outbox replaces its file, and SMTP receivers can tell the repeat.
+// It returns the transport used, "" when the mail could not be composed
+// (a *FieldError). Send failures are *SendError as they are: their
+// Temporary method tells whether to try again.
+func (w *Mailer) SendWelcome(ctx context.Context, key, to, login string) (transport string, err error) {
+	id := welcomeMessageID(key, w.from)
+	msg, err := Compose(w.from, Welcome{To: to, Login: login, LoginURL: w.loginURL}, time.Now(), id)
 	if err != nil {
 		return "", err
 	}
-	err = w.sender.Send(ctx, w.from, to, msg)
+	if o, ok := w.sender.(*Outbox); ok && key != "" {
+		err = o.sendAs(ctx, messageFile(id), w.from, to, msg)
+	} else {
+		err = w.sender.Send(ctx, w.from, to, msg)
+	}
 	return w.sender.Transport(), err
+}
+
+// welcomeMessageID is the Message-ID of the welcome mail named key, "" (a
+// random one) without a key.
+func welcomeMessageID(key, from string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("welcome\x00" + key))
+	host := "usersync"
+	if at := strings.LastIndexByte(from, '@'); at >= 0 && at < len(from)-1 {
+		host = strings.Trim(from[at+1:], "<> ")
+	}
+	return "<welcome." + hex.EncodeToString(sum[:16]) + "@" + host + ">"
+}
+
+// messageFile is the outbox file name of a message with Message-ID id.
+func messageFile(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "welcome-" + hex.EncodeToString(sum[:16]) + ".eml"
 }

@@ -61,7 +61,7 @@ func TestMailerOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	transport, err := w.SendWelcome(context.Background(), testRcpt, "jane")
+	transport, err := w.SendWelcome(context.Background(), "user-1", testRcpt, "jane")
 	if err != nil || transport != "outbox" {
 		t.Fatalf("SendWelcome = %q, %v", transport, err)
 	}
@@ -81,8 +81,31 @@ func TestMailerOutbox(t *testing.T) {
 		t.Errorf("body lacks the login or the link:\n%s", p.body)
 	}
 
+	// The same mail again (a crash came between the send and its record)
+	// replaces its file: the outbox still holds it once, under one
+	// Message-ID; another user's mail is another file.
+	if _, err := w.SendWelcome(context.Background(), "user-1", testRcpt, "jane"); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := filepath.Glob(filepath.Join(dir, "*.eml")); len(again) != 1 || again[0] != files[0] {
+		t.Fatalf("after sending again: outbox files = %v, want %v", again, files)
+	}
+	raw2, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := parse(t, raw2).header.Get("Message-Id"); id == "" || id != p.header.Get("Message-Id") {
+		t.Errorf("Message-ID %q then %q, want one stable id", p.header.Get("Message-Id"), id)
+	}
+	if _, err := w.SendWelcome(context.Background(), "user-3", testRcpt, "joe"); err != nil {
+		t.Fatal(err)
+	}
+	if both, _ := filepath.Glob(filepath.Join(dir, "*.eml")); len(both) != 2 {
+		t.Errorf("another user's mail: outbox files = %v, want 2", both)
+	}
+
 	// A mail that cannot be composed names no transport and is permanent.
-	transport, err = w.SendWelcome(context.Background(), testRcpt, " ")
+	transport, err = w.SendWelcome(context.Background(), "user-2", testRcpt, " ")
 	var fe *FieldError
 	if transport != "" || !errors.As(err, &fe) || fe.Field != "Login" || domain.Temporary(err) {
 		t.Errorf("empty login: SendWelcome = %q, %v", transport, err)
@@ -108,7 +131,7 @@ func TestMailerSMTP(t *testing.T) {
 		{name: "accepted"},
 	}
 	for _, tt := range tests {
-		transport, err := w.SendWelcome(context.Background(), "Jane <"+testRcpt+">", "jane")
+		transport, err := w.SendWelcome(context.Background(), "user-1", "Jane <"+testRcpt+">", "jane")
 		if transport != "smtp" {
 			t.Errorf("%s: transport = %q", tt.name, transport)
 		}

@@ -113,3 +113,23 @@ func TestNewOutboxErrors(t *testing.T) {
 		t.Error("NewOutbox(\"\") succeeded")
 	}
 }
+
+func TestNewOutbox_RemovesTemporaryFilesACrashLeft(t *testing.T) {
+	dir := t.TempDir()
+	left := filepath.Join(dir, ".tmp-123.eml")
+	sent := filepath.Join(dir, "1-ab.eml")
+	for _, f := range []string{left, sent} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewOutbox(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("temporary file still there: %v", err)
+	}
+	if _, err := os.Stat(sent); err != nil {
+		t.Errorf("a sent mail was removed: %v", err)
+	}
+}

@@ -77,7 +77,7 @@ func (w *Welcomer) send(ctx context.Context, id domain.ContactID, wh string, cre
 			}
 		}
 		attempt := attempts + 1
-		transport, err := w.mail.SendWelcome(ctx, created.Email, created.Login)
+		transport, err := w.mail.SendWelcome(ctx, created.UserID, created.Email, created.Login)
 		if err == nil {
 			w.result("sent")
 			w.log.Info("welcome email sent", "webhook_id", wh, "contact_id", id, "transport", transport, "attempt", attempt)

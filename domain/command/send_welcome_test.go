@@ -14,7 +14,7 @@ import (
 )
 
 // pmSend is one call of SendWelcome.
-type pmSend struct{ To, Login string }
+type pmSend struct{ Key, To, Login string }
 
 // pmMailer answers each SendWelcome with the next of errs (nil, sent by
 // smtp, once they run out). With cancel set, it first calls it, as a stop
@@ -27,11 +27,11 @@ type pmMailer struct {
 	calls []pmSend
 }
 
-func (m *pmMailer) SendWelcome(ctx context.Context, to, login string) (string, error) {
+func (m *pmMailer) SendWelcome(ctx context.Context, key, to, login string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := len(m.calls)
-	m.calls = append(m.calls, pmSend{To: to, Login: login})
+	m.calls = append(m.calls, pmSend{Key: key, To: to, Login: login})
 	if m.cancel != nil {
 		m.cancel()
 	}
@@ -154,7 +154,7 @@ func TestWelcomer_Handle(t *testing.T) {
 				t.Fatalf("SendWelcome called %d times, want %d", len(sends), tt.wantSends)
 			}
 			for _, s := range sends {
-				if want := (pmSend{To: to, Login: "ann"}); s != want {
+				if want := (pmSend{Key: "u-1", To: to, Login: "ann"}); s != want {
 					t.Errorf("SendWelcome%+v, want %+v", s, want)
 				}
 			}

@@ -17,6 +17,8 @@ import (
 var paramErrors = []string{
 	"read body:", "body is larger than", "body is not valid JSON:", "JSON body must be an object",
 	"body is not a valid form:", "body is not a valid multipart form:", "unsupported Content-Type",
+	"the query string has", "the form body has", "the JSON body has", "the JSON body is not valid UTF-8",
+	"parameter name ", "parameter ",
 }
 
 // FuzzReadParams feeds readParams any method, query, Content-Type and body.
@@ -55,6 +57,14 @@ func FuzzReadParams(f *testing.F) {
 		}
 		if params == nil {
 			t.Fatal("no error and no params")
+		}
+		if len(params) > maxParams {
+			t.Fatalf("%d parameters accepted, more than %d", len(params), maxParams)
+		}
+		for k, v := range params {
+			if !utf8.ValidString(k) || !utf8.ValidString(v) || strings.ContainsRune(k+v, 0) {
+				t.Fatalf("parameter %q=%q accepted: invalid UTF-8 or NUL must be refused", k, v)
+			}
 		}
 		if method == "GET" || method == "HEAD" {
 			want := map[string]string{}

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +52,13 @@ type serveConfig struct {
 	DiskReserve       byteSize
 	AuthFailRate      float64
 	AuthFailBurst     int
+
+	// tempData is set by parseServe for --demo without --data (flag or
+	// USERSYNC_DATA): the demo then runs on a new temporary directory.
+	tempData bool
+	// fromEnv holds the flags whose value came from the environment (the
+	// command line did not override them), to name the variable in errors.
+	fromEnv map[string]string
 }
 
 // envName is the environment variable that sets a flag.
@@ -63,7 +71,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address")
-	fs.StringVar(&c.Data, "data", "./data", "data directory (event store, keys, views, mail outbox)")
+	fs.StringVar(&c.Data, "data", "./data", "data directory (event store, keys, views, mail outbox); --demo without --data uses a temporary directory, removed on exit")
 	fs.StringVar(&c.AccessKey, "access-key", "", "webhook access key (default: generated on first start, printed once, stored as a hash)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for /api/* (default: generated like the access key)")
 	fs.StringVar(&c.FunnelKitURL, "funnelkit-url", "", "FunnelKit site base URL, e.g. https://shop.example.com (required unless --demo)")
@@ -103,11 +111,13 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		fs.PrintDefaults()
 	}
 	var envErr error
+	fromEnv, setByEnv := map[string]string{}, map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) {
 		if v, ok := os.LookupEnv(envName(f.Name)); ok && envErr == nil {
 			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
+				envErr = newEnvError(f, v)
 			}
+			fromEnv[f.Name], setByEnv[f.Name] = v, f.Value.String()
 		}
 	})
 	if envErr != nil {
@@ -122,7 +132,99 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
 	}
-	return c, c.validate()
+	for name, v := range setByEnv {
+		if fs.Lookup(name).Value.String() != v {
+			delete(fromEnv, name) // the command line set it
+		}
+	}
+	c.fromEnv = fromEnv
+	dataGiven := false
+	fs.Visit(func(f *flag.Flag) { dataGiven = dataGiven || f.Name == "data" })
+	c.tempData = c.Demo && !dataGiven
+	return c, explainEnv(c.validate(), c.fromEnv)
+}
+
+// envError is an environment variable whose value its flag cannot take.
+type envError struct {
+	Var, Value, Flag, Accepts string
+}
+
+func (e *envError) Error() string {
+	return fmt.Sprintf("%s=%q: want %s (it sets --%s; unset it or fix the value)", e.Var, e.Value, e.Accepts, e.Flag)
+}
+
+// newEnvError explains, by the flag's type, what an environment variable
+// accepts. Only typed flags can fail to parse, and no secret is typed.
+func newEnvError(f *flag.Flag, value string) error {
+	accepts := "a valid value"
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			accepts = "a duration such as 500ms, 10s, 5m or 1h30m"
+		case bool:
+			accepts = "true or false (1, 0, t, f, TRUE, FALSE also work)"
+		case int:
+			accepts = "a whole number such as 8"
+		}
+	}
+	if isSecretFlag(f.Name) {
+		value = "[redacted]"
+	}
+	return &envError{Var: envName(f.Name), Value: value, Flag: f.Name, Accepts: accepts}
+}
+
+// isSecretFlag tells the flags whose value must not be repeated in an error.
+func isSecretFlag(name string) bool {
+	switch name {
+	case "access-key", "admin-token", "funnelkit-password", "funnelkit-url", "smtp-url":
+		return true
+	}
+	return false
+}
+
+// explainEnv adds to an error that names a flag which the environment set
+// the variable and value it came from (secrets not repeated).
+func explainEnv(err error, fromEnv map[string]string) error {
+	if err == nil || len(fromEnv) == 0 {
+		return err
+	}
+	msg := err.Error()
+	names := make([]string, 0, len(fromEnv))
+	for name := range fromEnv {
+		if mentionsFlag(msg, name) {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return err
+	}
+	slices.Sort(names)
+	notes := make([]string, 0, len(names))
+	for _, name := range names {
+		if isSecretFlag(name) {
+			notes = append(notes, fmt.Sprintf("--%s was set by %s", name, envName(name)))
+		} else {
+			notes = append(notes, fmt.Sprintf("--%s was set by %s=%q", name, envName(name), fromEnv[name]))
+		}
+	}
+	return fmt.Errorf("%w (%s)", err, strings.Join(notes, ", "))
+}
+
+// mentionsFlag tells whether msg names --name as a whole word.
+func mentionsFlag(msg, name string) bool {
+	word := "--" + name
+	for i := 0; i < len(msg); {
+		j := strings.Index(msg[i:], word)
+		if j < 0 {
+			return false
+		}
+		end := i + j + len(word)
+		if end == len(msg) || !(msg[end] == '-' || msg[end] >= 'a' && msg[end] <= 'z') {
+			return true
+		}
+		i = end
+	}
+	return false
 }
 
 func (c *serveConfig) validate() error {
@@ -223,18 +325,21 @@ type credentials struct {
 
 // secrets resolves the access key and admin token: from the flags, else
 // from the stored digests, else newly generated. fresh holds the plain text
-// of what was generated now, to print once.
-func secrets(dir string, accessKey, adminToken string, regenerate bool) (access, admin usershttp.Secret, fresh map[string]string, err error) {
+// of what was generated now, to print once. Nothing is written: save
+// stores the digests of what was generated, and serve calls it only once it
+// is listening, just before it prints fresh, so that a start that fails
+// leaves no key behind that was never shown.
+func secrets(dir string, accessKey, adminToken string, regenerate bool) (access, admin usershttp.Secret, fresh map[string]string, save func() error, err error) {
 	path := filepath.Join(dir, "credentials.json")
 	var stored credentials
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(b, &stored); err != nil {
-			return access, admin, nil, fmt.Errorf("read %s: %w (delete it to generate a new access key and admin token)", path, err)
+			return access, admin, nil, nil, fmt.Errorf("read %s: %w (delete it to generate a new access key and admin token)", path, err)
 		}
 	case !errors.Is(err, os.ErrNotExist):
-		return access, admin, nil, fmt.Errorf("read %s: %w", path, err)
+		return access, admin, nil, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	fresh = map[string]string{}
 	resolve := func(name, flagValue string, digest *string) (usershttp.Secret, error) {
@@ -263,17 +368,39 @@ func secrets(dir string, accessKey, adminToken string, regenerate bool) (access,
 	if admin, err = resolve("admin token", adminToken, &stored.AdminTokenSHA256); err != nil {
 		return
 	}
+	save = func() error { return nil }
 	if len(fresh) > 0 {
-		b, _ := json.MarshalIndent(stored, "", "  ")
-		tmp := path + ".tmp"
-		if err = os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-			return access, admin, nil, fmt.Errorf("write %s: %w", path, err)
-		}
-		if err = os.Rename(tmp, path); err != nil {
-			return access, admin, nil, fmt.Errorf("write %s: %w", path, err)
-		}
+		save = func() error { return saveCredentials(path, stored) }
 	}
-	return access, admin, fresh, nil
+	return access, admin, fresh, save, nil
+}
+
+// saveCredentials writes the digests atomically (write, fsync, rename).
+func saveCredentials(path string, c credentials) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 func randomToken() (string, error) {

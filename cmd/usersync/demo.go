@@ -9,8 +9,8 @@ import (
 )
 
 // printWelcome prints what a new user needs: generated secrets (once) and,
-// in demo mode, curl lines to try.
-func printWelcome(w io.Writer, addr string, fresh map[string]string, demo bool) {
+// in demo mode, where its data is and curl lines to try.
+func printWelcome(w io.Writer, addr string, fresh map[string]string, demo bool, data string, tempData bool) {
 	if k, ok := fresh["access key"]; ok {
 		fmt.Fprintf(w, "Generated webhook access key (shown once, stored only as a hash): %s\n", k)
 	}
@@ -29,6 +29,11 @@ func printWelcome(w io.Writer, addr string, fresh map[string]string, demo bool) 
 		token = "<your admin token>"
 	}
 	base := "http://" + addr
+	if tempData {
+		fmt.Fprintf(w, "\nDemo data: %s (a temporary directory, removed when usersync stops; --data DIR keeps it)\n", data)
+	} else {
+		fmt.Fprintf(w, "\nDemo data: %s (marked as the demo's: a real usersync serve refuses it)\n", data)
+	}
 	fmt.Fprintf(w, `
 Demo: usersync is wired to an in-process FunnelKit with contacts 1-3 and tags 1-3.
 Try (as FunnelKit would send them):
@@ -61,10 +66,56 @@ func demoData(dir string) error {
 		marked = marked || e.Name() == demoMarker
 	}
 	if len(entries) > 0 && !marked {
-		return fmt.Errorf("--demo refuses --data %s: it holds data that --demo did not make; give --demo its own directory (for example --data ./demo-data)", dir)
+		return fmt.Errorf("--demo refuses --data %s: it holds data that --demo did not make; leave --data out (the demo then runs on a temporary directory) or give --demo its own directory (for example --data ./demo-data)", dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	return os.WriteFile(filepath.Join(dir, demoMarker), []byte("made by usersync serve --demo\n"), 0o600)
+}
+
+// errDemoData is a real serve given a data directory made by --demo.
+var errDemoData = errors.New("made by usersync serve --demo")
+
+// refuseDemoData keeps a real server off a data directory made by --demo:
+// it holds the demo's sample users and throw-away keys.
+func refuseDemoData(dir string) error {
+	_, err := os.Stat(filepath.Join(dir, demoMarker))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("--data %s: %w", dir, err)
+	}
+	return fmt.Errorf("--data %s was %w (it holds the demo's sample users and throw-away keys, and is marked with %s): "+
+		"give the real server its own directory (for example --data /var/lib/usersync), or delete %s if you no longer need the demo data",
+		dir, errDemoData, demoMarker, dir)
+}
+
+// resolveData gives the data directory to open: for --demo without --data
+// a new temporary directory (remove deletes it), for --demo one it may use,
+// and for a real server one --demo did not make.
+func resolveData(cfg *serveConfig) (dir string, remove func() error, err error) {
+	if !cfg.Demo {
+		return cfg.Data, nil, refuseDemoData(cfg.Data)
+	}
+	dir = cfg.Data
+	if cfg.tempData {
+		if dir, err = os.MkdirTemp("", "usersync-demo-"); err != nil {
+			return "", nil, fmt.Errorf("create a temporary data directory for --demo: %w (or give one with --data DIR)", err)
+		}
+		remove = func() error {
+			if err := os.RemoveAll(dir); err != nil {
+				return fmt.Errorf("remove the demo's temporary data directory: %w", err)
+			}
+			return nil
+		}
+	}
+	if err := demoData(dir); err != nil {
+		if remove != nil {
+			_ = remove()
+		}
+		return "", nil, err
+	}
+	return dir, remove, nil
 }

@@ -15,7 +15,7 @@ import (
 func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("parked", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", envOr("USERSYNC_DATA", "./data"), "data directory; env USERSYNC_DATA")
+	data, dataEnv := dataFlag(fs)
 	handler := fs.String("handler", "", "only this handler's parked events")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -23,9 +23,9 @@ func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return errUsage
 	}
-	paths, err := openData(*data)
+	paths, err := existingData(*data)
 	if err != nil {
-		return err
+		return explainEnv(err, dataEnv())
 	}
 	views, err := projections.Open(ctx, paths.views())
 	if err != nil {

@@ -39,10 +39,55 @@ func openData(dir string) (dataPaths, error) {
 	return dataPaths{dir: dir}, nil
 }
 
+// errNoData is a --data directory that holds no usersync data.
+var errNoData = errors.New("holds no usersync data")
+
+// existingData checks that dir is a data directory usersync serve made (it
+// holds events.db), without creating anything: rebuild and parked given a
+// wrong --data must say so, not report on an empty store they made there.
+func existingData(dir string) (dataPaths, error) {
+	if strings.TrimSpace(dir) == "" {
+		return dataPaths{}, errors.New("--data is empty: give the data directory of usersync serve (default ./data)")
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return dataPaths{}, fmt.Errorf("--data %s does not exist: give the data directory of usersync serve (its --data, default ./data), which holds events.db", dir)
+	case err != nil:
+		return dataPaths{}, fmt.Errorf("--data %s: %w", dir, err)
+	case !fi.IsDir():
+		return dataPaths{}, fmt.Errorf("--data %s is a file, not a directory", dir)
+	}
+	d := dataPaths{dir: dir}
+	if fi, err := os.Stat(d.events()); err != nil || !fi.Mode().IsRegular() {
+		return dataPaths{}, fmt.Errorf("--data %s %w (no events.db): give the data directory of usersync serve (its --data, default ./data), which holds events.db", dir, errNoData)
+	}
+	return d, nil
+}
+
+// dataFlag is the --data flag of rebuild and parked: the default comes from
+// USERSYNC_DATA. fromEnv names the variable in errors when it set the value.
+func dataFlag(fs *flag.FlagSet) (dir *string, fromEnv func() map[string]string) {
+	env, set := os.LookupEnv("USERSYNC_DATA")
+	def := "./data"
+	if set {
+		def = env
+	}
+	dir = fs.String("data", def, "data directory of usersync serve (holds events.db); env USERSYNC_DATA")
+	return dir, func() map[string]string {
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "data" })
+		if !set || given {
+			return nil
+		}
+		return map[string]string{"data": env}
+	}
+}
+
 func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	data := fs.String("data", envOr("USERSYNC_DATA", "./data"), "data directory (event store, keys, views); env USERSYNC_DATA")
+	data, dataEnv := dataFlag(fs)
 	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
@@ -70,9 +115,9 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stderr, "usersync rebuild: --progress must be auto, on or off, not %q\n", *progress)
 		return errUsage
 	}
-	paths, err := openData(*data)
+	paths, err := existingData(*data)
 	if err != nil {
-		return err
+		return explainEnv(err, dataEnv())
 	}
 	store, err := eventstore.Open(ctx, paths.events())
 	if err != nil {

@@ -45,7 +45,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
 	app, err := startApp(ctx, cfg, log, stdout)
 	if err != nil {
-		return err
+		return explainEnv(err, cfg.fromEnv)
 	}
 	<-ctx.Done()
 	log.Info("shutting down: draining in-flight webhooks")
@@ -71,6 +71,7 @@ type app struct {
 	metrics     *metrics.Metrics
 	disk        diskGuard
 	sim         func()
+	removeData  func() error
 	once        sync.Once
 }
 
@@ -83,16 +84,21 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 			_ = a.shutdown()
 		}
 	}()
-	if cfg.Demo {
-		if err := demoData(cfg.Data); err != nil {
-			return nil, err
-		}
+	dataDir, removeData, err := resolveData(cfg)
+	if err != nil {
+		return nil, err
+	}
+	a.removeData = removeData
+	if dataDir != cfg.Data {
+		c := *cfg
+		c.Data = dataDir
+		cfg = &c
 	}
 	paths, err := openData(cfg.Data)
 	if err != nil {
 		return nil, err
 	}
-	access, admin, fresh, err := secrets(cfg.Data, cfg.AccessKey, cfg.AdminToken, cfg.Demo)
+	access, admin, fresh, saveSecrets, err := secrets(cfg.Data, cfg.AccessKey, cfg.AdminToken, cfg.Demo)
 	if err != nil {
 		return nil, err
 	}
@@ -258,24 +264,35 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, fmt.Errorf("listen on --addr %s: %w", cfg.Addr, err)
 	}
 	a.addr = ln.Addr().String()
+	var mln net.Listener
 	if cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
+		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("listen on --metrics-addr %s: %w", cfg.MetricsAddr, err)
 		}
+		a.metricsAddr = mln.Addr().String()
+	}
+	// Generated secrets are stored only now that nothing can fail any more,
+	// and printed right after (docs/configuration.md, "First start").
+	if err := saveSecrets(); err != nil {
+		ln.Close()
+		if mln != nil {
+			mln.Close()
+		}
+		return nil, err
+	}
+	if mln != nil {
 		mux := nethttp.NewServeMux()
 		mux.Handle("/metrics", m.Handler())
 		ms := &nethttp.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		a.servers = append(a.servers, ms)
-		a.metricsAddr = mln.Addr().String()
 		go func() { a.serveErr <- ms.Serve(mln) }()
 	}
 	hs := newWebServer(srv)
 	a.servers = append(a.servers, hs)
 	go func() { a.serveErr <- hs.Serve(ln) }()
 	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
-	printWelcome(stdout, a.addr, fresh, cfg.Demo)
+	printWelcome(stdout, a.addr, fresh, cfg.Demo, cfg.Data, removeData != nil)
 	return a, nil
 }
 
@@ -425,6 +442,10 @@ func (a *app) shutdown() error {
 		}
 		if a.sim != nil {
 			a.sim()
+		}
+		// Last, once every file in it is closed.
+		if a.removeData != nil {
+			errs = append(errs, a.removeData())
 		}
 	})
 	return errors.Join(errs...)

@@ -165,7 +165,12 @@ func newEnvError(f *flag.Flag, value string) error {
 			accepts = "true or false (1, 0, t, f, TRUE, FALSE also work)"
 		case int:
 			accepts = "a whole number such as 8"
+		case float64:
+			accepts = "a number such as 1 or 0.5"
 		}
+	}
+	if _, ok := f.Value.(*byteSize); ok {
+		accepts = "a size such as 64MiB, 1GiB or 0 (off)"
 	}
 	if isSecretFlag(f.Name) {
 		value = "[redacted]"

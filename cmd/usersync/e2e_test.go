@@ -85,7 +85,9 @@ func testConfig(dir, simURL string) *serveConfig {
 		FunnelKitURL: simURL, FunnelKitUser: "automation", FunnelKitPassword: testFKPass,
 		PasswordField: passwordFld, DefaultRole: "subscriber", Roles: "subscriber,customer,administrator",
 		FieldMap: "membership=7,joined=9", MailFrom: "site@example.com", LoginURL: "https://site.example/login",
-		Wait:           30 * time.Second, // generous: a sync answer returns as soon as it is processed; a loaded CI machine must not turn it into 202 RetryInitial: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
+		// A generous wait: a sync answer returns as soon as it is processed;
+		// a loaded CI machine must not turn it into 202.
+		Wait: 30 * time.Second, RetryInitial: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
 		ReturnAttempts: 5, MailAttempts: 3, Concurrency: 8, LogFormat: "json", LogLevel: "debug",
 		FunnelKitTimeout: 2 * time.Second,
 	}

@@ -78,7 +78,7 @@ type app struct {
 // startApp opens the data directory, recovers what was queued, and starts
 // listening. It returns once the server accepts webhooks.
 func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
-	a := &app{log: log, wait: cfg.Wait, disk: diskGuard{dir: cfg.Data, reserve: uint64(cfg.DiskReserve), free: freeBytes}}
+	a := &app{log: log, wait: cfg.Wait}
 	defer func() {
 		if err != nil {
 			_ = a.shutdown()
@@ -94,6 +94,9 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		c.Data = dataDir
 		cfg = &c
 	}
+	// The reserve is kept on the disk of the directory the data is in
+	// (for --demo without --data, its temporary directory).
+	a.disk = diskGuard{dir: cfg.Data, reserve: uint64(cfg.DiskReserve), free: freeBytes}
 	paths, err := openData(cfg.Data)
 	if err != nil {
 		return nil, err

@@ -339,6 +339,9 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 		"log-level":                {"loud", "must be debug, info, warn or error", false},
 		"metrics-addr":             {"9464", "is not host:port", false},
 		"demo":                     {"yes", "true or false", false},
+		"disk-reserve":             {"lots", "a size such as 64MiB", false},
+		"auth-fail-rate":           {"fast", "a number such as", false},
+		"auth-fail-burst":          {"many", "a whole number", false},
 	}
 	valid := map[string]string{
 		"addr": "127.0.0.1:0", "data": t.TempDir(), "funnelkit-url": simURL,

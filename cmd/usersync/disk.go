@@ -74,7 +74,7 @@ func (g diskGuard) check(context.Context) error {
 	if !ok || n >= g.reserve {
 		return nil
 	}
-	return fmt.Errorf("the data disk of %s has %s free, below --disk-reserve %s: new webhooks are refused until space is freed",
+	return fmt.Errorf("the data disk of %s has %s free, below --disk-reserve %s: new webhooks are refused until space is freed on that disk (or --disk-reserve is lowered)",
 		g.dir, byteSize(n).human(), byteSize(g.reserve))
 }
 

@@ -187,11 +187,3 @@ func (p *progressBar) finish() {
 		fmt.Fprintln(p.w)
 	}
 }
-
-// envOr reads an environment variable with a default.
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}

@@ -51,11 +51,13 @@ func EmailStream(email string) string { return "email-" + EmailKey(email) }
 func LoginStream(login string) string { return "login-" + strings.ToLower(strings.TrimSpace(login)) }
 
 // NormalizeEmail trims an address as FunnelKit renders it (spaces, %40 for
-// @) without changing its case.
+// @) without changing its case. A literal + stays a + (it is common in
+// addresses, ann+news@…): only %-escapes are decoded, as in a path, never
+// the form encoding's + for a space.
 func NormalizeEmail(s string) string {
 	s = strings.TrimSpace(s)
 	if strings.Contains(s, "%") {
-		if u, err := url.QueryUnescape(s); err == nil {
+		if u, err := url.PathUnescape(s); err == nil {
 			s = strings.TrimSpace(u)
 		}
 	}

@@ -106,8 +106,9 @@ func TestNormalizeEmail(t *testing.T) {
 		{"Ann%40Example.com", "Ann@Example.com"},
 		{"%20ann%40example.com%20", "ann@example.com"},
 		{"ann%2Bnews%40example.com", "ann+news@example.com"},
-		{"ann+news@example.com", "ann+news@example.com"}, // no escape, no change
-		{"100%@example.com", "100%@example.com"},         // not an escape: kept as written
+		{"ann+news@example.com", "ann+news@example.com"},   // no escape, no change
+		{"ann+news%40example.com", "ann+news@example.com"}, // + is not a space, even beside an escape
+		{"100%@example.com", "100%@example.com"},           // not an escape: kept as written
 		{"", ""},
 	}
 	for _, tt := range tests {

@@ -1,6 +1,9 @@
 package domain
 
-import "testing"
+import (
+	"testing"
+	"unicode/utf8"
+)
 
 func TestTruncate(t *testing.T) {
 	tests := []struct {
@@ -14,11 +17,19 @@ func TestTruncate(t *testing.T) {
 		{"longer", "abcdef", 4, "abcd…"},
 		{"empty", "", 3, ""},
 		{"zero", "abc", 0, "…"},
+		{"negative", "abc", -1, "…"},
+		{"cut before a two-byte character", "abé", 3, "ab…"},
+		{"cut after a two-byte character", "abéd", 4, "abé…"},
+		{"cut inside a four-byte character", "a😀b", 3, "a…"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Truncate(tt.s, tt.n); got != tt.want {
+			got := Truncate(tt.s, tt.n)
+			if got != tt.want {
 				t.Errorf("Truncate(%q, %d) = %q, want %q", tt.s, tt.n, got, tt.want)
+			}
+			if !utf8.ValidString(got) {
+				t.Errorf("Truncate(%q, %d) = %q: not valid UTF-8", tt.s, tt.n, got)
 			}
 		})
 	}

@@ -205,7 +205,7 @@ func TestDispatcher_StoreError_IsReportedAndTriedAgain(t *testing.T) {
 	w := newWorld(t, testPolicy())
 	w.crm.set(contact(7, "ada@example.com"))
 	store := &flakyStore{EventStore: w.store, fails: 1}
-	w.proc.store, w.proc.contacts = store, NewContacts(store)
+	w.proc.store, w.proc.contacts = store, NewContacts(store, 0)
 	errs := make(chan error, 10)
 	d := newDispatcher(t, w, DispatcherConfig{ErrorPause: time.Millisecond, OnError: func(id domain.ContactID, err error) { errs <- err }})
 	wh := w.webhook(7, domain.ActionAdd, nil)
@@ -261,12 +261,22 @@ type flakyStore struct {
 }
 
 func (s *flakyStore) ReadStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
-	s.mu.Lock()
-	fail := s.fails > 0
-	s.fails--
-	s.mu.Unlock()
-	if fail {
+	if s.fail() {
 		return nil, errBoom
 	}
 	return s.EventStore.ReadStream(ctx, stream)
+}
+
+func (s *flakyStore) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if s.fail() {
+		return nil, errBoom
+	}
+	return s.EventStore.ReadStreamFrom(ctx, stream, after)
+}
+
+func (s *flakyStore) fail() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fails--
+	return s.fails >= 0
 }

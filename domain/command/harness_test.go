@@ -310,3 +310,10 @@ func (s failingStore) ReadStream(ctx context.Context, stream string) ([]domain.R
 	}
 	return s.EventStore.ReadStream(ctx, stream)
 }
+
+func (s failingStore) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if stream == s.stream {
+		return nil, errBoom
+	}
+	return s.EventStore.ReadStreamFrom(ctx, stream, after)
+}

@@ -44,6 +44,10 @@ type ProcessWebhookConfig struct {
 	// Retry is the schedule of a webhook waiting for the CRM (default
 	// 500 ms doubling up to 5 minutes, as --retry-initial/--retry-max).
 	Retry domain.Backoff
+	// ContactCache is how many contacts' decided states are kept, so that
+	// a webhook reads only the events after its contact's cached state
+	// (default DefaultContactCache).
+	ContactCache int
 	// Rand draws the jitter of each retry (domain.Backoff.Jittered), a
 	// number in [0, 1) (default math/rand/v2's Float64). A constant makes
 	// the schedule exact, as tests want.
@@ -96,7 +100,7 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 		return nil, err
 	}
 	return &ProcessWebhook{
-		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store), crm: cfg.CRM, secrets: cfg.Secrets,
+		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store, cfg.ContactCache), crm: cfg.CRM, secrets: cfg.Secrets,
 		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, rand: cfg.Rand, conflicts: defaultConflicts(),
 	}, nil
 }

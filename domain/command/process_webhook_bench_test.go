@@ -71,6 +71,15 @@ func benchProcessWebhook(b *testing.B, history int) {
 		enc(domain.EmailStream(email), domain.Envelope{Event: domain.EmailReserved{Email: email, ContactID: id, UserID: "u" + id.String()}, OccurredAt: now})
 		enc(domain.LoginStream(email), domain.Envelope{Event: domain.LoginReserved{Login: email, ContactID: id, UserID: "u" + id.String()}, OccurredAt: now})
 	}
+	// The same size of store for every history, so that the store's
+	// size and its background work do not differ between them.
+	filler := make([]domain.Envelope, 4096)
+	for i := range filler {
+		filler[i] = domain.Envelope{Event: domain.WelcomeEmailSent{}, OccurredAt: now}
+	}
+	for n := contacts * history; n < 200_000; n += len(filler) {
+		enc("filler", filler...)
+	}
 	hook := 0
 	process := func(id domain.ContactID) {
 		hook++

@@ -435,7 +435,7 @@ func TestProcessWebhook_AnotherWriterWins_DecidesAgainWithoutReadingTheCRMAgain(
 	w.crm.set(contact(7, "ada@example.com"))
 	w.webhook(7, domain.ActionAdd, nil)
 	racing := &conflictingStore{EventStore: w.store, stream: domain.ContactID(7).Stream(), n: 2}
-	w.proc.store, w.proc.contacts = racing, NewContacts(racing)
+	w.proc.store, w.proc.contacts = racing, NewContacts(racing, 0)
 
 	out, _, err := w.proc.Next(context.Background(), 7)
 
@@ -460,7 +460,7 @@ func TestProcessWebhook_OthersAlwaysWin_GivesUpAndKeepsTheWebhookOpen(t *testing
 	w.crm.set(contact(7, "ada@example.com", vip))
 	w.webhook(7, domain.ActionUpdateTags, nil)
 	racing := &conflictingStore{EventStore: w.store, stream: domain.ContactID(7).Stream(), n: 1000}
-	w.proc.store, w.proc.contacts = racing, NewContacts(racing)
+	w.proc.store, w.proc.contacts = racing, NewContacts(racing, 0)
 	w.proc.contacts.conflicts.backoff = domain.Backoff{Initial: time.Microsecond, Max: time.Microsecond}
 
 	_, ok, err := w.proc.Next(context.Background(), 7)

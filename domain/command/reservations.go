@@ -49,16 +49,12 @@ func loadReservation(recs []domain.RecordedEvent) (reservation, error) {
 func reservationVersion(r reservation) uint64 { return r.version }
 
 func (p *ProcessWebhook) readReservation(ctx context.Context, stream string) (reservation, error) {
-	recs, err := p.store.ReadStream(ctx, stream)
-	if err != nil {
-		return reservation{}, fmt.Errorf("read %s: %w", stream, err)
-	}
-	return loadReservation(recs)
+	return readStream(p.store, stream, loadReservation)(ctx)
 }
 
 // updateReservation is the update loop over a reservation stream.
 func (p *ProcessWebhook) updateReservation(ctx context.Context, stream string, decide func(reservation) ([]domain.Envelope, error)) error {
-	_, err := update(ctx, p.store, p.conflicts, stream, loadReservation, reservationVersion, decide)
+	_, err := update(ctx, p.store, p.conflicts, stream, readStream(p.store, stream, loadReservation), reservationVersion, decide)
 	return err
 }
 

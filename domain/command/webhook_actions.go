@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/usersync/usersync/domain"
@@ -196,6 +197,7 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 	// Apply the decision to a copy of the state to see the user after it.
 	after := *s
 	after.Webhooks = map[string]bool{}
+	after.Pending = slices.Clone(s.Pending)
 	if s.User != nil {
 		after.User = cloneUser(s.User)
 	}

@@ -109,30 +109,55 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 // the contact has none. A store error is returned as err; the webhook
 // stays open and the caller tries again later.
 func (p *ProcessWebhook) Next(ctx context.Context, id domain.ContactID) (out Outcome, ok bool, err error) {
+	outs, err := p.NextBatch(ctx, id, 1)
+	if err != nil || len(outs) == 0 {
+		return Outcome{}, false, err
+	}
+	return outs[0], true, nil
+}
+
+// MaxBatch is the most webhooks of one contact NextBatch decides together.
+const MaxBatch = 64
+
+// NextBatch processes the oldest open webhooks of a contact, up to limit
+// of them (MaxBatch when 0 or less): the oldest as Next does, and the ones
+// queued after it that a decision on the same FunnelKit answer settles
+// without touching another stream (coalesce.go), all appended at once.
+// Each keeps its own outcome event; outs has their outcomes in order
+// (empty when none is open). A store error is returned as err; the
+// webhooks stay open and the caller tries again later.
+func (p *ProcessWebhook) NextBatch(ctx context.Context, id domain.ContactID, limit int) (outs []Outcome, err error) {
+	if limit <= 0 {
+		limit = MaxBatch
+	}
 	w := &work{p: p, id: id}
 	defer w.cleanup(ctx)
 	defer w.releaseClaims()
 	res, err := p.contacts.Update(ctx, id, func(s *domain.ContactState) ([]domain.Envelope, error) {
 		w.releaseClaims()
-		envs, o, err := w.decide(ctx, s)
+		envs, o, err := w.decideBatch(ctx, s, limit)
 		if err != nil {
 			// Let the others have what this attempt holds while it waits.
 			w.releaseClaims()
 		}
-		out, ok = o, o.WebhookID != ""
+		outs = o
 		return envs, err
 	})
 	if err != nil {
-		return Outcome{}, false, fmt.Errorf("process contact %d: %w", id, err)
+		return nil, fmt.Errorf("process contact %d: %w", id, err)
 	}
 	if res.Position != 0 {
 		w.used = true
-		out.Position = res.Position
+		for i := range outs {
+			// The position of the batch's last event: each outcome is
+			// visible to a view that reached it.
+			outs[i].Position = res.Position
+		}
 		if w.releaseEmail != "" {
-			p.release(ctx, out.WebhookID, id, w.releaseEmail)
+			p.release(ctx, outs[0].WebhookID, id, w.releaseEmail)
 		}
 	}
-	return out, ok, nil
+	return outs, nil
 }
 
 // work is one Next call: what it read from the CRM and the password it

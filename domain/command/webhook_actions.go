@@ -246,14 +246,5 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		}
 	}
 	envs = append(envs, w.p.envelope(pw.WebhookID, outcome))
-	out := Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Err: cause}
-	switch o := outcome.(type) {
-	case domain.WebhookProcessed:
-		out.Status, out.Message, out.UserID = StatusProcessed, o.Message, o.UserID
-	case domain.WebhookIgnored:
-		out.Status, out.Message = StatusIgnored, o.Reason
-	case domain.WebhookFailed:
-		out.Status, out.Message = StatusFailed, o.Reason
-	}
-	return envs, out, nil
+	return envs, outcomeOf(pw, w.id, outcome, cause), nil
 }

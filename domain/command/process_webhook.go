@@ -44,6 +44,9 @@ type ProcessWebhookConfig struct {
 	// Retry is the schedule of a webhook waiting for the CRM (default
 	// 500 ms doubling up to 5 minutes, as --retry-initial/--retry-max).
 	Retry domain.Backoff
+	// CRMConcurrency is the most CRM reads in flight at once, over all
+	// contacts (default DefaultCRMConcurrency).
+	CRMConcurrency int
 	// ContactCache is how many contacts' decided states are kept, so that
 	// a webhook reads only the events after its contact's cached state
 	// (default DefaultContactCache).
@@ -60,6 +63,12 @@ func (c *ProcessWebhookConfig) setDefaults() {
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Float64
+	}
+	if c.CRMConcurrency == 0 {
+		c.CRMConcurrency = DefaultCRMConcurrency
+	}
+	if c.ContactCache == 0 {
+		c.ContactCache = DefaultContactCache
 	}
 	if c.Retry == (domain.Backoff{}) {
 		c.Retry = domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute}
@@ -84,6 +93,12 @@ func (c ProcessWebhookConfig) Validate() error {
 	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
 		errs = append(errs, fmt.Errorf("retry: initial %s must be positive and at most max %s", c.Retry.Initial, c.Retry.Max))
 	}
+	if c.CRMConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("CRM concurrency %d must be at least 1", c.CRMConcurrency))
+	}
+	if c.ContactCache < 1 {
+		errs = append(errs, fmt.Errorf("contact cache %d must be at least 1 contact", c.ContactCache))
+	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -100,7 +115,7 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 		return nil, err
 	}
 	return &ProcessWebhook{
-		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store, cfg.ContactCache), crm: cfg.CRM, secrets: cfg.Secrets,
+		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store, cfg.ContactCache), crm: limitCRM(cfg.CRM, cfg.CRMConcurrency), secrets: cfg.Secrets,
 		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, rand: cfg.Rand, conflicts: defaultConflicts(),
 	}, nil
 }

@@ -17,7 +17,10 @@ import (
 // embedded store and a fake FunnelKit. The webhook's record is not timed.
 // The cost must not grow with the history:
 //
-//	go test -run '^$' -bench BenchmarkProcessWebhook -benchtime 2000x -count 6 ./domain/command/
+//	go test -run '^$' -bench BenchmarkProcessWebhook -benchtime 500x -count 6 ./domain/command/
+//
+// cpu-ns/op is the CPU the process spent per webhook; ns/op includes the
+// wait for the outcome's fsync, which dominates on most disks.
 func BenchmarkProcessWebhook(b *testing.B) {
 	for _, history := range []int{10, 1000} {
 		b.Run("history="+strconv.Itoa(history), func(b *testing.B) { benchProcessWebhook(b, history) })
@@ -81,6 +84,7 @@ func benchProcessWebhook(b *testing.B, history int) {
 		enc("filler", filler...)
 	}
 	hook := 0
+	var cpu time.Duration
 	process := func(id domain.ContactID) {
 		hook++
 		wh := "wh" + strconv.Itoa(hook)
@@ -91,9 +95,11 @@ func benchProcessWebhook(b *testing.B, history int) {
 			tags = []domain.Tag{vip, trial}
 		}
 		crm.set(contact(id, fmt.Sprintf("c%d@example.com", id), tags...))
+		cpu0 := cpuTime()
 		b.StartTimer()
 		out, ok, err := proc.Next(ctx, id)
 		b.StopTimer()
+		cpu += cpuTime() - cpu0
 		if err != nil || !ok || out.Status != StatusProcessed {
 			b.Fatalf("webhook %s: %+v %v %v", wh, out, ok, err)
 		}
@@ -106,7 +112,11 @@ func benchProcessWebhook(b *testing.B, history int) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.StopTimer()
+	cpu = 0
 	for i := range b.N {
 		process(domain.ContactID(i%contacts + 1))
 	}
+	// The process's CPU (every goroutine: the store's writer too) per
+	// webhook: unlike ns/op, it does not wait for the disk's fsync.
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 }

@@ -242,7 +242,7 @@ func TestDispatcher_Forget_DropsTheWaiter(t *testing.T) {
 
 func TestNewDispatcher_RefusesABadConfig(t *testing.T) {
 	w := newWorld(t, testPolicy())
-	for _, cfg := range []DispatcherConfig{{Concurrency: -1}, {ErrorPause: -time.Second}} {
+	for _, cfg := range []DispatcherConfig{{Concurrency: -1}, {ErrorPause: -time.Second}, {Batch: -1}, {Batch: MaxBatch + 1}} {
 		if _, err := NewDispatcher(w.proc, cfg); err == nil {
 			t.Errorf("NewDispatcher(%+v) accepted it", cfg)
 		}

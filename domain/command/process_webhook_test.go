@@ -539,4 +539,11 @@ func TestNewProcessWebhook_RefusesAnIncompleteConfig(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "retry") {
 		t.Errorf("error %v, want the retry schedule refused", err)
 	}
+	_, err = NewProcessWebhook(ProcessWebhookConfig{Policy: testPolicy(), Store: newWorld(t, testPolicy()).store, CRM: &fakeCRM{}, Secrets: &fakeSecrets{},
+		NewID: func() string { return "x" }, CRMConcurrency: -1, ContactCache: -1})
+	for _, want := range []string{"CRM concurrency -1 must be at least 1", "contact cache -1 must be at least 1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
+	}
 }

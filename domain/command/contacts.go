@@ -149,6 +149,19 @@ func (c *Contacts) Update(ctx context.Context, id domain.ContactID, decide func(
 		decide)
 }
 
+// knownSettled reports whether the contact's reservations were found to
+// be its user's, for the user key names, with no user event since
+// (settledOnce).
+func (c *Contacts) knownSettled(id domain.ContactID, key string) bool {
+	return c.cache.settled(id, key)
+}
+
+// markSettled remembers that the contact's reservations are its user's,
+// for the user key names, as found in its state at version.
+func (c *Contacts) markSettled(id domain.ContactID, key string, version uint64) {
+	c.cache.markSettled(id, key, version)
+}
+
 // Record appends envs to the contact's stream at s's version and applies
 // them to s, for a decision that must record part of its events before it
 // can decide the rest.

@@ -228,3 +228,84 @@ func TestContacts_MixedWebhooks_CachedStateEqualsTheFullFold(t *testing.T) {
 		}
 	}
 }
+
+func TestContacts_SettledUser_LaterWebhooksReadNoReservation(t *testing.T) {
+	// Given a contact whose user's reservations were checked once
+	w, _ := sqliteWorld(t, 0)
+	reads := &streamReads{EventStore: w.proc.store}
+	w.proc.store, w.proc.contacts.store = reads, reads
+	w.user(7, "u7", "ada@example.com")
+	w.crm.set(contact(7, "ada@example.com", vip))
+	w.webhook(7, domain.ActionUpdateTags, nil)
+	if _, _, err := w.proc.Next(context.Background(), 7); err != nil {
+		t.Fatal(err)
+	}
+	before := reads.of(domain.EmailStream("ada@example.com"))
+	// When more webhooks come
+	for range 3 {
+		w.webhook(7, domain.ActionUpdate, nil)
+		if out, _, err := w.proc.Next(context.Background(), 7); err != nil || out.Status != StatusProcessed {
+			t.Fatalf("%+v %v", out, err)
+		}
+	}
+	// Then none reads the reservations again
+	if n := reads.of(domain.EmailStream("ada@example.com")) - before; n != 0 {
+		t.Errorf("the email reservation was read %d more times", n)
+	}
+}
+
+func TestContacts_UserMovedAwayAndBack_IsSettledAgain(t *testing.T) {
+	// Given contact 7's user, checked settled, then moved to contact 8
+	w := newWorld(t, testPolicy())
+	ctx := context.Background()
+	w.user(7, "u7", "ada@example.com")
+	w.crm.set(contact(7, "ada@example.com", vip))
+	w.webhook(7, domain.ActionUpdateTags, nil)
+	if out, _, err := w.proc.Next(ctx, 7); err != nil || out.Status != StatusProcessed {
+		t.Fatalf("%+v %v", out, err)
+	}
+	w.crm.set(contact(8, "ada@example.com", vip))
+	w.webhook(8, domain.ActionAdd, nil)
+	if out, _, err := w.proc.Next(ctx, 8); err != nil || out.Status != StatusProcessed || w.state(7).User != nil {
+		t.Fatalf("link to 8: %+v %v, 7 has %+v", out, err, w.state(7).User)
+	}
+	// When contact 7 takes it back by email
+	w.webhook(7, domain.ActionUpdate, map[string]string{"email": "ada@example.com"})
+	out, _, err := w.proc.Next(ctx, 7)
+	if err != nil || out.Status != StatusProcessed {
+		t.Fatalf("link back: %+v %v", out, err)
+	}
+	// Then its reservations follow it back, and 8 has no user
+	for _, stream := range []string{domain.EmailStream("ada@example.com"), domain.LoginStream("ada@example.com")} {
+		r, err := w.proc.readReservation(ctx, stream)
+		if err != nil || r.contact != 7 || r.userID != "u7" {
+			t.Errorf("%s held by %+v (%v), want contact 7's u7", stream, r, err)
+		}
+	}
+	if u := w.state(8).User; u != nil {
+		t.Errorf("contact 8 still has %+v", u)
+	}
+}
+
+// streamReads counts the reads of each stream.
+type streamReads struct {
+	domain.EventStore
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (s *streamReads) ReadStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
+	s.mu.Lock()
+	if s.n == nil {
+		s.n = map[string]int{}
+	}
+	s.n[stream]++
+	s.mu.Unlock()
+	return s.EventStore.ReadStream(ctx, stream)
+}
+
+func (s *streamReads) of(stream string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[stream]
+}

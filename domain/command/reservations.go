@@ -159,6 +159,32 @@ func (p *ProcessWebhook) settled(ctx context.Context, id domain.ContactID, u *do
 	return true, nil
 }
 
+// settledOnce is settled, remembered: once the user's reservations point
+// at contact id they stay there for as long as the contact's user is
+// that user with that address and login. Another contact takes them only
+// after unlinking the user from id (settleStream), or when the user no
+// longer owns them (reserve); the contact gives an address up only after
+// changing it (release). Each of those is a user event in id's stream or
+// a change of the key remembered, and either forgets it (stateCache). So
+// a webhook of a settled contact reads no reservation stream. version is
+// the version of the state u was decided on.
+func (p *ProcessWebhook) settledOnce(ctx context.Context, id domain.ContactID, u *domain.User, version uint64) (bool, error) {
+	key := settledKey(u)
+	if p.contacts.knownSettled(id, key) {
+		return true, nil
+	}
+	ok, err := p.settled(ctx, id, u)
+	if ok && err == nil {
+		p.contacts.markSettled(id, key, version)
+	}
+	return ok, err
+}
+
+// settledKey names a user with its address and login.
+func settledKey(u *domain.User) string {
+	return u.UserID + "\x00" + domain.EmailKey(u.Email) + "\x00" + strings.ToLower(strings.TrimSpace(u.Login))
+}
+
 // settle makes the user's email and login reservations point at contact id:
 // a user that moved here (UserLinked) takes them along, and the contact it
 // left loses the user. It is idempotent, so the next attempt of a webhook

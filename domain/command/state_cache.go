@@ -35,6 +35,13 @@ type cachedState struct {
 	// by its own webhook and by another contact's reservation check.
 	mu    sync.Mutex
 	state *domain.ContactState // nil until first loaded
+	// settled names the user whose reservations were found to be this
+	// contact's (settledOnce) in the state at version settledAt; it holds
+	// while no user event (created, linked, unlinked) came after it:
+	// userAt is the version of the last one folded.
+	settled   string
+	settledAt uint64
+	userAt    uint64
 }
 
 func newStateCache(size int) *stateCache {
@@ -69,6 +76,38 @@ func (c *stateCache) drop(e *cachedState) {
 	}
 }
 
+// lookup is id's entry, nil when it is not cached.
+func (c *stateCache) lookup(id domain.ContactID) *cachedState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.m[id]; ok {
+		return el.Value.(*cachedState)
+	}
+	return nil
+}
+
+// settled reports whether key is remembered for id and no user event was
+// folded after it.
+func (c *stateCache) settled(id domain.ContactID, key string) bool {
+	e := c.lookup(id)
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.settled != "" && e.settled == key && e.settledAt >= e.userAt
+}
+
+// markSettled remembers key for id as found in its state at version, if
+// id is cached.
+func (c *stateCache) markSettled(id domain.ContactID, key string, version uint64) {
+	if e := c.lookup(id); e != nil {
+		e.mu.Lock()
+		e.settled, e.settledAt = key, version
+		e.mu.Unlock()
+	}
+}
+
 // len is how many contacts are cached.
 func (c *stateCache) len() int {
 	c.mu.Lock()
@@ -89,7 +128,7 @@ func (c *stateCache) load(ctx context.Context, store domain.EventStore, id domai
 			return nil, fmt.Errorf("read %s after version %d: %w", stream, e.state.Version, err)
 		}
 		if len(recs) == 0 || recs[0].Version == e.state.Version+1 {
-			if err := fold(e.state, recs); err != nil {
+			if err := e.fold(e.state, recs); err != nil {
 				e.state = nil
 				c.drop(e)
 				return nil, err
@@ -105,7 +144,8 @@ func (c *stateCache) load(ctx context.Context, store domain.EventStore, id domai
 		return nil, fmt.Errorf("read %s: %w", stream, err)
 	}
 	s := domain.NewContactState(id)
-	if err := fold(s, recs); err != nil {
+	e.userAt = 0
+	if err := e.fold(s, recs); err != nil {
 		c.drop(e)
 		return nil, err
 	}
@@ -113,9 +153,9 @@ func (c *stateCache) load(ctx context.Context, store domain.EventStore, id domai
 	return cloneState(s), nil
 }
 
-// fold applies recs to s and drops the webhooks they closed from
-// s.Webhooks.
-func fold(s *domain.ContactState, recs []domain.RecordedEvent) error {
+// fold applies recs to s, drops the webhooks they closed from s.Webhooks
+// and notes the version of the last user event.
+func (e *cachedState) fold(s *domain.ContactState, recs []domain.RecordedEvent) error {
 	closed := false
 	for _, r := range recs {
 		env, err := domain.Decode(r)
@@ -127,6 +167,8 @@ func fold(s *domain.ContactState, recs []domain.RecordedEvent) error {
 		switch env.Event.(type) {
 		case domain.WebhookProcessed, domain.WebhookIgnored, domain.WebhookFailed:
 			closed = true
+		case domain.UserCreated, domain.UserLinked, domain.UserUnlinked:
+			e.userAt = r.Version
 		}
 	}
 	if closed {

@@ -222,7 +222,7 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 				return nil, Outcome{}, err
 			}
 		}
-		settled, err := w.p.settled(ctx, w.id, after.User)
+		settled, err := w.p.settledOnce(ctx, w.id, after.User, s.Version)
 		if err != nil {
 			return nil, Outcome{}, err
 		}

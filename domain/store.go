@@ -141,7 +141,8 @@ type AppendResult struct {
 }
 
 // EventStore is the port the domain needs from an event store: append to a
-// stream under an expected version, read a stream back in order.
+// stream under an expected version, read a stream back in order, whole or
+// from a version on.
 type EventStore interface {
 	// Append writes events to stream atomically if expected matches, and
 	// returns once they are durable. A mismatch is a *ConcurrencyError.
@@ -150,4 +151,10 @@ type EventStore interface {
 	// ReadStream returns the stream's events oldest first; a stream that
 	// does not exist yields no events and no error.
 	ReadStream(ctx context.Context, stream string) ([]RecordedEvent, error)
+	// ReadStreamFrom returns the stream's events with Version > after,
+	// oldest first: what was appended since a state folded up to version
+	// after. After the stream's last version (or a stream that does not
+	// exist) it yields no events and no error. Its cost depends on the
+	// events returned, not on the stream's length.
+	ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]RecordedEvent, error)
 }

@@ -23,6 +23,7 @@ type rawConn struct {
 	db         uintptr
 	readAll    uintptr // prepared readAllSQL
 	readStream uintptr // prepared readStreamSQL
+	readFrom   uintptr // prepared readStreamFromSQL, on first use (sqlite_read.go)
 	names      map[string]string
 	// last is the name each column gave last: events of one stream are
 	// mostly appended together, so the next row often repeats it.
@@ -91,12 +92,12 @@ func (c *rawConn) close() error {
 	if c.tls == nil {
 		return nil
 	}
-	for _, st := range []uintptr{c.readAll, c.readStream} {
+	for _, st := range []uintptr{c.readAll, c.readStream, c.readFrom} {
 		if st != 0 {
 			sqlite3.Xsqlite3_finalize(c.tls, st)
 		}
 	}
-	c.readAll, c.readStream = 0, 0
+	c.readAll, c.readStream, c.readFrom = 0, 0, 0
 	var err error
 	if c.db != 0 {
 		if rc := sqlite3.Xsqlite3_close_v2(c.tls, c.db); rc != sqlite3.SQLITE_OK {

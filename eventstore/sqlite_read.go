@@ -8,6 +8,9 @@ import (
 	"runtime"
 	"sync"
 
+	"modernc.org/libc"
+	sqlite3 "modernc.org/sqlite/lib"
+
 	"github.com/usersync/usersync/domain"
 )
 
@@ -157,4 +160,61 @@ func (s *SQLite) readStream(ctx context.Context, stream string) ([]domain.Record
 	}
 	defer func() { s.readers <- r }()
 	return r.queryStream(ctx, stream, s.head.Load())
+}
+
+// readStreamFromSQL reads a stream after a version through the
+// UNIQUE(stream, version) index: its cost is the rows it returns.
+const readStreamFromSQL = selectColumns + `WHERE stream = ? AND version > ? AND position <= ? ORDER BY version`
+
+// ReadStreamFrom returns the events of stream with Version > after, oldest
+// first; after the stream's last version it yields none and no error.
+func (s *SQLite) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	out, err := s.readStreamFrom(ctx, stream, after)
+	if err != nil {
+		return nil, s.fileErr(fmt.Sprintf("read stream %s after version %d from", stream, after), err)
+	}
+	return out, nil
+}
+
+func (s *SQLite) readStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { s.readers <- r }()
+	return r.queryStreamFrom(ctx, stream, after, s.head.Load())
+}
+
+// queryStreamFrom appends the events of stream with version > after and
+// position <= upTo to out.
+func (c *rawConn) queryStreamFrom(ctx context.Context, stream string, after, upTo uint64) ([]domain.RecordedEvent, error) {
+	if c.readFrom == 0 {
+		st, err := c.prepare(readStreamFromSQL)
+		if err != nil {
+			return nil, err
+		}
+		c.readFrom = st
+	}
+	st := c.readFrom
+	// SQLITE_TRANSIENT: SQLite copies the text before the call returns.
+	p, err := libc.CString(stream)
+	if err != nil {
+		return nil, err
+	}
+	rc := sqlite3.Xsqlite3_bind_text(c.tls, st, 1, p, int32(len(stream)), sqlite3.SQLITE_TRANSIENT)
+	libc.Xfree(c.tls, p)
+	if rc != sqlite3.SQLITE_OK {
+		return nil, c.err(rc)
+	}
+	sqlite3.Xsqlite3_bind_int64(c.tls, st, 2, int64(min(after, 1<<63-1)))
+	sqlite3.Xsqlite3_bind_int64(c.tls, st, 3, int64(min(upTo, 1<<63-1)))
+	return c.scan(ctx, st, nil)
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
+	"github.com/usersync/usersync/eventstore/keystore"
 	usershttp "github.com/usersync/usersync/http"
 )
 
@@ -52,6 +54,14 @@ type serveConfig struct {
 	DiskReserve       byteSize
 	AuthFailRate      float64
 	AuthFailBurst     int
+
+	// Processing of webhooks (issue 10): contacts at once, FunnelKit
+	// reads at once, contacts' states kept, the password hash.
+	ProcessingConcurrency int
+	FunnelKitConcurrency  int
+	ContactCache          int
+	PasswordHashCost      int
+	PasswordHashWorkers   int
 
 	// tempData is set by parseServe for --demo without --data (flag or
 	// USERSYNC_DATA): the demo then runs on a new temporary directory.
@@ -90,7 +100,12 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.RetryMax, "retry-max", 5*time.Minute, "longest retry delay")
 	fs.IntVar(&c.ReturnAttempts, "password-return-attempts", 10, "password return attempts before giving up (the password is then destroyed)")
 	fs.IntVar(&c.MailAttempts, "mail-attempts", 10, "welcome email attempts before giving up")
-	fs.IntVar(&c.Concurrency, "concurrency", 8, "contacts processed at once (webhooks of one contact are always processed in order), and the most passwords being returned to FunnelKit at once")
+	fs.IntVar(&c.Concurrency, "concurrency", 8, "the most passwords being returned to FunnelKit at once")
+	fs.IntVar(&c.ProcessingConcurrency, "processing-concurrency", 64, "contacts whose webhooks are processed at once (one contact's webhooks always in order, its queued ones decided together)")
+	fs.IntVar(&c.FunnelKitConcurrency, "funnelkit-concurrency", command.DefaultCRMConcurrency, "the most FunnelKit reads webhook processing makes at once")
+	fs.IntVar(&c.ContactCache, "contact-cache", command.DefaultContactCache, "contacts whose state is kept in memory, so that a webhook reads only the events after it")
+	fs.IntVar(&c.PasswordHashCost, "password-hash-cost", keystore.DefaultHashCost, "bcrypt cost of new users' password hashes, 4 to 31 (each step doubles the CPU of every new user)")
+	fs.IntVar(&c.PasswordHashWorkers, "password-hash-workers", 0, "password hashes made at once (0: one per CPU)")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, else json)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")
@@ -260,6 +275,16 @@ func (c *serveConfig) validate() error {
 	}
 	if c.ReturnAttempts < 1 || c.MailAttempts < 1 || c.Concurrency < 1 {
 		return errors.New("--password-return-attempts, --mail-attempts and --concurrency must be at least 1")
+	}
+	if c.ProcessingConcurrency < 1 || c.FunnelKitConcurrency < 1 || c.ContactCache < 1 {
+		return errors.New("--processing-concurrency, --funnelkit-concurrency and --contact-cache must be at least 1")
+	}
+	if c.PasswordHashCost < keystore.MinHashCost || c.PasswordHashCost > keystore.MaxHashCost {
+		return fmt.Errorf("--password-hash-cost %d must be from %d to %d (bcrypt's range; %d is the default, each step doubles the CPU of every new user)",
+			c.PasswordHashCost, keystore.MinHashCost, keystore.MaxHashCost, keystore.DefaultHashCost)
+	}
+	if c.PasswordHashWorkers < 0 {
+		return fmt.Errorf("--password-hash-workers %d must be 0 (one per CPU) or more", c.PasswordHashWorkers)
 	}
 	if c.FunnelKitTimeout <= 0 {
 		return errors.New("--funnelkit-timeout must be positive")

@@ -199,9 +199,14 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, fmt.Errorf("start pipeline: %w", err)
 	}
 
+	hasher, err := keystore.NewHasher(cfg.PasswordHashCost, cfg.PasswordHashWorkers)
+	if err != nil {
+		return nil, err
+	}
 	proc, err := command.NewProcessWebhook(command.ProcessWebhookConfig{
 		Policy: policy, Store: store, CRM: crm,
-		Secrets: keystore.Secrets{Keys: a.keys},
+		CRMConcurrency: cfg.FunnelKitConcurrency, ContactCache: cfg.ContactCache,
+		Secrets: keystore.Secrets{Keys: a.keys, Hasher: hasher},
 		NewID:   func() string { return uuid.NewString() },
 		Retry:   retry,
 	})
@@ -209,7 +214,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, err
 	}
 	a.disp, err = command.NewDispatcher(proc, command.DispatcherConfig{
-		Concurrency: cfg.Concurrency,
+		Concurrency: cfg.ProcessingConcurrency,
 		OnError: func(id domain.ContactID, err error) {
 			log.Error("processing a webhook failed; retrying", "contact_id", id, "err", err)
 		},

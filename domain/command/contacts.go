@@ -31,14 +31,14 @@ func defaultConflicts() conflicts {
 	return conflicts{backoff: domain.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond}, max: 20}
 }
 
-// update is the one load → decide → append loop: it folds stream with
-// load into a state, asks decide what to append, and appends that at the
+// update is the one load → decide → append loop: it reads the stream's
+// state with load, asks decide what to append, and appends that at the
 // state's version (versionOf, read after decide). A conflict (the stream
 // moved on, or decide returned errStale) starts again after a pause;
 // decide is called again with the new state. Nothing decided means
 // nothing appended.
 func update[S any](ctx context.Context, store domain.EventStore, c conflicts, stream string,
-	load func([]domain.RecordedEvent) (S, error), versionOf func(S) uint64,
+	load func(context.Context) (S, error), versionOf func(S) uint64,
 	decide func(S) ([]domain.Envelope, error)) (domain.AppendResult, error) {
 	for n := 1; ; n++ {
 		res, err := updateOnce(ctx, store, stream, load, versionOf, decide)
@@ -55,13 +55,9 @@ func update[S any](ctx context.Context, store domain.EventStore, c conflicts, st
 }
 
 func updateOnce[S any](ctx context.Context, store domain.EventStore, stream string,
-	load func([]domain.RecordedEvent) (S, error), versionOf func(S) uint64,
+	load func(context.Context) (S, error), versionOf func(S) uint64,
 	decide func(S) ([]domain.Envelope, error)) (domain.AppendResult, error) {
-	recs, err := store.ReadStream(ctx, stream)
-	if err != nil {
-		return domain.AppendResult{}, fmt.Errorf("read %s: %w", stream, err)
-	}
-	state, err := load(recs)
+	state, err := load(ctx)
 	if err != nil {
 		return domain.AppendResult{}, err
 	}
@@ -70,6 +66,18 @@ func updateOnce[S any](ctx context.Context, store domain.EventStore, stream stri
 		return domain.AppendResult{}, err
 	}
 	return appendAt(ctx, store, stream, versionOf(state), envs)
+}
+
+// readStream is a load for update that folds the whole stream.
+func readStream[S any](store domain.EventStore, stream string, fold func([]domain.RecordedEvent) (S, error)) func(context.Context) (S, error) {
+	return func(ctx context.Context) (S, error) {
+		recs, err := store.ReadStream(ctx, stream)
+		if err != nil {
+			var zero S
+			return zero, fmt.Errorf("read %s: %w", stream, err)
+		}
+		return fold(recs)
+	}
 }
 
 // appendAt encodes envs and appends them to stream at version.
@@ -98,24 +106,35 @@ func pause(ctx context.Context, until time.Time) bool {
 	}
 }
 
-// Contacts is the repository of contact streams.
+// Contacts is the repository of contact streams. It keeps the decided
+// state of the contacts it saw last (a bounded cache keyed by stream
+// version), so that a load reads and folds only the events appended since:
+// the cost of a webhook does not grow with the contact's history.
 type Contacts struct {
 	store     domain.EventStore
 	conflicts conflicts
+	cache     *stateCache
 }
 
-// NewContacts is the repository of the contact streams in store.
-func NewContacts(store domain.EventStore) *Contacts {
-	return &Contacts{store: store, conflicts: defaultConflicts()}
-}
+// DefaultContactCache is how many contacts' states Contacts keeps when
+// not told (about 1 KiB each for a typical user).
+const DefaultContactCache = 50_000
 
-// Load reads a contact's state.
-func (c *Contacts) Load(ctx context.Context, id domain.ContactID) (*domain.ContactState, error) {
-	recs, err := c.store.ReadStream(ctx, id.Stream())
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", id.Stream(), err)
+// NewContacts is the repository of the contact streams in store, keeping
+// the states of up to cacheSize contacts (DefaultContactCache when 0 or
+// less).
+func NewContacts(store domain.EventStore, cacheSize int) *Contacts {
+	if cacheSize <= 0 {
+		cacheSize = DefaultContactCache
 	}
-	return domain.LoadContact(id, recs)
+	return &Contacts{store: store, conflicts: defaultConflicts(), cache: newStateCache(cacheSize)}
+}
+
+// Load reads a contact's state: the cached state with the events after
+// it folded on, or the whole stream for a contact not cached. The state
+// returned is the caller's own: changing it changes nothing cached.
+func (c *Contacts) Load(ctx context.Context, id domain.ContactID) (*domain.ContactState, error) {
+	return c.cache.load(ctx, c.store, id)
 }
 
 // Update loads the contact, asks decide what to append and appends it at
@@ -125,9 +144,22 @@ func (c *Contacts) Load(ctx context.Context, id domain.ContactID) (*domain.Conta
 // pausing a little longer each time.
 func (c *Contacts) Update(ctx context.Context, id domain.ContactID, decide func(*domain.ContactState) ([]domain.Envelope, error)) (domain.AppendResult, error) {
 	return update(ctx, c.store, c.conflicts, id.Stream(),
-		func(recs []domain.RecordedEvent) (*domain.ContactState, error) { return domain.LoadContact(id, recs) },
+		func(ctx context.Context) (*domain.ContactState, error) { return c.Load(ctx, id) },
 		func(s *domain.ContactState) uint64 { return s.Version },
 		decide)
+}
+
+// knownSettled reports whether the contact's reservations were found to
+// be its user's, for the user key names, with no user event since
+// (settledOnce).
+func (c *Contacts) knownSettled(id domain.ContactID, key string) bool {
+	return c.cache.settled(id, key)
+}
+
+// markSettled remembers that the contact's reservations are its user's,
+// for the user key names, as found in its state at version.
+func (c *Contacts) markSettled(id domain.ContactID, key string, version uint64) {
+	c.cache.markSettled(id, key, version)
 }
 
 // Record appends envs to the contact's stream at s's version and applies

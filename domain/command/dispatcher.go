@@ -4,32 +4,58 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/usersync/usersync/domain"
 )
 
 // Dispatcher runs ProcessWebhook: webhooks of one contact in the order
-// received, different contacts concurrently (up to a limit). A webhook that
-// must be retried holds its contact's later webhooks back until its next
-// attempt, so per-contact order holds through failures.
+// received (its queued ones decided together where that gives the same
+// result, NextBatch), different contacts concurrently (up to a limit). A
+// webhook that must be retried holds its contact's later webhooks back
+// until its next attempt, so per-contact order holds through failures.
+//
+// No lock is held across a Submit, Notify or Await of more than one
+// contact or webhook: contacts are spread over shards, each with its own
+// lock, as are the waiters, so handlers of different contacts do not wait
+// on each other.
 type Dispatcher struct {
 	proc *ProcessWebhook
 	// onError is told about store errors; the contact is tried again
 	// after a pause.
 	onError  func(id domain.ContactID, err error)
 	errPause time.Duration
+	batch    int
 	sem      chan struct{}
 
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed atomic.Bool
+	runs   [shards]runShard
+	seed   maphash.Seed
+	waits  [shards]waitShard
+	wg     sync.WaitGroup
+}
+
+// shards is how many locks the contacts and the waiters are spread over.
+const shards = 64
+
+// runShard holds the runs and retry timers of the contacts id%shards.
+type runShard struct {
+	mu     sync.Mutex
+	active map[domain.ContactID]*run
+	timers map[domain.ContactID]*time.Timer
+	_      [64]byte // keeps shards' locks off one cache line
+}
+
+// waitShard holds the waiters of some webhook ids.
+type waitShard struct {
 	mu      sync.Mutex
-	ctx     context.Context
-	cancel  context.CancelFunc
-	closed  bool
-	active  map[domain.ContactID]*run
-	timers  map[domain.ContactID]*time.Timer
 	waiters map[string][]chan Outcome
-	wg      sync.WaitGroup
+	_       [64]byte
 }
 
 type run struct{ again bool }
@@ -38,6 +64,9 @@ type run struct{ again bool }
 type DispatcherConfig struct {
 	// Concurrency is how many contacts are processed at once (default 8).
 	Concurrency int
+	// Batch is the most webhooks of one contact decided together
+	// (default MaxBatch; 1 turns coalescing off).
+	Batch int
 	// ErrorPause is the wait before a contact whose processing hit a store
 	// error is tried again (default 1s).
 	ErrorPause time.Duration
@@ -49,6 +78,9 @@ func (c *DispatcherConfig) setDefaults() {
 	if c.Concurrency == 0 {
 		c.Concurrency = 8
 	}
+	if c.Batch == 0 {
+		c.Batch = MaxBatch
+	}
 	if c.ErrorPause == 0 {
 		c.ErrorPause = time.Second
 	}
@@ -58,6 +90,9 @@ func (c *DispatcherConfig) setDefaults() {
 func (c DispatcherConfig) Validate() error {
 	if c.Concurrency < 1 {
 		return fmt.Errorf("dispatcher: concurrency %d must be at least 1", c.Concurrency)
+	}
+	if c.Batch < 1 || c.Batch > MaxBatch {
+		return fmt.Errorf("dispatcher: batch %d must be from 1 to %d", c.Batch, MaxBatch)
 	}
 	if c.ErrorPause < 0 {
 		return fmt.Errorf("dispatcher: error pause %s must not be negative", c.ErrorPause)
@@ -75,52 +110,65 @@ func NewDispatcher(proc *ProcessWebhook, cfg DispatcherConfig) (*Dispatcher, err
 		return nil, errors.New("dispatcher: no webhook processor")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Dispatcher{
-		proc: proc, onError: cfg.OnError, errPause: cfg.ErrorPause,
-		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, cancel: cancel,
-		active: map[domain.ContactID]*run{}, timers: map[domain.ContactID]*time.Timer{}, waiters: map[string][]chan Outcome{},
-	}, nil
+	d := &Dispatcher{
+		proc: proc, onError: cfg.OnError, errPause: cfg.ErrorPause, batch: cfg.Batch,
+		sem: make(chan struct{}, cfg.Concurrency), ctx: ctx, cancel: cancel, seed: maphash.MakeSeed(),
+	}
+	for i := range d.runs {
+		d.runs[i].active = map[domain.ContactID]*run{}
+		d.runs[i].timers = map[domain.ContactID]*time.Timer{}
+		d.waits[i].waiters = map[string][]chan Outcome{}
+	}
+	return d, nil
 }
 
 // ErrClosed is returned by Submit after Close.
 var ErrClosed = errors.New("dispatcher is shutting down")
+
+func (d *Dispatcher) runShard(id domain.ContactID) *runShard { return &d.runs[uint64(id)%shards] }
+
+func (d *Dispatcher) waitShard(webhookID string) *waitShard {
+	return &d.waits[maphash.String(d.seed, webhookID)%shards]
+}
 
 // Await returns a channel that receives webhookID's outcome (retrying
 // included) once. Call it before the webhook is recorded, so that an
 // outcome delivered right after the record is not missed.
 func (d *Dispatcher) Await(webhookID string) <-chan Outcome {
 	ch := make(chan Outcome, 1)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.waiters[webhookID] = append(d.waiters[webhookID], ch)
+	sh := d.waitShard(webhookID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.waiters[webhookID] = append(sh.waiters[webhookID], ch)
 	return ch
 }
 
 // Submit asks for the contact's open webhooks to be processed.
 func (d *Dispatcher) Submit(id domain.ContactID) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	sh := d.runShard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	// Read under the shard's lock: Close takes every shard's lock after
+	// setting closed, so a Submit that saw it open has started its run
+	// (wg.Add) before Close waits for the runs.
+	if d.closed.Load() {
 		return ErrClosed
 	}
-	d.notifyLocked(id)
+	d.notifyLocked(sh, id)
 	return nil
 }
 
 // Notify asks for the contact's open webhooks to be processed.
 func (d *Dispatcher) Notify(id domain.ContactID) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.closed {
-		d.notifyLocked(id)
-	}
+	_ = d.Submit(id)
 }
 
 // Forget drops the waiters of a webhook whose answer is no longer awaited.
 func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ws := d.waiters[webhookID]
+	sh := d.waitShard(webhookID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ws := sh.waiters[webhookID]
 	for i, w := range ws {
 		if w == ch {
 			ws = append(ws[:i], ws[i+1:]...)
@@ -128,22 +176,22 @@ func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
 		}
 	}
 	if len(ws) == 0 {
-		delete(d.waiters, webhookID)
+		delete(sh.waiters, webhookID)
 	} else {
-		d.waiters[webhookID] = ws
+		sh.waiters[webhookID] = ws
 	}
 }
 
-func (d *Dispatcher) notifyLocked(id domain.ContactID) {
-	if r, ok := d.active[id]; ok {
+func (d *Dispatcher) notifyLocked(sh *runShard, id domain.ContactID) {
+	if r, ok := sh.active[id]; ok {
 		r.again = true
 		return
 	}
-	if _, scheduled := d.timers[id]; scheduled {
+	if _, scheduled := sh.timers[id]; scheduled {
 		// A retry is scheduled: the contact waits for it, in order.
 		return
 	}
-	d.active[id] = &run{}
+	sh.active[id] = &run{}
 	d.wg.Add(1)
 	go d.work(id)
 }
@@ -157,16 +205,14 @@ func (d *Dispatcher) work(id domain.ContactID) {
 		return
 	}
 	defer func() { <-d.sem }()
+	sh := d.runShard(id)
 	for {
-		d.mu.Lock()
-		closed := d.closed
-		d.mu.Unlock()
-		if closed {
+		if d.closed.Load() {
 			// Shutting down: what is left stays recorded for the next start.
 			d.finish(id, 0)
 			return
 		}
-		out, ok, err := d.proc.Next(d.ctx, id)
+		outs, err := d.proc.NextBatch(d.ctx, id, d.batch)
 		if err != nil {
 			if d.ctx.Err() == nil && d.onError != nil {
 				d.onError(id, err)
@@ -174,50 +220,55 @@ func (d *Dispatcher) work(id domain.ContactID) {
 			d.finish(id, d.errPause)
 			return
 		}
-		if ok {
-			d.deliver(out)
-			if out.Status == StatusRetrying {
-				d.finish(id, max(time.Until(out.RetryAt), time.Millisecond))
+		if len(outs) > 0 {
+			for _, out := range outs {
+				d.deliver(out)
+			}
+			if last := outs[len(outs)-1]; last.Status == StatusRetrying {
+				d.finish(id, max(time.Until(last.RetryAt), time.Millisecond))
 				return
 			}
 			continue
 		}
-		d.mu.Lock()
-		r := d.active[id]
-		if r.again && d.ctx.Err() == nil {
+		sh.mu.Lock()
+		r := sh.active[id]
+		if r.again && d.ctx.Err() == nil && !d.closed.Load() {
 			r.again = false
-			d.mu.Unlock()
+			sh.mu.Unlock()
 			continue
 		}
-		delete(d.active, id)
-		d.mu.Unlock()
+		delete(sh.active, id)
+		sh.mu.Unlock()
 		return
 	}
 }
 
 // finish ends a contact's run; after > 0 schedules the next one.
 func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.active, id)
-	if after <= 0 || d.closed {
+	sh := d.runShard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	delete(sh.active, id)
+	if after <= 0 || d.closed.Load() {
 		return
 	}
-	d.timers[id] = time.AfterFunc(after, func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		delete(d.timers, id)
-		if !d.closed {
-			d.notifyLocked(id)
+	sh.timers[id] = time.AfterFunc(after, func() {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		delete(sh.timers, id)
+		if !d.closed.Load() {
+			d.notifyLocked(sh, id)
 		}
 	})
 }
 
+// deliver hands out to its waiters, each once.
 func (d *Dispatcher) deliver(out Outcome) {
-	d.mu.Lock()
-	ws := d.waiters[out.WebhookID]
-	delete(d.waiters, out.WebhookID)
-	d.mu.Unlock()
+	sh := d.waitShard(out.WebhookID)
+	sh.mu.Lock()
+	ws := sh.waiters[out.WebhookID]
+	delete(sh.waiters, out.WebhookID)
+	sh.mu.Unlock()
 	for _, w := range ws {
 		w <- out
 	}
@@ -227,21 +278,22 @@ func (d *Dispatcher) deliver(out Outcome) {
 // ctx is done, then cancels them), and stops the retry timers. Open
 // webhooks stay recorded and are processed at the next start.
 func (d *Dispatcher) Close(ctx context.Context) error {
-	d.mu.Lock()
-	d.closed = true
-	for id, t := range d.timers {
-		t.Stop()
-		delete(d.timers, id)
-	}
-	d.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		// Runs stop after their current webhook: no new ones start.
-		d.mu.Lock()
-		for _, r := range d.active {
+	d.closed.Store(true)
+	for i := range d.runs {
+		sh := &d.runs[i]
+		sh.mu.Lock()
+		for id, t := range sh.timers {
+			t.Stop()
+			delete(sh.timers, id)
+		}
+		// Runs stop after their current batch: no new ones start.
+		for _, r := range sh.active {
 			r.again = false
 		}
-		d.mu.Unlock()
+		sh.mu.Unlock()
+	}
+	done := make(chan struct{})
+	go func() {
 		d.wg.Wait()
 		close(done)
 	}()

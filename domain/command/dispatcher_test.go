@@ -142,7 +142,9 @@ func TestDispatcher_Close_FinishesTheWebhookInProgressAndRefusesNewWork(t *testi
 	w.crm.set(contact(7, "ada@example.com"))
 	crm := &blockingCRM{fakeCRM: w.crm, entered: make(chan struct{}), release: make(chan struct{})}
 	w.proc.crm = crm
-	d := newDispatcher(t, w, DispatcherConfig{})
+	// One webhook at a time: with batches the queued update would be
+	// decided with the add (TestCoalescing_*).
+	d := newDispatcher(t, w, DispatcherConfig{Batch: 1})
 	wh := w.webhook(7, domain.ActionAdd, nil)
 	queued := w.webhook(7, domain.ActionUpdate, nil)
 	ch := d.Await(wh)
@@ -152,11 +154,7 @@ func TestDispatcher_Close_FinishesTheWebhookInProgressAndRefusesNewWork(t *testi
 	<-crm.entered
 	closed := make(chan error, 1)
 	go func() { closed <- d.Close(context.Background()) }()
-	eventually(t, "Close to stop taking work", func() bool {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return d.closed
-	})
+	eventually(t, "Close to stop taking work", d.closed.Load)
 	// Close waits for the webhook in progress.
 	select {
 	case err := <-closed:
@@ -205,7 +203,7 @@ func TestDispatcher_StoreError_IsReportedAndTriedAgain(t *testing.T) {
 	w := newWorld(t, testPolicy())
 	w.crm.set(contact(7, "ada@example.com"))
 	store := &flakyStore{EventStore: w.store, fails: 1}
-	w.proc.store, w.proc.contacts = store, NewContacts(store)
+	w.proc.store, w.proc.contacts = store, NewContacts(store, 0)
 	errs := make(chan error, 10)
 	d := newDispatcher(t, w, DispatcherConfig{ErrorPause: time.Millisecond, OnError: func(id domain.ContactID, err error) { errs <- err }})
 	wh := w.webhook(7, domain.ActionAdd, nil)
@@ -226,16 +224,17 @@ func TestDispatcher_Forget_DropsTheWaiter(t *testing.T) {
 	d := newDispatcher(t, w, DispatcherConfig{})
 	a, b := d.Await("wh"), d.Await("wh")
 	d.Forget("wh", a)
-	d.mu.Lock()
-	n := len(d.waiters["wh"])
-	d.mu.Unlock()
+	sh := d.waitShard("wh")
+	sh.mu.Lock()
+	n := len(sh.waiters["wh"])
+	sh.mu.Unlock()
 	if n != 1 {
 		t.Fatalf("%d waiters left, want 1", n)
 	}
 	d.Forget("wh", b)
-	d.mu.Lock()
-	_, left := d.waiters["wh"]
-	d.mu.Unlock()
+	sh.mu.Lock()
+	_, left := sh.waiters["wh"]
+	sh.mu.Unlock()
 	if left {
 		t.Error("the webhook's waiters were not dropped")
 	}
@@ -243,7 +242,7 @@ func TestDispatcher_Forget_DropsTheWaiter(t *testing.T) {
 
 func TestNewDispatcher_RefusesABadConfig(t *testing.T) {
 	w := newWorld(t, testPolicy())
-	for _, cfg := range []DispatcherConfig{{Concurrency: -1}, {ErrorPause: -time.Second}} {
+	for _, cfg := range []DispatcherConfig{{Concurrency: -1}, {ErrorPause: -time.Second}, {Batch: -1}, {Batch: MaxBatch + 1}} {
 		if _, err := NewDispatcher(w.proc, cfg); err == nil {
 			t.Errorf("NewDispatcher(%+v) accepted it", cfg)
 		}
@@ -261,12 +260,102 @@ type flakyStore struct {
 }
 
 func (s *flakyStore) ReadStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
-	s.mu.Lock()
-	fail := s.fails > 0
-	s.fails--
-	s.mu.Unlock()
-	if fail {
+	if s.fail() {
 		return nil, errBoom
 	}
 	return s.EventStore.ReadStream(ctx, stream)
+}
+
+func (s *flakyStore) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if s.fail() {
+		return nil, errBoom
+	}
+	return s.EventStore.ReadStreamFrom(ctx, stream, after)
+}
+
+func (s *flakyStore) fail() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fails--
+	return s.fails >= 0
+}
+
+func TestDispatcher_ConcurrentSubmits_KeepEachContactsOrderAndDeliverEachOutcomeOnce(t *testing.T) {
+	// Given 16 handlers, each recording and submitting webhooks of its own
+	// contacts, the contacts shared between pairs of handlers
+	w := newWorld(t, testPolicy())
+	w.crm.tags = []domain.Tag{vip, trial}
+	const contacts, handlers, perHandler = 8, 16, 20
+	for id := domain.ContactID(1); id <= contacts; id++ {
+		w.crm.set(contact(id, "c"+id.String()+"@example.com", vip))
+		w.user(id, "u"+id.String(), "c"+id.String()+"@example.com")
+	}
+	d := newDispatcher(t, w, DispatcherConfig{Concurrency: 4})
+	type sent struct {
+		wh string
+		ch <-chan Outcome
+	}
+	var mu sync.Mutex
+	var all []sent
+	var wg sync.WaitGroup
+	for h := range handlers {
+		wg.Go(func() {
+			for i := range perHandler {
+				id := domain.ContactID(h%contacts + 1)
+				wh := "h" + domain.ContactID(h).String() + "-" + domain.ContactID(i).String()
+				ch := d.Await(wh)
+				tags := "1"
+				if i%2 == 0 {
+					tags = "1,2"
+				}
+				// Recorded as the http port does: the event, then Submit.
+				raw, err := domain.Encode(domain.Envelope{Event: domain.WebhookReceived{WebhookID: wh, Action: domain.ActionUpdateTags, ContactID: id.String(), Params: map[string]string{"tags": tags}}, OccurredAt: t0, WebhookID: wh})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := w.store.Append(context.Background(), id.Stream(), domain.AnyVersion(), raw); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := d.Submit(id); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				all = append(all, sent{wh, ch})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	// Then every waiter gets its webhook's outcome, once
+	for _, s := range all {
+		out := await(t, s.ch)
+		if out.WebhookID != s.wh || out.Status != StatusProcessed {
+			t.Fatalf("waiter of %s got %+v", s.wh, out)
+		}
+	}
+	for _, s := range all {
+		select {
+		case out := <-s.ch:
+			t.Fatalf("waiter of %s got a second outcome %+v", s.wh, out)
+		default:
+		}
+	}
+	// and each contact's webhooks were closed in the order recorded
+	for id := domain.ContactID(1); id <= contacts; id++ {
+		var received, closed []string
+		for _, e := range w.events(id.Stream(), 0) {
+			switch e := e.(type) {
+			case domain.WebhookReceived:
+				received = append(received, e.WebhookID)
+			case domain.WebhookProcessed:
+				closed = append(closed, e.WebhookID)
+			}
+		}
+		if strings.Join(received, ",") != strings.Join(closed, ",") {
+			t.Errorf("contact %d: received %v, closed %v", id, received, closed)
+		}
+	}
 }

@@ -105,8 +105,11 @@ func (f *fakeSecrets) Shred(_ context.Context, keyID string) error {
 
 // world is one test's store, CRM, secrets and use case.
 type world struct {
-	t       *testing.T
-	store   *memory.Store
+	t     *testing.T
+	store *memory.Store
+	// log is where given, length and events read and write: store,
+	// unless a test puts the world on another one.
+	log     domain.EventStore
 	crm     *fakeCRM
 	secrets *fakeSecrets
 	proc    *ProcessWebhook
@@ -142,7 +145,8 @@ func testPolicy() domain.Policy {
 
 func newWorld(t *testing.T, policy domain.Policy) *world {
 	t.Helper()
-	w := &world{t: t, store: memory.New(), now: t0,
+	mem := memory.New()
+	w := &world{t: t, store: mem, log: mem, now: t0,
 		crm:     &fakeCRM{contacts: map[domain.ContactID]domain.CRMContact{}},
 		secrets: &fakeSecrets{keys: map[string]string{}}}
 	t.Cleanup(func() { _ = w.store.Close() })
@@ -180,7 +184,7 @@ func (w *world) given(stream string, events ...domain.Event) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	if _, err := w.store.Append(context.Background(), stream, domain.AnyVersion(), raw...); err != nil {
+	if _, err := w.log.Append(context.Background(), stream, domain.AnyVersion(), raw...); err != nil {
 		w.t.Fatal(err)
 	}
 }
@@ -210,7 +214,7 @@ func (w *world) user(id domain.ContactID, userID, email string, tags ...domain.T
 // length is how many events stream has.
 func (w *world) length(stream string) int {
 	w.t.Helper()
-	recs, err := w.store.ReadStream(context.Background(), stream)
+	recs, err := w.log.ReadStream(context.Background(), stream)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -220,7 +224,7 @@ func (w *world) length(stream string) int {
 // events decodes stream from event number from+1 on.
 func (w *world) events(stream string, from int) []domain.Event {
 	w.t.Helper()
-	recs, err := w.store.ReadStream(context.Background(), stream)
+	recs, err := w.log.ReadStream(context.Background(), stream)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -309,4 +313,11 @@ func (s failingStore) ReadStream(ctx context.Context, stream string) ([]domain.R
 		return nil, errBoom
 	}
 	return s.EventStore.ReadStream(ctx, stream)
+}
+
+func (s failingStore) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if stream == s.stream {
+		return nil, errBoom
+	}
+	return s.EventStore.ReadStreamFrom(ctx, stream, after)
 }

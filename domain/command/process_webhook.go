@@ -44,6 +44,13 @@ type ProcessWebhookConfig struct {
 	// Retry is the schedule of a webhook waiting for the CRM (default
 	// 500 ms doubling up to 5 minutes, as --retry-initial/--retry-max).
 	Retry domain.Backoff
+	// CRMConcurrency is the most CRM reads in flight at once, over all
+	// contacts (default DefaultCRMConcurrency).
+	CRMConcurrency int
+	// ContactCache is how many contacts' decided states are kept, so that
+	// a webhook reads only the events after its contact's cached state
+	// (default DefaultContactCache).
+	ContactCache int
 	// Rand draws the jitter of each retry (domain.Backoff.Jittered), a
 	// number in [0, 1) (default math/rand/v2's Float64). A constant makes
 	// the schedule exact, as tests want.
@@ -56,6 +63,12 @@ func (c *ProcessWebhookConfig) setDefaults() {
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Float64
+	}
+	if c.CRMConcurrency == 0 {
+		c.CRMConcurrency = DefaultCRMConcurrency
+	}
+	if c.ContactCache == 0 {
+		c.ContactCache = DefaultContactCache
 	}
 	if c.Retry == (domain.Backoff{}) {
 		c.Retry = domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute}
@@ -80,6 +93,12 @@ func (c ProcessWebhookConfig) Validate() error {
 	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
 		errs = append(errs, fmt.Errorf("retry: initial %s must be positive and at most max %s", c.Retry.Initial, c.Retry.Max))
 	}
+	if c.CRMConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("CRM concurrency %d must be at least 1", c.CRMConcurrency))
+	}
+	if c.ContactCache < 1 {
+		errs = append(errs, fmt.Errorf("contact cache %d must be at least 1 contact", c.ContactCache))
+	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -96,7 +115,7 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 		return nil, err
 	}
 	return &ProcessWebhook{
-		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store), crm: cfg.CRM, secrets: cfg.Secrets,
+		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store, cfg.ContactCache), crm: limitCRM(cfg.CRM, cfg.CRMConcurrency), secrets: cfg.Secrets,
 		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, rand: cfg.Rand, conflicts: defaultConflicts(),
 	}, nil
 }
@@ -105,30 +124,55 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 // the contact has none. A store error is returned as err; the webhook
 // stays open and the caller tries again later.
 func (p *ProcessWebhook) Next(ctx context.Context, id domain.ContactID) (out Outcome, ok bool, err error) {
+	outs, err := p.NextBatch(ctx, id, 1)
+	if err != nil || len(outs) == 0 {
+		return Outcome{}, false, err
+	}
+	return outs[0], true, nil
+}
+
+// MaxBatch is the most webhooks of one contact NextBatch decides together.
+const MaxBatch = 64
+
+// NextBatch processes the oldest open webhooks of a contact, up to limit
+// of them (MaxBatch when 0 or less): the oldest as Next does, and the ones
+// queued after it that a decision on the same FunnelKit answer settles
+// without touching another stream (coalesce.go), all appended at once.
+// Each keeps its own outcome event; outs has their outcomes in order
+// (empty when none is open). A store error is returned as err; the
+// webhooks stay open and the caller tries again later.
+func (p *ProcessWebhook) NextBatch(ctx context.Context, id domain.ContactID, limit int) (outs []Outcome, err error) {
+	if limit <= 0 {
+		limit = MaxBatch
+	}
 	w := &work{p: p, id: id}
 	defer w.cleanup(ctx)
 	defer w.releaseClaims()
 	res, err := p.contacts.Update(ctx, id, func(s *domain.ContactState) ([]domain.Envelope, error) {
 		w.releaseClaims()
-		envs, o, err := w.decide(ctx, s)
+		envs, o, err := w.decideBatch(ctx, s, limit)
 		if err != nil {
 			// Let the others have what this attempt holds while it waits.
 			w.releaseClaims()
 		}
-		out, ok = o, o.WebhookID != ""
+		outs = o
 		return envs, err
 	})
 	if err != nil {
-		return Outcome{}, false, fmt.Errorf("process contact %d: %w", id, err)
+		return nil, fmt.Errorf("process contact %d: %w", id, err)
 	}
 	if res.Position != 0 {
 		w.used = true
-		out.Position = res.Position
+		for i := range outs {
+			// The position of the batch's last event: each outcome is
+			// visible to a view that reached it.
+			outs[i].Position = res.Position
+		}
 		if w.releaseEmail != "" {
-			p.release(ctx, out.WebhookID, id, w.releaseEmail)
+			p.release(ctx, outs[0].WebhookID, id, w.releaseEmail)
 		}
 	}
-	return out, ok, nil
+	return outs, nil
 }
 
 // work is one Next call: what it read from the CRM and the password it

@@ -435,7 +435,7 @@ func TestProcessWebhook_AnotherWriterWins_DecidesAgainWithoutReadingTheCRMAgain(
 	w.crm.set(contact(7, "ada@example.com"))
 	w.webhook(7, domain.ActionAdd, nil)
 	racing := &conflictingStore{EventStore: w.store, stream: domain.ContactID(7).Stream(), n: 2}
-	w.proc.store, w.proc.contacts = racing, NewContacts(racing)
+	w.proc.store, w.proc.contacts = racing, NewContacts(racing, 0)
 
 	out, _, err := w.proc.Next(context.Background(), 7)
 
@@ -460,7 +460,7 @@ func TestProcessWebhook_OthersAlwaysWin_GivesUpAndKeepsTheWebhookOpen(t *testing
 	w.crm.set(contact(7, "ada@example.com", vip))
 	w.webhook(7, domain.ActionUpdateTags, nil)
 	racing := &conflictingStore{EventStore: w.store, stream: domain.ContactID(7).Stream(), n: 1000}
-	w.proc.store, w.proc.contacts = racing, NewContacts(racing)
+	w.proc.store, w.proc.contacts = racing, NewContacts(racing, 0)
 	w.proc.contacts.conflicts.backoff = domain.Backoff{Initial: time.Microsecond, Max: time.Microsecond}
 
 	_, ok, err := w.proc.Next(context.Background(), 7)
@@ -538,5 +538,12 @@ func TestNewProcessWebhook_RefusesAnIncompleteConfig(t *testing.T) {
 		NewID: func() string { return "x" }, Retry: domain.Backoff{Initial: time.Minute, Max: time.Second}})
 	if err == nil || !strings.Contains(err.Error(), "retry") {
 		t.Errorf("error %v, want the retry schedule refused", err)
+	}
+	_, err = NewProcessWebhook(ProcessWebhookConfig{Policy: testPolicy(), Store: newWorld(t, testPolicy()).store, CRM: &fakeCRM{}, Secrets: &fakeSecrets{},
+		NewID: func() string { return "x" }, CRMConcurrency: -1, ContactCache: -1})
+	for _, want := range []string{"CRM concurrency -1 must be at least 1", "contact cache -1 must be at least 1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
 	}
 }

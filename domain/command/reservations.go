@@ -49,16 +49,12 @@ func loadReservation(recs []domain.RecordedEvent) (reservation, error) {
 func reservationVersion(r reservation) uint64 { return r.version }
 
 func (p *ProcessWebhook) readReservation(ctx context.Context, stream string) (reservation, error) {
-	recs, err := p.store.ReadStream(ctx, stream)
-	if err != nil {
-		return reservation{}, fmt.Errorf("read %s: %w", stream, err)
-	}
-	return loadReservation(recs)
+	return readStream(p.store, stream, loadReservation)(ctx)
 }
 
 // updateReservation is the update loop over a reservation stream.
 func (p *ProcessWebhook) updateReservation(ctx context.Context, stream string, decide func(reservation) ([]domain.Envelope, error)) error {
-	_, err := update(ctx, p.store, p.conflicts, stream, loadReservation, reservationVersion, decide)
+	_, err := update(ctx, p.store, p.conflicts, stream, readStream(p.store, stream, loadReservation), reservationVersion, decide)
 	return err
 }
 
@@ -161,6 +157,32 @@ func (p *ProcessWebhook) settled(ctx context.Context, id domain.ContactID, u *do
 		}
 	}
 	return true, nil
+}
+
+// settledOnce is settled, remembered: once the user's reservations point
+// at contact id they stay there for as long as the contact's user is
+// that user with that address and login. Another contact takes them only
+// after unlinking the user from id (settleStream), or when the user no
+// longer owns them (reserve); the contact gives an address up only after
+// changing it (release). Each of those is a user event in id's stream or
+// a change of the key remembered, and either forgets it (stateCache). So
+// a webhook of a settled contact reads no reservation stream. version is
+// the version of the state u was decided on.
+func (p *ProcessWebhook) settledOnce(ctx context.Context, id domain.ContactID, u *domain.User, version uint64) (bool, error) {
+	key := settledKey(u)
+	if p.contacts.knownSettled(id, key) {
+		return true, nil
+	}
+	ok, err := p.settled(ctx, id, u)
+	if ok && err == nil {
+		p.contacts.markSettled(id, key, version)
+	}
+	return ok, err
+}
+
+// settledKey names a user with its address and login.
+func settledKey(u *domain.User) string {
+	return u.UserID + "\x00" + domain.EmailKey(u.Email) + "\x00" + strings.ToLower(strings.TrimSpace(u.Login))
 }
 
 // settle makes the user's email and login reservations point at contact id:

@@ -3,6 +3,7 @@ package command
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/usersync/usersync/domain"
@@ -196,6 +197,7 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 	// Apply the decision to a copy of the state to see the user after it.
 	after := *s
 	after.Webhooks = map[string]bool{}
+	after.Pending = slices.Clone(s.Pending)
 	if s.User != nil {
 		after.User = cloneUser(s.User)
 	}
@@ -220,7 +222,7 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 				return nil, Outcome{}, err
 			}
 		}
-		settled, err := w.p.settled(ctx, w.id, after.User)
+		settled, err := w.p.settledOnce(ctx, w.id, after.User, s.Version)
 		if err != nil {
 			return nil, Outcome{}, err
 		}
@@ -244,14 +246,5 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		}
 	}
 	envs = append(envs, w.p.envelope(pw.WebhookID, outcome))
-	out := Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Err: cause}
-	switch o := outcome.(type) {
-	case domain.WebhookProcessed:
-		out.Status, out.Message, out.UserID = StatusProcessed, o.Message, o.UserID
-	case domain.WebhookIgnored:
-		out.Status, out.Message = StatusIgnored, o.Reason
-	case domain.WebhookFailed:
-		out.Status, out.Message = StatusFailed, o.Reason
-	}
-	return envs, out, nil
+	return envs, outcomeOf(pw, w.id, outcome, cause), nil
 }

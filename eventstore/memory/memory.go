@@ -105,6 +105,30 @@ func (s *Store) ReadStream(ctx context.Context, stream string) ([]domain.Recorde
 	return out, nil
 }
 
+// ReadStreamFrom returns the events of stream with Version > after,
+// oldest first.
+func (s *Store) ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("read stream %s after version %d: %w", stream, after, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("read stream %s after version %d: %w", stream, after, eventstore.ErrClosed)
+	}
+	idx := s.streams[stream]
+	if after >= uint64(len(idx)) {
+		return nil, nil
+	}
+	// Versions are dense: idx[v-1] is version v.
+	idx = idx[after:]
+	out := make([]domain.RecordedEvent, len(idx))
+	for i, j := range idx {
+		out[i] = copyEvent(s.log[j])
+	}
+	return out, nil
+}
+
 // ReadAll returns at most limit events with Position > after, oldest
 // first. limit must be positive.
 func (s *Store) ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error) {

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	nethttp "net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// drainWorkers is how many receipts are looked up at once while draining.
+const drainWorkers = 8
+
+// drainStopAfter ends a round of look-ups once this many webhooks were
+// found still in progress: the rest are most likely too.
+const drainStopAfter = 2 * drainWorkers
+
+// errAdminToken is a drain refused by usersync's API.
+var errAdminToken = errors.New("usersync refused the admin token (401): give the right --admin-token to follow processing")
+
+// drainResult is what following the queued webhooks found.
+type drainResult struct {
+	// Final counts the webhooks that reached a final status, by status.
+	Final map[string]uint64
+	// Unfinished is how many were still queued or retrying at the end.
+	Unfinished int
+	// LastFinal is when the last one was seen final.
+	LastFinal time.Time
+	// Lookups counts the receipts read; LookupErrors those that failed.
+	Lookups, LookupErrors uint64
+	TimedOut              bool
+	Err                   error
+}
+
+// finalStatus tells whether a receipt's status is one processing ends in.
+func finalStatus(s string) bool { return s == "processed" || s == "ignored" || s == "failed" }
+
+// drainer follows webhooks through GET /api/webhooks/{id} until each has
+// a final status.
+type drainer struct {
+	client   *nethttp.Client
+	base     *url.URL
+	token    string
+	interval time.Duration
+	// progress, when set, is told how many of the total are final.
+	progress func(final, total int)
+}
+
+// drain looks the ids up in the order they were sent, in rounds: a round
+// reads receipts from the oldest unfinished one on, drainWorkers at a
+// time, and stops after drainStopAfter unfinished ones; between rounds
+// that found work still going on it waits the poll interval. So the reads
+// follow processing (about one per webhook, plus a few per interval)
+// instead of sweeping every id again and again.
+func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration) drainResult {
+	res := drainResult{Final: map[string]uint64{}, LastFinal: time.Now()}
+	pending := append([]string(nil), ids...)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var lookups, lookupErrors atomic.Uint64
+	total := len(pending)
+	for len(pending) > 0 {
+		statuses := make([]string, len(pending))
+		var next, unfinished atomic.Int64
+		var fatal atomic.Pointer[error]
+		var wg sync.WaitGroup
+		for range min(drainWorkers, len(pending)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for unfinished.Load() < drainStopAfter && ctx.Err() == nil && fatal.Load() == nil {
+					i := int(next.Add(1) - 1)
+					if i >= len(pending) {
+						return
+					}
+					lookups.Add(1)
+					st, err := d.status(ctx, pending[i])
+					switch {
+					case errors.Is(err, errAdminToken):
+						fatal.Store(&err)
+						return
+					case err != nil:
+						lookupErrors.Add(1)
+						unfinished.Add(1)
+					case finalStatus(st):
+						statuses[i] = st
+					default:
+						unfinished.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		kept := pending[:0]
+		done := 0
+		for i, id := range pending {
+			if statuses[i] != "" {
+				res.Final[statuses[i]]++
+				done++
+				continue
+			}
+			kept = append(kept, id)
+		}
+		pending = kept
+		if done > 0 {
+			res.LastFinal = time.Now()
+		}
+		if d.progress != nil {
+			d.progress(total-len(pending), total)
+		}
+		if p := fatal.Load(); p != nil {
+			res.Err = *p
+			break
+		}
+		if len(pending) == 0 || ctx.Err() != nil {
+			break
+		}
+		t := time.NewTimer(d.interval)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	res.Unfinished = len(pending)
+	res.TimedOut = len(pending) > 0 && res.Err == nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
+	res.Lookups, res.LookupErrors = lookups.Load(), lookupErrors.Load()
+	return res
+}
+
+// status is the status of webhook id's receipt; "" while usersync has
+// none yet (404: its views are behind).
+func (d *drainer) status(ctx context.Context, id string) (string, error) {
+	u := *d.base
+	u.Path = "/api/webhooks/" + url.PathEscape(id)
+	u.RawQuery = ""
+	req, err := nethttp.NewRequestWithContext(ctx, nethttp.MethodGet, u.String(), nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+d.token)
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return "", err
+	}
+	switch resp.StatusCode {
+	case nethttp.StatusOK:
+	case nethttp.StatusNotFound:
+		return "", nil
+	case nethttp.StatusUnauthorized:
+		return "", errAdminToken
+	default:
+		return "", fmt.Errorf("GET /api/webhooks/{id}: %s", resp.Status)
+	}
+	var receipt struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(body, &receipt); err != nil {
+		return "", fmt.Errorf("GET /api/webhooks/{id}: not a receipt: %w", err)
+	}
+	return receipt.Status, nil
+}

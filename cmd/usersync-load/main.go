@@ -8,6 +8,7 @@
 //
 //	usersync-load [flags]                 send webhooks (see --help)
 //	usersync-load seed --data DIR [flags] write users and their history into DIR/events.db
+//	usersync-load trivial [--addr A]      serve a trivial handler, the intake ratio's yardstick
 package main
 
 import (
@@ -26,6 +27,7 @@ Usage:
   usersync-load [flags]                   send webhooks and report (usersync-load --help)
   usersync-load seed --data DIR [flags]   write users and their webhook history into DIR/events.db
                                           (usersync-load seed --help)
+  usersync-load trivial [--addr ADDR]     serve a trivial net/http handler to compare usersync's intake with
 `
 
 func main() {
@@ -43,6 +45,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) > 0 && args[0] == "seed":
 		err = seedCmd(ctx, args[1:], stdout, stderr)
+	case len(args) > 0 && args[0] == "trivial":
+		err = trivialCmd(ctx, args[1:], stdout, stderr)
 	case len(args) > 0 && (args[0] == "help" || args[0] == "-h" && len(args) == 1):
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -133,11 +133,11 @@ func (s skew) String() string {
 // picker draws contacts for one connection; seq uses the request's index
 // so that all connections together go through the contacts in turn.
 type picker struct {
-	skew      skew
-	first, n  uint64
-	hot       uint64
-	zipf      *rand.Zipf
-	r         *rand.Rand
+	skew     skew
+	first, n uint64
+	hot      uint64
+	zipf     *rand.Zipf
+	r        *rand.Rand
 }
 
 func newPicker(s skew, first, n int, r *rand.Rand) *picker {

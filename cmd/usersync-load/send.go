@@ -142,6 +142,11 @@ func (s *sender) run(ctx context.Context) sendResult {
 			pick := newPicker(cfg.Skew, cfg.FirstContact, cfg.Contacts, r)
 			timer := time.NewTimer(time.Hour)
 			timer.Stop()
+			var conn *rawConn
+			if s.base.Scheme == "http" {
+				conn = &rawConn{addr: hostPort(s.base), host: s.base.Host, allowRemote: cfg.AllowRemote, timeout: cfg.Timeout}
+				defer conn.close()
+			}
 			for ctx.Err() == nil {
 				i := next.Add(1) - 1
 				if cfg.Requests > 0 && i >= uint64(cfg.Requests) {
@@ -163,7 +168,7 @@ func (s *sender) run(ctx context.Context) sendResult {
 					case <-timer.C:
 					}
 				}
-				s.send(ctx, st, r, pick, i, intended)
+				s.send(ctx, st, conn, r, pick, i, intended)
 			}
 			mu.Lock()
 			all.merge(st)
@@ -182,31 +187,27 @@ type webhookAnswer struct {
 	Status    string `json:"status"`
 }
 
-// send sends request i and records what came back.
-func (s *sender) send(ctx context.Context, st *connStats, r *rand.Rand, pick *picker, i uint64, intended time.Time) {
+// send sends request i and records what came back. conn is the
+// connection's raw client (nil for https, which goes through net/http).
+func (s *sender) send(ctx context.Context, st *connStats, conn *rawConn, r *rand.Rand, pick *picker, i uint64, intended time.Time) {
 	contact := pick.pick(i)
 	action := s.cfg.Mix.pick(r)
 	st.actions[action]++
 	if action != "add" && s.beforeUpdate != nil {
 		s.beforeUpdate(contact, i)
 	}
-	req, err := s.request(ctx, i, action, contact)
-	if err != nil {
-		st.errors["build request: "+err.Error()]++
-		return
-	}
+	method, target, contentType, body := s.payload(i, action, contact)
 	s.sent.Add(1)
 	s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
 	t0 := time.Now()
-	resp, err := s.client.Do(req)
-	if err != nil {
-		s.failed.Add(1)
-		st.errors[errorKind(err)]++
-		return
+	var a answer
+	var err error
+	if conn != nil {
+		a, err = conn.do(ctx, method, target, contentType, body)
+	} else {
+		a, err = s.viaNetHTTP(ctx, method, target, contentType, body)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
 	end := time.Now()
 	if err != nil {
 		s.failed.Add(1)
@@ -216,63 +217,72 @@ func (s *sender) send(ctx context.Context, st *connStats, r *rand.Rand, pick *pi
 	s.answered.Add(1)
 	st.latency.Record(end.Sub(intended))
 	st.service.Record(end.Sub(t0))
-	st.statuses[resp.StatusCode]++
-	var a webhookAnswer
-	if err := json.Unmarshal(body, &a); err != nil {
+	st.statuses[a.status]++
+	var wa webhookAnswer
+	if err := json.Unmarshal(a.body, &wa); err != nil {
 		st.answers["(not a usersync answer)"]++
 		return
 	}
-	st.answers[cmp.Or(a.Status, "(none)")]++
-	if a.Status == "queued" && a.WebhookID != "" {
-		st.queued = append(st.queued, a.WebhookID)
+	st.answers[cmp.Or(wa.Status, "(none)")]++
+	if wa.Status == "queued" && wa.WebhookID != "" {
+		st.queued = append(st.queued, wa.WebhookID)
 	}
-	if !a.Success {
-		countMessage(st.messages, truncate(a.Message, 100), 1)
+	if !wa.Success {
+		countMessage(st.messages, truncate(wa.Message, 100), 1)
 	}
 }
 
-// request builds webhook i as FunnelKit sends it: the rows in the query
+func (s *sender) viaNetHTTP(ctx context.Context, method, target, contentType string, body []byte) (answer, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := nethttp.NewRequestWithContext(ctx, method, s.base.Scheme+"://"+s.base.Host+target, rd)
+	if err != nil {
+		return answer{}, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return answer{}, err
+	}
+	return answer{status: resp.StatusCode, body: data}, nil
+}
+
+// payload is webhook i as FunnelKit sends it: the rows in the query
 // string (get), a form body (form) or a JSON object of strings (json).
-func (s *sender) request(ctx context.Context, i uint64, action string, contact uint64) (*nethttp.Request, error) {
-	rows := url.Values{}
-	rows.Set("wpf_action", action)
-	rows.Set("contact_id", strconv.FormatUint(contact, 10))
-	rows.Set("access_key", s.accessKey)
+// target is the path and query to request.
+func (s *sender) payload(i uint64, action string, contact uint64) (method, target, contentType string, body []byte) {
+	id := strconv.FormatUint(contact, 10)
+	rows := "wpf_action=" + action + "&contact_id=" + id + "&access_key=" + url.QueryEscape(s.accessKey)
+	obj := `{"wpf_action":"` + action + `","contact_id":"` + id + `","access_key":` + strconv.Quote(s.accessKey)
 	if s.cfg.Async {
-		rows.Set("async", "1")
+		rows += "&async=1"
+		obj += `,"async":"1"`
 	}
 	if s.cfg.Notify && action == "add" {
-		rows.Set("send_notification", "1")
+		rows += "&send_notification=1"
+		obj += `,"send_notification":"1"`
 	}
-	method := s.cfg.Method
-	if method == "mixed" {
-		method = []string{"get", "form", "json"}[i%3]
+	format := s.cfg.Method
+	if format == "mixed" {
+		format = []string{"get", "form", "json"}[i%3]
 	}
-	u := *s.base
-	switch method {
+	path := s.base.EscapedPath()
+	switch format {
 	case "get":
-		u.RawQuery = rows.Encode()
-		return nethttp.NewRequestWithContext(ctx, nethttp.MethodGet, u.String(), nil)
+		return nethttp.MethodGet, path + "?" + rows, "", nil
 	case "form":
-		req, err := nethttp.NewRequestWithContext(ctx, nethttp.MethodPost, u.String(), strings.NewReader(rows.Encode()))
-		if err == nil {
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		}
-		return req, err
+		return nethttp.MethodPost, path, "application/x-www-form-urlencoded", []byte(rows)
 	}
-	obj := make(map[string]string, len(rows))
-	for k := range rows {
-		obj[k] = rows.Get(k)
-	}
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return nil, err
-	}
-	req, err := nethttp.NewRequestWithContext(ctx, nethttp.MethodPost, u.String(), bytes.NewReader(b))
-	if err == nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	return req, err
+	return nethttp.MethodPost, path, "application/json", []byte(obj + "}")
 }
 
 // errorKind names a failed request's error without its URL (a GET
@@ -302,10 +312,21 @@ func errorKind(err error) string {
 	return "other: " + truncate(err.Error(), 80)
 }
 
+// truncate cuts s to at most n bytes, on a character boundary.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
+// hostPort is u's host with its port (80 or 443 when it has none).
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}

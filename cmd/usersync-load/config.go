@@ -146,7 +146,7 @@ func loadFlags(stderr io.Writer) (*flag.FlagSet, *loadConfig) {
 	fs.IntVar(&c.Requests, "requests", 0, "how many webhooks to send (0: as many as --duration allows)")
 	fs.DurationVar(&c.Timeout, "timeout", 45*time.Second, "timeout of each request (FunnelKit's is 45s)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Minute, "after sending, how long to wait for every webhook to reach a final status (0: do not wait)")
-	fs.DurationVar(&c.PollInterval, "poll-interval", 50*time.Millisecond, "how often to look again at webhooks still being processed")
+	fs.DurationVar(&c.PollInterval, "poll-interval", 100*time.Millisecond, "how often to look again at webhooks still being processed")
 	fs.Uint64Var(&c.Seed, "seed", 1, "seed of the random choices (contacts, actions), for repeatable runs")
 	fs.BoolVar(&c.JSON, "json", false, "print the summary as JSON")
 	fs.StringVar(&c.Progress, "progress", "auto", "progress line on stderr: auto (when stderr is a terminal), on, off")

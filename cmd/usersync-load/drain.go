@@ -18,7 +18,7 @@ const drainWorkers = 8
 
 // drainStopAfter ends a round of look-ups once this many webhooks were
 // found still in progress: the rest are most likely too.
-const drainStopAfter = 2 * drainWorkers
+const drainStopAfter = drainWorkers
 
 // errAdminToken is a drain refused by usersync's API.
 var errAdminToken = errors.New("usersync refused the admin token (401): give the right --admin-token to follow processing")
@@ -29,8 +29,10 @@ type drainResult struct {
 	Final map[string]uint64
 	// Unfinished is how many were still queued or retrying at the end.
 	Unfinished int
-	// LastFinal is when the last one was seen final.
-	LastFinal time.Time
+	// LastFinal is when the last one was seen final; LastUpdated the
+	// latest updated_at of their receipts: when usersync finished the
+	// last one, whatever the polling's lag (zero if no receipt had one).
+	LastFinal, LastUpdated time.Time
 	// Lookups counts the receipts read; LookupErrors those that failed.
 	Lookups, LookupErrors uint64
 	TimedOut              bool
@@ -66,6 +68,7 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 	total := len(pending)
 	for len(pending) > 0 {
 		statuses := make([]string, len(pending))
+		updated := make([]time.Time, len(pending))
 		var next, unfinished atomic.Int64
 		var fatal atomic.Pointer[error]
 		var wg sync.WaitGroup
@@ -79,7 +82,7 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 						return
 					}
 					lookups.Add(1)
-					st, err := d.status(ctx, pending[i])
+					st, at, err := d.status(ctx, pending[i])
 					switch {
 					case errors.Is(err, errAdminToken):
 						fatal.Store(&err)
@@ -88,7 +91,7 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 						lookupErrors.Add(1)
 						unfinished.Add(1)
 					case finalStatus(st):
-						statuses[i] = st
+						statuses[i], updated[i] = st, at
 					default:
 						unfinished.Add(1)
 					}
@@ -102,6 +105,9 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 			if statuses[i] != "" {
 				res.Final[statuses[i]]++
 				done++
+				if updated[i].After(res.LastUpdated) {
+					res.LastUpdated = updated[i]
+				}
 				continue
 			}
 			kept = append(kept, id)
@@ -133,40 +139,41 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 	return res
 }
 
-// status is the status of webhook id's receipt; "" while usersync has
-// none yet (404: its views are behind).
-func (d *drainer) status(ctx context.Context, id string) (string, error) {
+// status is the status of webhook id's receipt and when it last changed;
+// "" while usersync has none yet (404: its views are behind).
+func (d *drainer) status(ctx context.Context, id string) (string, time.Time, error) {
 	u := *d.base
 	u.Path = "/api/webhooks/" + url.PathEscape(id)
 	u.RawQuery = ""
 	req, err := nethttp.NewRequestWithContext(ctx, nethttp.MethodGet, u.String(), nil)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	req.Header.Set("Authorization", "Bearer "+d.token)
 	resp, err := d.client.Do(req)
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return "", err
+		return "", time.Time{}, err
 	}
 	switch resp.StatusCode {
 	case nethttp.StatusOK:
 	case nethttp.StatusNotFound:
-		return "", nil
+		return "", time.Time{}, nil
 	case nethttp.StatusUnauthorized:
-		return "", errAdminToken
+		return "", time.Time{}, errAdminToken
 	default:
-		return "", fmt.Errorf("GET /api/webhooks/{id}: %s", resp.Status)
+		return "", time.Time{}, fmt.Errorf("GET /api/webhooks/{id}: %s", resp.Status)
 	}
 	var receipt struct {
-		Status string `json:"status"`
+		Status    string    `json:"status"`
+		UpdatedAt time.Time `json:"updated_at"`
 	}
 	if err := json.Unmarshal(body, &receipt); err != nil {
-		return "", fmt.Errorf("GET /api/webhooks/{id}: not a receipt: %w", err)
+		return "", time.Time{}, fmt.Errorf("GET /api/webhooks/{id}: not a receipt: %w", err)
 	}
-	return receipt.Status, nil
+	return receipt.Status, receipt.UpdatedAt, nil
 }

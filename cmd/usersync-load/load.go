@@ -118,10 +118,13 @@ type drainReport struct {
 	Followed   int               `json:"followed"`
 	Final      map[string]uint64 `json:"final"`
 	Unfinished int               `json:"unfinished"`
-	// AfterSendingSeconds is from the last answer to the last webhook
-	// seen final; ProcessedSeconds from the first request.
-	AfterSendingSeconds float64 `json:"after_sending_s"`
+	// ProcessedSeconds is from the first request to the moment usersync
+	// finished the last webhook (the latest updated_at of the receipts),
+	// AfterSendingSeconds from the last answer to that moment; SeenSeconds
+	// is when the tool saw it (later by up to a poll interval and a sweep).
 	ProcessedSeconds    float64 `json:"processed_s"`
+	AfterSendingSeconds float64 `json:"after_sending_s"`
+	SeenSeconds         float64 `json:"seen_s"`
 	Lookups             uint64  `json:"lookups"`
 	LookupErrors        uint64  `json:"lookup_errors"`
 	Skipped             string  `json:"skipped,omitempty"`
@@ -194,12 +197,19 @@ func (r *report) setDrain(sent sendResult, res drainResult) {
 	if res.Err != nil {
 		d.Error = res.Err.Error()
 	}
-	last := res.LastFinal
+	seen, last := res.LastFinal, res.LastUpdated
+	if last.IsZero() || last.After(seen) {
+		last = seen // no updated_at, or a clock that is not this one
+	}
 	if d.Followed == 0 || last.Before(sent.finished) {
 		last = sent.finished
 	}
+	if d.Followed == 0 || seen.Before(sent.finished) {
+		seen = sent.finished
+	}
 	d.AfterSendingSeconds = last.Sub(sent.finished).Seconds()
 	d.ProcessedSeconds = last.Sub(sent.started).Seconds()
+	d.SeenSeconds = seen.Sub(sent.started).Seconds()
 	r.Drain = d
 }
 
@@ -252,8 +262,8 @@ func (r *report) write(out io.Writer) {
 				p(", %d NOT FINISHED", d.Unfinished)
 			}
 			p("\n")
-			p("processed    all within %.2fs of the first request (%.2fs after the last answer); %d receipt look-ups\n",
-				d.ProcessedSeconds, d.AfterSendingSeconds, d.Lookups)
+			p("processed    all within %.2fs of the first request (%.2fs after the last answer; seen at %.2fs, %d receipt look-ups)\n",
+				d.ProcessedSeconds, d.AfterSendingSeconds, d.SeenSeconds, d.Lookups)
 			if d.Unfinished > 0 {
 				p("             (not all: the times are those of the last webhook seen final)\n")
 			}
@@ -318,12 +328,16 @@ type progress struct {
 }
 
 func newProgress(stderr io.Writer, cfg *loadConfig) *progress {
-	on := cfg.Progress == "on"
-	if cfg.Progress == "auto" {
-		f, ok := stderr.(*os.File)
-		on = ok && term.IsTerminal(int(f.Fd()))
+	return &progress{out: stderr, on: progressOn(cfg.Progress, stderr), cfg: cfg, started: time.Now()}
+}
+
+// progressOn reads --progress: on, off, or auto (on when w is a terminal).
+func progressOn(mode string, w io.Writer) bool {
+	if mode == "auto" {
+		f, ok := w.(*os.File)
+		return ok && term.IsTerminal(int(f.Fd()))
 	}
-	return &progress{out: stderr, on: on, cfg: cfg, started: time.Now()}
+	return mode == "on"
 }
 
 func (p *progress) line(s string) {

@@ -107,11 +107,7 @@ func seedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 		return fmt.Errorf("seed: %s already holds %d events: seed a new data directory (a seed only starts histories, it cannot add to them)", path, head)
 	}
 	s := &seeder{cfg: cfg, hashes: hashes, store: store, now: time.Now().UTC()}
-	prog := &progress{out: stderr, cfg: &loadConfig{}, started: time.Now()}
-	prog.on = cfg.Progress == "on"
-	if cfg.Progress == "auto" {
-		prog.on = newProgress(stderr, &loadConfig{Progress: "auto"}).on
-	}
+	prog := &progress{out: stderr, on: progressOn(cfg.Progress, stderr), started: time.Now()}
 	start := time.Now()
 	stop := s.follow(prog)
 	err = s.run(ctx)

@@ -14,7 +14,7 @@ import (
 )
 
 // drainWorkers is how many receipts are looked up at once while draining.
-const drainWorkers = 8
+const drainWorkers = 4
 
 // drainStopAfter ends a round of look-ups once this many webhooks were
 // found still in progress: the rest are most likely too.
@@ -55,8 +55,8 @@ type drainer struct {
 
 // drain looks the ids up in the order they were sent, in rounds: a round
 // reads receipts from the oldest unfinished one on, drainWorkers at a
-// time, and stops after drainStopAfter unfinished ones; between rounds
-// that found work still going on it waits the poll interval. So the reads
+// time, and stops after drainStopAfter unfinished ones; between rounds it
+// waits the poll interval (longer while nothing finishes). So the reads
 // follow processing (about one per webhook, plus a few per interval)
 // instead of sweeping every id again and again.
 func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration) drainResult {
@@ -66,6 +66,7 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 	defer cancel()
 	var lookups, lookupErrors atomic.Uint64
 	total := len(pending)
+	wait := d.interval
 	for len(pending) > 0 {
 		statuses := make([]string, len(pending))
 		updated := make([]time.Time, len(pending))
@@ -126,7 +127,14 @@ func (d *drainer) drain(ctx context.Context, ids []string, timeout time.Duration
 		if len(pending) == 0 || ctx.Err() != nil {
 			break
 		}
-		t := time.NewTimer(d.interval)
+		// A round that found nothing new final waits longer, up to ten
+		// poll intervals: the figure comes from the receipts' updated_at,
+		// so waiting longer only costs the tool's exit, not precision.
+		wait = min(2*wait, 10*d.interval)
+		if done > 0 {
+			wait = d.interval
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 		case <-t.C:

@@ -131,7 +131,7 @@ func loadFlags(stderr io.Writer) (*flag.FlagSet, *loadConfig) {
 	fs.StringVar(&c.ServeData, "serve-data", "", "with --serve: its --data directory, e.g. one made by usersync-load seed (default: a new temporary directory, removed at the end)")
 	fs.Var((*stringList)(&c.ServeFlags), "serve-flag", "with --serve: one more flag for usersync serve, e.g. --serve-flag=--concurrency=16 (repeatable)")
 	fs.StringVar(&c.ServeLog, "serve-log", "", "with --serve: write usersync's log to this file (default: a temporary file, kept and named only if something failed)")
-	fs.DurationVar(&c.ServeTimeout, "serve-timeout", 5*time.Minute, "with --serve: how long usersync may take to start listening (a large store takes a while)")
+	fs.DurationVar(&c.ServeTimeout, "serve-timeout", 5*time.Minute, "with --serve: how long usersync may take to be ready (GET /readyz; a large store takes a while)")
 
 	fs.IntVar(&c.Contacts, "contacts", 1000, "number of FunnelKit contacts the webhooks are about")
 	fs.IntVar(&c.FirstContact, "first-contact", 1, "id of the first contact (the contacts are FIRST … FIRST+N-1)")

@@ -249,13 +249,45 @@ func (w *world) startServe(ctx context.Context, cfg *loadConfig) error {
 	select {
 	case addr := <-addrCh:
 		w.target = "http://" + addr
-		return nil
+		return w.waitReady(ctx, t.C, exited)
 	case <-exited:
 		return fmt.Errorf("usersync exited before listening (%v):\n%s", waitErr, tail(w.serveLog, 15))
 	case <-t.C:
 		return fmt.Errorf("usersync did not listen within --serve-timeout %s (its log: %s)", cfg.ServeTimeout, w.serveLog)
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// waitReady waits until usersync's /readyz answers 200 (its views have
+// caught up with the store), so that a run on a large store does not
+// measure the catch-up.
+func (w *world) waitReady(ctx context.Context, timeout <-chan time.Time, exited <-chan struct{}) error {
+	client := &nethttp.Client{Transport: newTransport(1, false), Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		req, err := nethttp.NewRequestWithContext(ctx, nethttp.MethodGet, w.target+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := client.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == nethttp.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-exited:
+			return fmt.Errorf("usersync exited before it was ready:\n%s", tail(w.serveLog, 15))
+		case <-timeout:
+			return fmt.Errorf("usersync was not ready (GET /readyz) within --serve-timeout (its log: %s)", w.serveLog)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

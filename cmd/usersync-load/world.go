@@ -173,13 +173,20 @@ func (w *world) startServe(ctx context.Context, cfg *loadConfig) error {
 	cmd.Env = append(os.Environ(), "USERSYNC_ACCESS_KEY="+w.accessKey, "USERSYNC_ADMIN_TOKEN="+w.adminToken,
 		"USERSYNC_FUNNELKIT_PASSWORD="+simPassword)
 	cmd.Stdout = io.Discard
+	dropLog := func() {
+		logFile.Close()
+		if !keepLog {
+			_ = os.Remove(w.serveLog)
+			w.serveLog = ""
+		}
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		logFile.Close()
+		dropLog()
 		return err
 	}
 	if err := cmd.Start(); err != nil {
-		logFile.Close()
+		dropLog()
 		return fmt.Errorf("start --serve %s: %w", cfg.Serve, err)
 	}
 	exited := make(chan struct{})

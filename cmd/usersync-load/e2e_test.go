@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/funnelkit/simulator"
+	"github.com/usersync/usersync/projections"
 )
 
 var usersyncBin struct {
@@ -96,6 +98,26 @@ func TestSeed_ServerStartedOnTheSeededStoreServesItsUsers(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "seeded 30 users") || !strings.Contains(out.String(), "events/s") {
 		t.Errorf("seed said %q", out.String())
+	}
+	// And its process managers have handled every seeded event (nothing to
+	// catch up at the start).
+	views, err := projections.Open(context.Background(), filepath.Join(data, "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range command.ProcessNames() {
+		if pos, err := views.Checkpoint(context.Background(), name); err != nil || pos != 30*21 {
+			t.Errorf("checkpoint of %s = %d, %v; want %d (30 users × 21 events)", name, pos, err, 30*21)
+		}
+	}
+	if err := views.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// And a second seed into the same directory is refused.
+	var again strings.Builder
+	if code := run(context.Background(), []string{"seed", "--data", data, "--users", "1", "--progress", "off"}, io.Discard, &again); code != 1 ||
+		!strings.Contains(again.String(), "seed a new data directory") {
+		t.Errorf("second seed: exit %d, %q; want a refusal", code, again.String())
 	}
 	// When usersync serve starts on it (through the tool's world).
 	cfg, err := parseLoad([]string{"--serve", bin, "--serve-data", data, "--contacts", "30", "--first-contact", "11", "--crm-latency", "0s"}, io.Discard)

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -17,8 +18,10 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/eventstore/keystore"
+	"github.com/usersync/usersync/projections"
 )
 
 // seedConfig is every flag of the seed command.
@@ -43,7 +46,7 @@ func parseSeed(args []string, stderr io.Writer) (*seedConfig, error) {
 	c := &seedConfig{}
 	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.Data, "data", "", "data directory of the usersync to seed (its --data); events.db there must be new or empty")
+	fs.StringVar(&c.Data, "data", "", "data directory of the usersync to seed (its --data): a new one (no views.db, no events in events.db)")
 	fs.IntVar(&c.Users, "users", 10000, "users to create, contacts --first-contact … --first-contact+N-1 (addresses cN@example.com, as the load tool's simulator has them)")
 	fs.IntVar(&c.WebhooksPerUser, "webhooks-per-user", 5, "webhooks in each user's history: an add, then update_tags and update webhooks (one in four changes nothing)")
 	fs.IntVar(&c.FirstContact, "first-contact", 1, "id of the first contact")
@@ -91,7 +94,10 @@ func seedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(cfg.Data, "events.db")
+	path, viewsPath := filepath.Join(cfg.Data, "events.db"), filepath.Join(cfg.Data, "views.db")
+	if _, err := os.Stat(viewsPath); !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("seed: %s exists: seed a new data directory (the views of another store would not match the seeded one)", viewsPath)
+	}
 	store, err := eventstore.Open(ctx, path)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
@@ -116,14 +122,44 @@ func seedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if err != nil {
 		return err
 	}
+	head, err := store.Head(ctx)
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
 	if err := store.Close(); err != nil {
 		return fmt.Errorf("seed: close %s: %w", path, err)
+	}
+	if err := handledUpTo(ctx, viewsPath, head); err != nil {
+		return err
 	}
 	total := time.Since(start)
 	events := s.events.Load()
 	fmt.Fprintf(stdout, "seeded %d users with %d webhooks each into %s: %d events (%d in contact streams, %d reservations) in %s: %.0f events/s (%.0f/s until the last append, before the store's final checkpoint)\n",
 		cfg.Users, cfg.WebhooksPerUser, path, events, events-2*uint64(cfg.Users), 2*cfg.Users,
 		total.Round(time.Millisecond), float64(events)/total.Seconds(), float64(events)/appended.Seconds())
+	return nil
+}
+
+// handledUpTo marks the process managers (welcome email, password
+// return) as having handled the log up to head, as on the server that
+// would have processed the seeded webhooks: they had nothing to do for
+// them, and a server started on the store must not spend its first
+// minutes finding that out again. The views themselves are left to
+// usersync rebuild or the server's start.
+func handledUpTo(ctx context.Context, viewsPath string, head uint64) error {
+	views, err := projections.Open(ctx, viewsPath)
+	if err != nil {
+		return fmt.Errorf("seed: %w", err)
+	}
+	for _, name := range command.ProcessNames() {
+		if err := views.SaveCheckpoint(ctx, name, head); err != nil {
+			views.Close()
+			return fmt.Errorf("seed: %w", err)
+		}
+	}
+	if err := views.Close(); err != nil {
+		return fmt.Errorf("seed: close %s: %w", viewsPath, err)
+	}
 	return nil
 }
 

@@ -165,6 +165,10 @@ func handledUpTo(ctx context.Context, viewsPath string, head uint64) error {
 
 // passwordHashes makes n bcrypt hashes of random passwords, on every core.
 func passwordHashes(n, cost int) ([]string, error) {
+	hasher, err := keystore.NewHasher(cost, 0)
+	if err != nil {
+		return nil, fmt.Errorf("seed: %w", err)
+	}
 	out := make([]string, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -176,7 +180,7 @@ func passwordHashes(n, cost int) ([]string, error) {
 			defer func() { <-sem; wg.Done() }()
 			pw, err := keystore.GeneratePassword(keystore.MinPasswordLen)
 			if err == nil {
-				out[i], err = keystore.Secrets{Cost: cost}.Hash(pw)
+				out[i], err = hasher.Hash(pw)
 			}
 			errs[i] = err
 		}()

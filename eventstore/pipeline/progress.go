@@ -43,7 +43,7 @@ func (p *Pipeline) progress(ctx context.Context) {
 			rate := float64(low-lastLow) / now.Sub(lastAt).Seconds()
 			args := []any{"head", head, "behind", behind, "events_per_second", int64(rate)}
 			if rate > 0 {
-				args = append(args, "eta", (time.Duration(float64(behind)/rate*float64(time.Second))).Round(time.Second).String())
+				args = append(args, "eta", (time.Duration(float64(behind) / rate * float64(time.Second))).Round(time.Second).String())
 			}
 			p.log.Info("views catching up with the event log", args...)
 		case catchingUp:

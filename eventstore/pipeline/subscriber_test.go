@@ -38,4 +38,3 @@ func TestMessage_RoundTrip(t *testing.T) {
 		t.Fatal("FromMessage accepted a message without metadata")
 	}
 }
-

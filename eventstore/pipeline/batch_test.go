@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -356,4 +357,57 @@ func (d *decodeFails) Handle(_ context.Context, rec domain.RecordedEvent) error 
 	d.pos = rec.Position
 	d.handled++
 	return nil
+}
+
+// TestPipeline_ConsumersAtDifferentSpeedsEachGetEveryEventOnce: with lanes
+// of one small batch, consumers of different speeds fall behind, read for
+// themselves and rejoin many times while events keep coming; each still
+// gets every event once, in order.
+func TestPipeline_ConsumersAtDifferentSpeedsEachGetEveryEventOnce(t *testing.T) {
+	s := openStore(t)
+	var fakes []*batchFake
+	var batch []pipeline.BatchConsumer
+	for i, work := range []int{0, 5, 50, 500} {
+		f := &batchFake{name: fmt.Sprintf("view-%d", i)}
+		fakes = append(fakes, f)
+		batch = append(batch, slowBatch{f, work})
+	}
+	cfg := sqliteConfig(s, &parked{}, batch...)
+	cfg.BatchSize, cfg.Buffer, cfg.MaxBatch = 10, 1, 10
+	pm := &flaky{name: "welcome_email"}
+	run(t, cfg, pm)
+	for i := range 150 {
+		appendEvents(t, s, "E", 1+i%20, 1+i%20)
+	}
+	h := head(t, s)
+	waitUntil(t, "every consumer at the head", func() bool {
+		for _, f := range fakes {
+			if f.at() != h {
+				return false
+			}
+		}
+		return pm.pos.Load() == h
+	})
+	for _, f := range fakes {
+		f.check(t)
+		if len(f.seen) != int(h) {
+			t.Errorf("%s applied %d events, want %d", f.name, len(f.seen), h)
+		}
+	}
+	if pm.handled.Load() != int64(h) {
+		t.Errorf("the process manager handled %d events, want %d", pm.handled.Load(), h)
+	}
+}
+
+// slowBatch yields work times per event before applying a batch.
+type slowBatch struct {
+	*batchFake
+	work int
+}
+
+func (s slowBatch) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
+	for range s.work * len(recs) {
+		runtime.Gosched()
+	}
+	return s.batchFake.HandleBatch(ctx, recs)
 }

@@ -261,7 +261,9 @@ type Pipeline struct {
 	// mu guards dispatched and every lane's attached and fed (the part
 	// the reader and a rejoining lane share).
 	mu sync.Mutex
-	// dispatched is the last position the reader handed to the lanes.
+	// dispatched is the last position of the batch the reader hands out,
+	// or has handed out, to the lanes: a detached lane rejoins once it has
+	// handed its consumer that position itself.
 	dispatched uint64
 	// wake tells the reader a lane took a batch or rejoined.
 	wake chan struct{}

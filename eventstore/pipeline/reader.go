@@ -84,6 +84,9 @@ func (p *Pipeline) dispatch(ctx context.Context, recs []domain.RecordedEvent) bo
 	last := recs[len(recs)-1].Position
 	var pending []*lane
 	p.mu.Lock()
+	// From now on a lane rejoins only once it has read past recs itself:
+	// one that rejoins while recs is handed out is not among pending.
+	p.dispatched = last
 	for _, l := range p.lanes {
 		if l.attached {
 			pending = append(pending, l)
@@ -207,10 +210,11 @@ func (p *Pipeline) next(ctx context.Context, l *lane, merge int) ([]domain.Recor
 	return nil, ctx.Err()
 }
 
-// merge appends to recs the batches queued in l, while recs stays within
-// limit events; limit 0 merges nothing.
+// merge appends to recs the batches queued in l while recs has fewer than
+// limit events: small batches (the live tail) become one; a full batch (a
+// catch-up) is handed over as it is, without a copy. limit 0 merges nothing.
 func (p *Pipeline) merge(l *lane, recs []domain.RecordedEvent, limit int) []domain.RecordedEvent {
-	if limit == 0 || len(recs) == 0 {
+	if limit == 0 || len(recs) == 0 || len(recs) >= p.cfg.BatchSize {
 		return recs
 	}
 	merged := false

@@ -106,6 +106,7 @@ func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) 
 	// Then it has started, answers not ready with how far behind, and
 	// records webhooks meanwhile.
 	code, reason := readyz(t, h.base)
+	t.Logf("/readyz: %d %q", code, reason)
 	if code != 503 || !strings.Contains(reason, "views catching up") || !strings.Contains(reason, fmt.Sprintf("%d events behind", head)) {
 		t.Fatalf("/readyz while catching up: %d %q, want 503 \"views catching up: %d events behind\"", code, reason, head)
 	}

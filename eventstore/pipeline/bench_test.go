@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -142,6 +145,19 @@ type process struct {
 	selective
 }
 
+// countingHandler counts the log lines that say a consumer fell behind.
+type countingHandler struct{ n atomic.Int64 }
+
+func (c *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (c *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "consumer is behind the others") {
+		c.n.Add(1)
+	}
+	return nil
+}
+func (c *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *countingHandler) WithGroup(string) slog.Handler      { return c }
+
 // cpuTime is the CPU time the process has used, user and system.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -154,7 +170,8 @@ func cpuTime() time.Duration {
 // BenchmarkCatchUp measures the live catch-up of a start whose views are
 // empty over a store of USERSYNC_BENCH_EVENTS events (default 200,000),
 // with two process managers (acting on UserCreated and PasswordIssued)
-// from position 0: "decode1" feeds one batch consumer that only decodes
+// from position 0: "floor" is a plain loop reading and decoding the log
+// without the pipeline, "decode1" feeds one batch consumer that only decodes
 // each event (the shape of one views consumer), "decode" four of them (the
 // four views), "views" the real in-memory views through their per-event
 // Handle (PerEvent). It reports events/s and the process's CPU time per
@@ -166,8 +183,35 @@ func BenchmarkCatchUp(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Run("floor", func(b *testing.B) {
+		// One loop that reads the log in batches and decodes each event:
+		// what decode1 costs without the pipeline.
+		var total, cpu time.Duration
+		for range b.N {
+			start, cpu0 := time.Now(), cpuTime()
+			for pos := uint64(0); pos < h; {
+				recs, err := s.ReadAll(context.Background(), pos, pipeline.DefaultBatchSize)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, rec := range recs {
+					if _, err := domain.Decode(rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				pos = recs[len(recs)-1].Position
+			}
+			total += time.Since(start)
+			cpu += cpuTime() - cpu0
+		}
+		b.ReportMetric(float64(h)*float64(b.N)/total.Seconds(), "events/s")
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(h)/float64(b.N), "cpu-ns/event")
+	})
 	for _, kind := range []string{"decode1", "decode", "views"} {
 		b.Run(kind, func(b *testing.B) {
+			behind := &countingHandler{}
+			log := slog.New(behind)
+			defer func() { b.ReportMetric(float64(behind.n.Load())/float64(b.N), "detached/op") }()
 			var total, cpu time.Duration
 			for range b.N {
 				b.StopTimer()
@@ -206,7 +250,10 @@ func BenchmarkCatchUp(b *testing.B) {
 				}
 				welcome := &process{selective{flaky: flaky{name: "welcome_email"}, wants: domain.TypeUserCreated}}
 				returns := &process{selective{flaky: flaky{name: "password_return"}, wants: domain.TypePasswordIssued}}
-				cfg := pipeline.Config{Store: s, Parker: &parked{}, Log: quietLog(), Batch: batch, ProgressEvery: time.Hour}
+				cfg := pipeline.Config{Store: s, Parker: &parked{}, Log: log, Batch: batch, ProgressEvery: time.Hour}
+				if v, err := strconv.Atoi(os.Getenv("USERSYNC_BENCH_BUFFER")); err == nil {
+					cfg.Buffer = v
+				}
 				p, err := pipeline.New(cfg, welcome, returns)
 				if err != nil {
 					b.Fatal(err)

@@ -128,7 +128,7 @@ const (
 	DefaultRetryInitial  = 100 * time.Millisecond
 	DefaultRetryMax      = 2 * time.Second
 	DefaultBatchSize     = 4096
-	DefaultBuffer        = 4
+	DefaultBuffer        = 8
 	DefaultMaxBatch      = 16384
 	DefaultProgressEvery = 5 * time.Second
 )
@@ -280,7 +280,7 @@ func New(cfg Config, consumers ...Consumer) (*Pipeline, error) {
 		return nil, err
 	}
 	log := cfg.Log
-	wlog := watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := noTrace{watermill.NewSlogLoggerWithLevelMapping(log, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
@@ -335,6 +335,17 @@ func New(cfg Config, consumers ...Consumer) (*Pipeline, error) {
 		})
 	}
 	return p, nil
+}
+
+// noTrace drops Watermill's trace lines (a few per message) before they
+// are built: the router writes them for every message, and the slog
+// adapter formats their fields even when the level is off.
+type noTrace struct{ watermill.LoggerAdapter }
+
+func (noTrace) Trace(string, watermill.LogFields) {}
+
+func (n noTrace) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return noTrace{n.LoggerAdapter.With(fields)}
 }
 
 // permanent errors are not retried: the event cannot be read by this build.

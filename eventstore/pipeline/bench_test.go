@@ -3,9 +3,9 @@ package pipeline_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"

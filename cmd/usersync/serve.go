@@ -189,7 +189,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
 	a.pipe, err = pipeline.New(pipeline.Config{
-		Store: a.store, Parker: a.views, Log: log, Batch: views,
+		Store: a.store, Parker: a.views, Log: log, Batch: views, Lag: readyLag,
 		Instrument: wm.AddPrometheusRouterMetrics, OnPark: m.Parked,
 		OnRead: m.PipelineRead, OnBatch: m.PipelineBatch,
 	}, consumers...)

@@ -131,6 +131,7 @@ const (
 	DefaultBuffer        = 8
 	DefaultMaxBatch      = 16384
 	DefaultProgressEvery = 5 * time.Second
+	DefaultLag           = 1000
 )
 
 // Config is what New needs beyond the per-event consumers. Zero fields that
@@ -162,6 +163,10 @@ type Config struct {
 	// ProgressEvery is how often the catch-up of the batch consumers is
 	// logged while they are behind; 0 means DefaultProgressEvery.
 	ProgressEvery time.Duration
+	// Lag is how many events the batch consumers may be behind the head
+	// and still count as caught up (for the progress log: a live tail is
+	// always a few events behind); 0 means DefaultLag.
+	Lag uint64
 	// Log gets the pipeline's messages; nil means slog.Default().
 	Log *slog.Logger
 	// Instrument, if set, is given the router before handlers are added
@@ -199,6 +204,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ProgressEvery == 0 {
 		c.ProgressEvery = DefaultProgressEvery
+	}
+	if c.Lag == 0 {
+		c.Lag = DefaultLag
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -463,16 +471,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 
 // Running is closed once every handler runs.
 func (p *Pipeline) Running() chan struct{} { return p.router.Running() }
-
-// Positions are the checkpoints of every consumer as the pipeline last saw
-// them: read at Run, then moved as batches are applied and events acked.
-func (p *Pipeline) Positions() map[string]uint64 {
-	out := make(map[string]uint64, len(p.lanes))
-	for _, l := range p.lanes {
-		out[l.name] = l.pos.Load()
-	}
-	return out
-}
 
 // Behind is how many events the batch consumer furthest behind has still
 // to apply up to head: 0 when every batch consumer is at head or none

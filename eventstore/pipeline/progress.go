@@ -6,7 +6,7 @@ import (
 )
 
 // progress logs, every Config.ProgressEvery while the batch consumers are
-// behind the head, how far they are and how fast they catch up, and once
+// more than Config.Lag events behind the head, how far they are and how fast they catch up, and once
 // when they have caught up.
 func (p *Pipeline) progress(ctx context.Context) {
 	t := time.NewTicker(p.cfg.ProgressEvery)
@@ -36,10 +36,10 @@ func (p *Pipeline) progress(ctx context.Context) {
 		low := head - behind
 		now := time.Now()
 		switch {
-		case behind > 0 && !catchingUp:
+		case behind > p.cfg.Lag && !catchingUp:
 			catchingUp, since = true, now
 			p.log.Info("views catching up with the event log", "head", head, "behind", behind)
-		case behind > 0:
+		case behind > p.cfg.Lag:
 			rate := float64(low-lastLow) / now.Sub(lastAt).Seconds()
 			args := []any{"head", head, "behind", behind, "events_per_second", int64(rate)}
 			if rate > 0 {

@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"runtime"
@@ -410,4 +411,31 @@ func (s slowBatch) HandleBatch(ctx context.Context, recs []domain.RecordedEvent)
 		runtime.Gosched()
 	}
 	return s.batchFake.HandleBatch(ctx, recs)
+}
+
+// namedViews is one batch consumer for several views, parking under their names.
+type namedViews struct{ *batchFake }
+
+func (namedViews) Names() []string { return []string{"users", "tags"} }
+
+func TestReplay_RefusesTheParkedEventsOfBatchConsumers(t *testing.T) {
+	s := openStore(t)
+	p, err := pipeline.New(sqliteConfig(s, &parked{}, namedViews{&batchFake{name: "views"}}), &flaky{name: "welcome_email"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		handler string
+		rebuild bool
+	}{
+		{"views", true}, {"users", true}, {"tags", true}, {"nobody", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.handler, func(t *testing.T) {
+			err := p.Replay(context.Background(), s, domain.ParkedEvent{Handler: tc.handler, Position: 1})
+			if got := errors.Is(err, pipeline.ErrRebuildToReplay); got != tc.rebuild || err == nil {
+				t.Fatalf("Replay for %s = %v, want ErrRebuildToReplay: %v", tc.handler, err, tc.rebuild)
+			}
+		})
+	}
 }

@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -495,10 +496,11 @@ func (p *Pipeline) Behind(head uint64) (uint64, error) {
 
 // Replay hands a parked event, read from log, to its handler again (out of
 // order, after a fix); on success it is unparked. The parked event of a
-// batch consumer, or of a consumer that applies events in order only, fails
-// with ErrRebuildToReplay.
+// batch consumer (its Name, or one of its Names: see Named), or of a
+// consumer that applies events in order only, fails with
+// ErrRebuildToReplay.
 func (p *Pipeline) Replay(ctx context.Context, log Log, pe domain.ParkedEvent) error {
-	if _, ok := p.batch[pe.Handler]; ok {
+	if p.batchHandler(pe.Handler) {
 		return fmt.Errorf("replay event %d for view %s: %w", pe.Position, pe.Handler, ErrRebuildToReplay)
 	}
 	c, ok := p.consumers[pe.Handler]
@@ -519,6 +521,27 @@ func (p *Pipeline) Replay(ctx context.Context, log Log, pe domain.ParkedEvent) e
 		return fmt.Errorf("replay event %d for %s: %w", pe.Position, pe.Handler, err)
 	}
 	return p.cfg.Parker.Unpark(ctx, pe.Handler, pe.Position)
+}
+
+// Named is implemented by a BatchConsumer that applies several views and
+// parks their events under the views' names (the views: users, tags, …)
+// rather than under its own Name.
+type Named interface {
+	Names() []string
+}
+
+// batchHandler reports whether handler parks events for a batch consumer:
+// its Name, or one of its Names.
+func (p *Pipeline) batchHandler(handler string) bool {
+	for name, b := range p.batch {
+		if name == handler {
+			return true
+		}
+		if n, ok := b.(Named); ok && slices.Contains(n.Names(), handler) {
+			return true
+		}
+	}
+	return false
 }
 
 // pause waits d, or less if ctx is done; false means ctx is done.

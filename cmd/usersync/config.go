@@ -21,6 +21,7 @@ import (
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore/keystore"
+	"github.com/usersync/usersync/eventstore/pipeline"
 	usershttp "github.com/usersync/usersync/http"
 )
 
@@ -69,6 +70,9 @@ type serveConfig struct {
 	// fromEnv holds the flags whose value came from the environment (the
 	// command line did not override them), to name the variable in errors.
 	fromEnv map[string]string
+	// wrapViews, set by tests only, wraps the views' pipeline consumers
+	// (to hold their catch-up).
+	wrapViews func(pipeline.BatchConsumer) pipeline.BatchConsumer
 }
 
 // envName is the environment variable that sets a flag.

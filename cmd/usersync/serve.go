@@ -70,13 +70,17 @@ type app struct {
 	metricsAddr string
 	metrics     *metrics.Metrics
 	disk        diskGuard
+	recovered   chan struct{} // closed once recover has returned
+	recoverStop context.CancelFunc
 	sim         func()
 	removeData  func() error
 	once        sync.Once
 }
 
-// startApp opens the data directory, recovers what was queued, and starts
-// listening. It returns once the server accepts webhooks.
+// startApp opens the data directory, starts the pipeline and listening,
+// and leaves the recovery of what was queued to the background, once the
+// views have caught up (see recover). It returns once the server accepts
+// webhooks, however far behind the views are.
 func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
 	a := &app{log: log, wait: cfg.Wait}
 	defer func() {
@@ -159,31 +163,40 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	var consumers []pipeline.Consumer
+	// The views apply events in batches; until they do so themselves,
+	// each in-memory view is adapted with its per-event Handle.
+	var views []pipeline.BatchConsumer
 	for _, c := range a.views.Consumers() {
-		consumers = append(consumers, c)
+		views = append(views, pipeline.PerEvent(c))
 	}
+	if cfg.wrapViews != nil {
+		for i, v := range views {
+			views[i] = cfg.wrapViews(v)
+		}
+	}
+	var consumers []pipeline.Consumer
 	processes := map[string]interface{ Current() uint64 }{}
 	welcomer, err := command.NewWelcomer(mailCfg, mailer)
 	if err != nil {
 		return nil, err
 	}
-	consumers, processes[welcomer.Name()] = append(consumers, welcomer), welcomer
+	consumers, processes[welcomer.Name()] = append(consumers, acting{welcomer, domain.TypeUserCreated}), welcomer
 	if policy.PasswordField != "" {
 		if a.returner, err = command.NewPasswordReturner(returnCfg, crm, a.keys); err != nil {
 			return nil, err
 		}
-		consumers, processes[a.returner.Name()] = append(consumers, a.returner), a.returner
+		consumers, processes[a.returner.Name()] = append(consumers, acting{a.returner, domain.TypePasswordIssued}), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
 	a.pipe, err = pipeline.New(pipeline.Config{
-		Store: a.store, Parker: a.views, Log: log,
+		Store: a.store, Parker: a.views, Log: log, Batch: views, Lag: readyLag,
 		Instrument: wm.AddPrometheusRouterMetrics, OnPark: m.Parked,
+		OnRead: m.PipelineRead, OnBatch: m.PipelineBatch,
 	}, consumers...)
 	if err != nil {
 		return nil, err
 	}
-	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Consumers: func(context.Context) map[string]uint64 {
+	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Behind: a.pipe.Behind, Consumers: func(context.Context) map[string]uint64 {
 		out := make(map[string]uint64, len(processes))
 		for name, p := range processes {
 			out[name] = p.Current()
@@ -222,19 +235,6 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	if err := a.recover(ctx); err != nil {
-		return nil, err
-	}
-	if a.returner != nil {
-		var pending []command.PendingReturn
-		for _, r := range a.views.Passwords.List(projections.PasswordPending) {
-			pending = append(pending, command.PendingReturn{ContactID: r.ContactID, KeyID: r.KeyID})
-		}
-		if err := a.returner.Resume(ctx, pending); err != nil {
-			return nil, err
-		}
-	}
-
 	var authFailures *usershttp.FailureLimiter
 	if cfg.AuthFailRate > 0 {
 		if authFailures, err = usershttp.NewFailureLimiter(usershttp.FailureLimiterConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst}); err != nil {
@@ -299,6 +299,19 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	hs := newWebServer(srv)
 	a.servers = append(a.servers, hs)
 	go func() { a.serveErr <- hs.Serve(ln) }()
+	// Open webhooks and pending password returns are picked up once the
+	// views have caught up with the log, in the background: the server
+	// records webhooks meanwhile and /readyz says how far behind it is.
+	head, err := a.store.Head(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recoverCtx, recoverStop := context.WithCancel(context.Background())
+	a.recovered, a.recoverStop = make(chan struct{}), recoverStop
+	go func() {
+		defer close(a.recovered)
+		a.recover(recoverCtx, head)
+	}()
 	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
 	printWelcome(stdout, a.addr, fresh, cfg.Demo, cfg.Data, removeData != nil)
 	return a, nil
@@ -355,17 +368,14 @@ func checkViewsNotAhead(ctx context.Context, store interface {
 	return nil
 }
 
-// recover waits for the views to catch up, then queues every webhook that
-// was recorded but not finished before the last stop.
-func (a *app) recover(ctx context.Context) error {
-	head, err := a.store.Head(ctx)
-	if err != nil {
-		return err
-	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	if err := a.views.WaitAll(wctx, head); err != nil {
-		return fmt.Errorf("catch up the views before recovery: %w", err)
+// recover waits for the views to catch up with head, the end of the log at
+// the start, then queues every webhook that was recorded but not finished
+// before the last stop and resumes the pending password returns. It runs in
+// the background until done or ctx is cancelled (at shutdown); a failure
+// is logged and tried again.
+func (a *app) recover(ctx context.Context, head uint64) {
+	if err := a.views.WaitAll(ctx, head); err != nil {
+		return // stopping before the views caught up
 	}
 	open := a.views.Webhooks.Open()
 	seen := map[domain.ContactID]bool{}
@@ -378,7 +388,27 @@ func (a *app) recover(ctx context.Context) error {
 	if len(open) > 0 {
 		a.log.Info("resuming webhooks recorded before the last stop", "webhooks", len(open), "contacts", len(seen))
 	}
-	return nil
+	if a.returner == nil {
+		return
+	}
+	var pending []command.PendingReturn
+	for _, r := range a.views.Passwords.List(projections.PasswordPending) {
+		pending = append(pending, command.PendingReturn{ContactID: r.ContactID, KeyID: r.KeyID})
+	}
+	for attempt := 1; ; attempt++ {
+		err := a.returner.Resume(ctx, pending)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		a.log.Error("resuming the pending password returns failed; trying again", "err", err)
+		t := time.NewTimer(domain.Backoff{Initial: time.Second, Max: time.Minute}.Delay(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
 }
 
 // ready is /readyz: the store answers and can take appends, the data disk
@@ -395,14 +425,12 @@ func (a *app) ready(ctx context.Context) error {
 	if err := a.store.Writable(ctx); err != nil {
 		return err
 	}
-	for _, name := range a.views.Names() {
-		pos, err := a.views.Position(name)
-		if err != nil {
-			return err
-		}
-		if head > pos+readyLag {
-			return fmt.Errorf("view %s is %d events behind", name, head-pos)
-		}
+	behind, err := a.pipe.Behind(head)
+	if err != nil {
+		return err
+	}
+	if behind > readyLag {
+		return fmt.Errorf("views catching up: %d events behind", behind)
 	}
 	return nil
 }
@@ -422,6 +450,11 @@ func (a *app) shutdown() error {
 		}
 		// Then the webhooks being processed finish (what is queued stays
 		// recorded for the next start).
+		// Stop the recovery before the dispatcher it queues webhooks on.
+		if a.recovered != nil {
+			a.recoverStop()
+			<-a.recovered
+		}
 		drainCtx, cancelDrain := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancelDrain()
 		if a.disp != nil {
@@ -485,6 +518,17 @@ func redactedURL(raw string) string {
 	}
 	return raw
 }
+
+// acting makes a process manager pipeline.Selective: it acts on events of
+// one type and only moves its checkpoint for the others (see its Handle),
+// so the pipeline hands it those directly, without a Watermill message.
+type acting struct {
+	pipeline.Consumer
+	acts string
+}
+
+// Wants reports whether the process manager acts on events of type t.
+func (a acting) Wants(t string) bool { return t == a.acts }
 
 // observedStore counts appends and their latency.
 type observedStore struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -12,13 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/usersync/usersync/domain"
-	"github.com/usersync/usersync/eventstore"
 )
-
-// Follower is the part of the event store the subscriber needs.
-type Follower interface {
-	Subscribe(ctx context.Context, after uint64) *eventstore.Subscription
-}
 
 // Message metadata keys the subscriber sets.
 const (
@@ -30,15 +23,16 @@ const (
 	metaEventMeta  = "event_metadata"
 )
 
-// Subscriber is a Watermill message.Subscriber over the event store. A
-// topic is a consumer's name: Subscribe asks start where that consumer's
-// checkpoint is and delivers every later event in order, one at a time: the
-// next message goes out only once the previous one is acked. A nacked
-// message is delivered again after a pause.
+// Subscriber is the Watermill message.Subscriber of the pipeline's process
+// managers. A topic is a consumer's name; its messages come from that
+// consumer's lane, fed by the one reader of the log (or by the lane's own
+// reads while it is behind), not from a subscription of its own. Events
+// after the consumer's checkpoint are delivered in order, one at a time:
+// the next message goes out only once the previous one is acked. A nacked
+// message is delivered again after a pause. An event a Selective consumer
+// does not want is handed to its Handle directly.
 type Subscriber struct {
-	store     Follower
-	start     func(ctx context.Context, topic string) (uint64, error)
-	log       *slog.Logger
+	p         *Pipeline
 	redeliver time.Duration
 
 	mu      sync.Mutex
@@ -47,34 +41,30 @@ type Subscriber struct {
 	wg      sync.WaitGroup
 }
 
-// NewSubscriber makes a subscriber; start gives the checkpoint of a topic.
-func NewSubscriber(store Follower, start func(ctx context.Context, topic string) (uint64, error), log *slog.Logger) *Subscriber {
-	return &Subscriber{store: store, start: start, log: log, redeliver: 200 * time.Millisecond, closing: make(chan struct{})}
-}
-
 // String names the subscriber in Watermill's logs and metrics (the
 // subscriber_name label). It is the name the type had before it moved out
 // of package projections, so that dashboards and queries keep matching.
 func (s *Subscriber) String() string { return "projections.Subscriber" }
 
-// Subscribe implements message.Subscriber.
+// Subscribe implements message.Subscriber; the pipeline's router calls it
+// once Run has read the checkpoints.
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, errors.New("subscribe: subscriber is closed")
 	}
-	after, err := s.start(ctx, topic)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: read checkpoint: %w", topic, err)
+	l, ok := s.p.byName[topic]
+	if !ok || l.consumer == nil {
+		return nil, fmt.Errorf("subscribe %s: no such process manager", topic)
 	}
 	out := make(chan *message.Message)
 	s.wg.Add(1)
-	go s.run(ctx, topic, after, out)
+	go s.run(ctx, l, out)
 	return out, nil
 }
 
-func (s *Subscriber) run(ctx context.Context, topic string, after uint64, out chan<- *message.Message) {
+func (s *Subscriber) run(ctx context.Context, l *lane, out chan<- *message.Message) {
 	defer s.wg.Done()
 	defer close(out)
 	ctx, cancel := context.WithCancel(ctx)
@@ -86,19 +76,30 @@ func (s *Subscriber) run(ctx context.Context, topic string, after uint64, out ch
 		case <-ctx.Done():
 		}
 	}()
+	sel, _ := l.consumer.(Selective)
+	failures := 0
 	for ctx.Err() == nil {
-		sub := s.store.Subscribe(ctx, after)
-		for rec := range sub.Events() {
-			if !s.deliver(ctx, rec, out) {
+		recs, err := s.p.next(ctx, l, 0)
+		if err != nil {
+			if ctx.Err() != nil {
 				return
 			}
-			after = rec.Position
+			failures++
+			s.p.log.Error("reading the event log failed; trying again", "consumer", l.name, "after", l.fed, "err", err)
+			if !pause(ctx, s.p.cfg.Retry.Delay(failures)) {
+				return
+			}
+			continue
 		}
-		if err := sub.Err(); err != nil {
-			s.log.Error("event subscription failed; resubscribing", "topic", topic, "after", after, "err", err)
-			if !s.pause(ctx) {
+		failures = 0
+		for _, rec := range recs {
+			if sel != nil && !sel.Wants(rec.Type) && l.consumer.Handle(ctx, rec) == nil {
+				// Not an event it acts on: no message needed.
+			} else if !s.deliver(ctx, rec, out) {
 				return
 			}
+			s.p.setFed(l, rec.Position)
+			l.pos.Store(rec.Position)
 		}
 	}
 }
@@ -118,23 +119,12 @@ func (s *Subscriber) deliver(ctx context.Context, rec domain.RecordedEvent, out 
 		case <-msg.Acked():
 			return true
 		case <-msg.Nacked():
-			if !s.pause(ctx) {
+			if !pause(ctx, s.redeliver) {
 				return false
 			}
 		case <-ctx.Done():
 			return false
 		}
-	}
-}
-
-func (s *Subscriber) pause(ctx context.Context) bool {
-	t := time.NewTimer(s.redeliver)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

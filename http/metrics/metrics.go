@@ -44,6 +44,9 @@ type Metrics struct {
 	rebuildPosition prometheus.Gauge
 	rebuildHead     prometheus.Gauge
 	rebuildEvents   prometheus.Counter
+	pipelineRead    prometheus.Counter
+	batchEvents     *prometheus.CounterVec
+	batchDuration   *prometheus.HistogramVec
 }
 
 // Webhook actions and outcomes used as label values; anything else is
@@ -98,7 +101,15 @@ func New() *Metrics {
 		Help: "Position the running (or last) rebuild runs to."})
 	m.rebuildEvents = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rebuild_events_total",
 		Help: "Events applied by rebuilds."})
+	m.pipelineRead = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "pipeline_read_events_total",
+		Help: "Events the pipeline read from the event log: its one reader's, and those a consumer that fell behind read for itself."})
+	m.batchEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "pipeline_batch_events_total",
+		Help: "Events handed to each batch consumer (the views) by the pipeline; its rate is the catch-up speed."}, []string{"consumer"})
+	m.batchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "pipeline_batch_duration_seconds",
+		Help:    "Time a batch consumer (the views) took to apply one batch of events.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"consumer"})
 	m.Registry.MustRegister(
+		m.pipelineRead, m.batchEvents, m.batchDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.webhooks, m.webhookDuration, m.refused, m.eventsAppended, m.appendDuration, m.appendErrors, m.commitBatch, m.commitDuration,
 		m.fkDuration, m.fkErrors, m.parkedTotal, m.welcomeEmails, m.passwordResults,
@@ -226,6 +237,15 @@ func (m *Metrics) RebuildProgress(p projections.Progress, last *uint64, done boo
 	}
 }
 
+// PipelineRead counts the events one read of the log returned.
+func (m *Metrics) PipelineRead(events int) { m.pipelineRead.Add(float64(events)) }
+
+// PipelineBatch observes a batch a batch consumer applied.
+func (m *Metrics) PipelineBatch(consumer string, events int, d time.Duration) {
+	m.batchEvents.WithLabelValues(consumer).Add(float64(events))
+	m.batchDuration.WithLabelValues(consumer).Observe(d.Seconds())
+}
+
 func isConflict(err error) bool { return errors.Is(err, domain.ErrConcurrency) }
 
 // Source is what the scrape-time collector reads.
@@ -235,7 +255,11 @@ type Source struct {
 	Log projections.EventLog
 	// Consumers are the checkpoints of process managers (name → position).
 	Consumers func(ctx context.Context) map[string]uint64
-	Logger    *slog.Logger
+	// Behind, if set, is how many events the views have still to apply up
+	// to head (the pipeline's Behind), exported as
+	// usersync_views_behind_events.
+	Behind func(head uint64) (uint64, error)
+	Logger *slog.Logger
 }
 
 // Watch registers the collector that reads src at each scrape.

@@ -25,6 +25,7 @@ var (
 	descWebhooksOpen = prometheus.NewDesc(ns+"_webhooks_open", "Webhooks recorded and not yet finished (queued or retrying).", nil, nil)
 	descRetrying     = prometheus.NewDesc(ns+"_webhooks_retrying", "Open webhooks waiting for FunnelKit: their last attempt failed because FunnelKit was unavailable (down, 5xx, a challenge page, refused credentials), and they are retried with backoff.", nil, nil)
 	descRetryingAge  = prometheus.NewDesc(ns+"_webhooks_retrying_oldest_seconds", "Age (since it was received) of the oldest webhook waiting for FunnelKit (0 when none).", nil, nil)
+	descBehind       = prometheus.NewDesc(ns+"_views_behind_events", "Events the view furthest behind has still to apply up to the head: while it is over the ready lag (1000), /readyz answers 503 \"views catching up\".", nil, nil)
 	descScrapeErrors = prometheus.NewDesc(ns+"_state_scrape_errors", "1 when the last scrape could not read part of the state.", nil, nil)
 )
 
@@ -33,7 +34,7 @@ var (
 type stateCollector struct{ src Source }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHead, descPos, descLag, descLagSeconds, descParked, descReturns, descPendingAge, descUsers, descWebhooksOpen, descRetrying, descRetryingAge, descScrapeErrors} {
+	for _, d := range []*prometheus.Desc{descHead, descPos, descLag, descLagSeconds, descParked, descReturns, descPendingAge, descUsers, descWebhooksOpen, descRetrying, descRetryingAge, descBehind, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -48,6 +49,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		c.src.Logger.Warn("metrics: read head", "err", err)
 	}
 	ch <- prometheus.MustNewConstMetric(descHead, prometheus.GaugeValue, float64(head))
+	if c.src.Behind != nil {
+		if behind, err := c.src.Behind(head); err == nil {
+			ch <- prometheus.MustNewConstMetric(descBehind, prometheus.GaugeValue, float64(behind))
+		}
+	}
 	positions := map[string]uint64{}
 	for _, name := range c.src.Views.Names() {
 		pos, _ := c.src.Views.Position(name)

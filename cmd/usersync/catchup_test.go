@@ -1,0 +1,127 @@
+package main
+
+// A start over a store whose views are missing: the server listens and
+// records webhooks at once, /readyz says the views are catching up, and
+// it turns ready once they have.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	nethttp "net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/eventstore/pipeline"
+	"github.com/usersync/usersync/projections"
+)
+
+// heldViews holds the views' first batch until release is closed, so that
+// the test sees the start before they have caught up.
+type heldViews struct {
+	pipeline.BatchConsumer
+	release <-chan struct{}
+}
+
+func (h heldViews) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return h.BatchConsumer.HandleBatch(ctx, recs)
+}
+
+func readyz(t *testing.T, base string) (int, string) {
+	t.Helper()
+	resp, err := nethttp.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+		Reason string `json:"reason"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body.Reason
+}
+
+func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) {
+	// Given a store with a user and a few thousand events, and no views.
+	sim, u := newSim(t)
+	dir := t.TempDir()
+	h := start(t, dir, sim, u)
+	if a := h.send("get", hook("add", "1")); a.Code != 200 {
+		t.Fatalf("add: %+v", a)
+	}
+	if err := h.app.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const events = 3000
+	var envs []domain.Envelope
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for i := range events {
+		tag := domain.Tag{ID: uint64(i%5 + 1), Name: fmt.Sprintf("tag %d", i%5+1)}
+		envs = append(envs, domain.Envelope{Event: domain.TagsUpdated{Tags: []domain.Tag{tag}, Added: []domain.Tag{tag}},
+			OccurredAt: at.Add(time.Duration(i) * time.Millisecond), WebhookID: fmt.Sprintf("wh-%d", i)})
+	}
+	raw, err := domain.EncodeAll(envs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(raw); i += 500 {
+		if _, err := store.Append(ctx, domain.ContactID(1).Stream(), domain.AnyVersion(), raw[i:min(i+500, len(raw))]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head, _ := store.Head(ctx)
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"views.db", "views.db-wal", "views.db-shm"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+
+	// When usersync starts with its views held back.
+	release := make(chan struct{})
+	h = start(t, dir, sim, u, func(c *serveConfig) {
+		c.wrapViews = func(b pipeline.BatchConsumer) pipeline.BatchConsumer { return heldViews{b, release} }
+	})
+
+	// Then it has started, answers not ready with how far behind, and
+	// records webhooks meanwhile.
+	code, reason := readyz(t, h.base)
+	t.Logf("/readyz: %d %q", code, reason)
+	if code != 503 || !strings.Contains(reason, "views catching up") || !strings.Contains(reason, fmt.Sprintf("%d events behind", head)) {
+		t.Fatalf("/readyz while catching up: %d %q, want 503 \"views catching up: %d events behind\"", code, reason, head)
+	}
+	a := h.send("get", hook("update_tags", "1", "async", "1"))
+	if a.Code != 202 || a.WebhookID == "" {
+		t.Fatalf("a webhook while catching up: %+v, want 202 recorded", a)
+	}
+	if !strings.Contains(h.logs.String(), "views catching up with the event log") {
+		t.Error("no catch-up progress in the log")
+	}
+
+	// And once the views may go on, it turns ready and processes the webhook.
+	close(release)
+	h.eventually("/readyz to turn ready", func() bool { code, _ := readyz(t, h.base); return code == 200 })
+	h.eventually("the webhook recorded while catching up to be processed", func() bool {
+		return h.receipt(a.WebhookID).Status == projections.WebhookProcessed
+	})
+}

@@ -1,0 +1,8 @@
+package pipeline
+
+// Queued is how many batches the lane of the named consumer holds.
+func (p *Pipeline) Queued(name string) int { return len(p.byName[name].in) }
+
+// Reads is how many reads of the log the pipeline made, the reader's and
+// the lanes' own.
+func (p *Pipeline) Reads() int64 { return p.reads.Load() }

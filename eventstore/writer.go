@@ -13,6 +13,10 @@ import (
 	"github.com/usersync/usersync/domain"
 )
 
+// wideBatch is how many appends the writer gathers before it commits while
+// the syncer is still busy with earlier commits (see writer.loop).
+const wideBatch = 256
+
 // insertChunks returns the row counts of the prepared multi-row INSERTs
 // the writer uses, largest first; the last is 1.
 func insertChunks() [4]int { return [4]int{256, 32, 8, 1} }
@@ -178,7 +182,11 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 		if head != 0 {
 			err = s.failure()
 			if err == nil && !s.cfg.sqliteSync {
-				if err = syncData(s.wal); err != nil {
+				t := time.Now()
+				err = syncData(s.wal)
+				s.syncs.Add(1)
+				s.syncNanos.Add(uint64(time.Since(t)))
+				if err != nil {
 					s.fail(fmt.Errorf("sync write-ahead log: %w", err))
 					err = s.failure()
 				}
@@ -202,6 +210,11 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 				}
 				close(r.done)
 			}
+		}
+		s.inflight.Add(-int64(len(group)))
+		select {
+		case s.synced <- struct{}{}:
+		default:
 		}
 		clear(group)
 	}
@@ -265,32 +278,63 @@ func execStmt(st driver.Stmt, args []driver.NamedValue) error {
 
 // loop takes whatever appends are queued, up to the batch bounds, and
 // commits them together, until the queue is closed.
+//
+// While the syncer is busy making earlier commits durable, the writer does
+// not commit a small batch at once: it waits for more appends, until the
+// syncer is free or wideBatch appends are queued. The appends that arrive
+// during one fsync are then committed in one transaction and made durable
+// by the next fsync, instead of being spread over many small commits that
+// each cost their fixed share of CPU (the commit, the log frames of the
+// index pages); under a heavy load, commits still overlap the fsyncs.
 func (w *writer) loop() {
 	if gate := w.s.cfg.writerGate; gate != nil {
 		<-gate
 	}
 	maxBatch, maxEvents := w.s.cfg.maxBatch, w.s.cfg.maxEvents
+	wide := min(maxBatch, wideBatch)
+	batch := make([]*appendReq, 0, 64)
 	for {
 		req, ok := <-w.s.reqs
 		if !ok {
 			return
 		}
-		batch := append(make([]*appendReq, 0, 16), req)
+		batch = append(batch[:0], req)
 		events := len(req.events)
+		open := true
 	fill:
 		for len(batch) < maxBatch && events < maxEvents {
 			select {
 			case req, ok := <-w.s.reqs:
 				if !ok {
+					open = false
 					break fill
 				}
 				batch = append(batch, req)
 				events += len(req.events)
+				continue
 			default:
-				break fill
+			}
+			if len(batch) >= wide || w.s.inflight.Load() == 0 {
+				break
+			}
+			// The syncer is busy: gather what arrives until it is done.
+			select {
+			case req, ok := <-w.s.reqs:
+				if !ok {
+					open = false
+					break fill
+				}
+				batch = append(batch, req)
+				events += len(req.events)
+			case <-w.s.synced:
 			}
 		}
+		w.s.inflight.Add(1)
 		w.s.syncq <- w.process(batch)
+		batch = make([]*appendReq, 0, max(64, len(batch)))
+		if !open {
+			return
+		}
 	}
 }
 

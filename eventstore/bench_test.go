@@ -57,6 +57,7 @@ func benchmarkAppendTo(b *testing.B, writerCounts []int, streams int, opts ...Op
 			ev := benchEvent(1)
 			var next atomic.Int64
 			commits0, committed0, syncs0, syncNanos0 := s.commits.Load(), s.committed.Load(), s.syncs.Load(), s.syncNanos.Load()
+			written0 := bytesWritten()
 			b.SetBytes(int64(len(ev.Data) + len(ev.Metadata)))
 			b.ResetTimer()
 			start := time.Now()
@@ -91,12 +92,31 @@ func benchmarkAppendTo(b *testing.B, writerCounts []int, streams int, opts ...Op
 			if c := s.commits.Load() - commits0; c > 0 {
 				b.ReportMetric(float64(s.committed.Load()-committed0)/float64(c), "appends/commit")
 			}
+			if w := bytesWritten(); w > 0 {
+				b.ReportMetric(float64(w-written0)/float64(b.N)/1024, "written-KiB/append")
+			}
 			if n := s.syncs.Load() - syncs0; n > 0 {
 				b.ReportMetric(float64(s.committed.Load()-committed0)/float64(n), "appends/fsync")
 				b.ReportMetric(float64(s.syncNanos.Load()-syncNanos0)/float64(n)/1e3, "µs/fsync")
 			}
 		})
 	}
+}
+
+// bytesWritten is how many bytes the process has written (wchar of
+// /proc/self/io: the log, the checkpoints), 0 where that is unknown.
+func bytesWritten() uint64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "wchar: "); ok {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // benchEvents is the size of the store BenchmarkReadAll replays,

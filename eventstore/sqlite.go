@@ -165,9 +165,11 @@ func withSQLiteSync() Option {
 }
 
 // WithCommitObserver registers fn to be told of every group commit once it
-// is durable: how many appends with events it carried, and how long it took
-// from the start of its transaction to the end of its fsync. fn runs on
-// the goroutine that answers appends, so it must be quick.
+// is durable: how many appends with events one fsync made durable (they
+// may have been committed in several transactions while the previous fsync
+// ran), and how long it took from the start of the first transaction to
+// the end of the fsync. fn runs on the goroutine that answers appends, so
+// it must be quick.
 func WithCommitObserver(fn func(appends int, d time.Duration)) Option {
 	return func(c *config) { c.observer = fn }
 }

@@ -195,11 +195,18 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 				s.head.Store(head)
 				s.notify()
 				if obs := s.cfg.observer; obs != nil {
+					// One group commit: the commits this fsync made
+					// durable, from the start of the first.
+					appends, start := 0, time.Time{}
 					for _, it := range group {
 						if it.wrote {
-							obs(it.appends, time.Since(it.start))
+							appends += it.appends
+							if start.IsZero() {
+								start = it.start
+							}
 						}
 					}
+					obs(appends, time.Since(start))
 				}
 			}
 		}

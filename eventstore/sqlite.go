@@ -89,11 +89,14 @@ type SQLite struct {
 	syncq  chan syncItem
 	// inflight counts the batches handed to the syncer and not yet
 	// answered; synced is signalled each time the syncer answers some.
-	inflight   atomic.Int64
-	synced     chan struct{}
-	writerDone chan struct{} // closed once the writer and the syncer are done
-	ckpt       chan struct{} // wakes the checkpointer; closed after the writer
-	ckptDone   chan struct{}
+	inflight atomic.Int64
+	synced   chan struct{}
+	// The last group the syncer answered: how many appends, when its
+	// fsync ended (unix nanoseconds) and how long it took.
+	answered, syncEnd, lastSync atomic.Int64
+	writerDone                  chan struct{} // closed once the writer and the syncer are done
+	ckpt                        chan struct{} // wakes the checkpointer; closed after the writer
+	ckptDone                    chan struct{}
 
 	// wal is the write-ahead log, which the syncer makes durable.
 	wal *os.File

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,7 +84,7 @@ func runWriters(b *testing.B, s appender, writers, streams int) {
 	errs := make(chan error, writers)
 	b.SetBytes(int64(len(ev.Data) + len(ev.Metadata)))
 	b.ResetTimer()
-	start := time.Now()
+	start, written := time.Now(), bytesWritten()
 	for range writers {
 		wg.Go(func() {
 			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
@@ -96,11 +98,31 @@ func runWriters(b *testing.B, s appender, writers, streams int) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "appends/s")
+	if w := bytesWritten(); w > 0 {
+		b.ReportMetric(float64(w-written)/float64(b.N)/1024, "written-KiB/append")
+	}
 	b.StopTimer()
 	close(errs)
 	for err := range errs {
 		b.Fatal(err)
 	}
+}
+
+// bytesWritten is how many bytes the process has written so far (wchar
+// of /proc/self/io: logs, checkpoints, flushes, compactions), 0 where that
+// is unknown.
+func bytesWritten() uint64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "wchar: "); ok {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // pebbleStore is the smallest event store on Pebble with the SQLite

@@ -8,8 +8,7 @@
 // together in the next transaction, so one fsync acknowledges many appends.
 // While an fsync runs the writer keeps gathering appends (up to a wide
 // batch) rather than committing each trickle at once, and the commits made
-// meanwhile share the next fsync; the log is preallocated so that commits
-// overwrite it instead of growing it.
+// meanwhile share the next fsync.
 // Positions are dense (1, 2, 3, ...) and an append is acknowledged only once
 // it is on disk: the write-ahead log is fsynced, pipelined with the next
 // commit, before anyone is answered or any reader sees the events. Reads go

@@ -49,9 +49,6 @@ const (
 	// journal_size_limit the log is cut back to after a restart.
 	checkpointInterval = 5 * time.Second
 	walSizeLimit       = 4 << 20
-	// walPageBytes is the size of a page in the log: a frame header and
-	// a page of the default size.
-	walPageBytes = 4096 + 24
 	// syncQueueLen bounds the commits waiting for the syncer.
 	syncQueueLen   = 16
 	sqliteHdrBytes = 100

@@ -197,11 +197,6 @@ func (s *SQLite) openWAL() error {
 		return fmt.Errorf("open event store %s: write-ahead log: %w", s.path, err)
 	}
 	s.wal = f
-	// The log restarts from its beginning once the checkpointer has
-	// copied it, about every checkpointPages pages.
-	if err := preallocate(f, min(walSizeLimit, int64(s.cfg.checkpointPages)*walPageBytes)); err != nil {
-		return fmt.Errorf("open event store %s: write-ahead log: %w", s.path, err)
-	}
 	if err := syncData(f); err != nil {
 		return fmt.Errorf("open event store %s: sync write-ahead log: %w", s.path, err)
 	}
@@ -212,27 +207,6 @@ func (s *SQLite) openWAL() error {
 	defer d.Close()
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("open event store %s: sync directory: %w", s.path, err)
-	}
-	return nil
-}
-
-// preallocate writes zeros past the end of the log, up to size bytes, so
-// that the commits overwrite blocks the file already has: on ext4 an fsync
-// that grows a file costs about twice one that does not, and so does the
-// write. SQLite ignores what follows the last valid frame (its checksums
-// and salts do not match), and journal_size_limit keeps the file at this
-// size when the log restarts.
-func preallocate(f *os.File, size int64) error {
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	zeros := make([]byte, 256<<10)
-	for off := st.Size(); off < size; off += int64(len(zeros)) {
-		n := min(int64(len(zeros)), size-off)
-		if _, err := f.WriteAt(zeros[:n], off); err != nil {
-			return err
-		}
 	}
 	return nil
 }

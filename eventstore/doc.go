@@ -6,6 +6,9 @@
 // appends that queue up while a transaction is being made durable are
 // checked against their expected versions (held in memory) and written
 // together in the next transaction, so one fsync acknowledges many appends.
+// While an fsync runs the writer keeps gathering appends (up to a wide
+// batch) rather than committing each trickle at once, and the commits made
+// meanwhile share the next fsync.
 // Positions are dense (1, 2, 3, ...) and an append is acknowledged only once
 // it is on disk: the write-ahead log is fsynced, pipelined with the next
 // commit, before anyone is answered or any reader sees the events. Reads go

@@ -13,6 +13,15 @@ import (
 	"github.com/usersync/usersync/domain"
 )
 
+// wideBatch is how many appends the writer gathers before it commits while
+// the syncer is still busy with earlier commits, and maxGather the longest
+// it waits after an fsync for the appends that fsync answered to come back
+// (see writer.loop).
+const (
+	wideBatch = 256
+	maxGather = time.Millisecond
+)
+
 // insertChunks returns the row counts of the prepared multi-row INSERTs
 // the writer uses, largest first; the last is 1.
 func insertChunks() [4]int { return [4]int{256, 32, 8, 1} }
@@ -175,10 +184,16 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 			}
 		}
 		var err error
+		var syncTime time.Duration
 		if head != 0 {
 			err = s.failure()
 			if err == nil && !s.cfg.sqliteSync {
-				if err = syncData(s.wal); err != nil {
+				t := time.Now()
+				err = syncData(s.wal)
+				syncTime = time.Since(t)
+				s.syncs.Add(1)
+				s.syncNanos.Add(uint64(syncTime))
+				if err != nil {
 					s.fail(fmt.Errorf("sync write-ahead log: %w", err))
 					err = s.failure()
 				}
@@ -187,11 +202,18 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 				s.head.Store(head)
 				s.notify()
 				if obs := s.cfg.observer; obs != nil {
+					// One group commit: the commits this fsync made
+					// durable, from the start of the first.
+					appends, start := 0, time.Time{}
 					for _, it := range group {
 						if it.wrote {
-							obs(it.appends, time.Since(it.start))
+							appends += it.appends
+							if start.IsZero() {
+								start = it.start
+							}
 						}
 					}
+					obs(appends, time.Since(start))
 				}
 			}
 		}
@@ -202,6 +224,18 @@ func (s *SQLite) runSyncer(done chan<- struct{}) {
 				}
 				close(r.done)
 			}
+		}
+		answered := 0
+		for _, it := range group {
+			answered += len(it.batch)
+		}
+		s.answered.Store(int64(answered))
+		s.lastSync.Store(int64(syncTime))
+		s.syncEnd.Store(time.Now().UnixNano())
+		s.inflight.Add(-int64(len(group)))
+		select {
+		case s.synced <- struct{}{}:
+		default:
 		}
 		clear(group)
 	}
@@ -265,32 +299,104 @@ func execStmt(st driver.Stmt, args []driver.NamedValue) error {
 
 // loop takes whatever appends are queued, up to the batch bounds, and
 // commits them together, until the queue is closed.
+//
+// The batch is made as wide as the load allows, since an fsync costs about
+// the same for one append as for a hundred:
+//   - while the syncer is busy making earlier commits durable, the writer
+//     does not commit a small batch at once but gathers what arrives, until
+//     the syncer is done or wideBatch appends are queued;
+//   - once an fsync has answered some appends, their callers are likely to
+//     send the next ones at once (a sender with a few connections, each
+//     waiting for its answer): the writer then waits until as many appends
+//     as that fsync answered, plus those that queued during it, are
+//     queued, or at most half an fsync's time (maxGather at most) from the
+//     end of that fsync. Otherwise the callers split into two groups that
+//     take turns, each with half the appends per fsync.
+//
+// A lone caller is never kept waiting: when the last fsync answered only
+// its append, its next one is committed at once.
 func (w *writer) loop() {
 	if gate := w.s.cfg.writerGate; gate != nil {
 		<-gate
 	}
 	maxBatch, maxEvents := w.s.cfg.maxBatch, w.s.cfg.maxEvents
+	wide := min(maxBatch, wideBatch)
+	batch := make([]*appendReq, 0, 64)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var accounted int64 // the end of the last fsync the writer has waited on
 	for {
 		req, ok := <-w.s.reqs
 		if !ok {
 			return
 		}
-		batch := append(make([]*appendReq, 0, 16), req)
+		batch = append(batch[:0], req)
 		events := len(req.events)
+		open := true
+		during := 0 // appends queued before the last fsync ended
+		target := 0
+		var deadline time.Time
+		take := func(req *appendReq, ok bool) bool {
+			if !ok {
+				open = false
+				return false
+			}
+			batch = append(batch, req)
+			events += len(req.events)
+			return true
+		}
 	fill:
 		for len(batch) < maxBatch && events < maxEvents {
 			select {
 			case req, ok := <-w.s.reqs:
-				if !ok {
+				if !take(req, ok) {
 					break fill
 				}
-				batch = append(batch, req)
-				events += len(req.events)
+				continue
 			default:
-				break fill
+			}
+			if len(batch) >= wide {
+				break
+			}
+			if w.s.inflight.Load() > 0 {
+				// The syncer is busy: gather what arrives until it is done.
+				select {
+				case req, ok := <-w.s.reqs:
+					if !take(req, ok) {
+						break fill
+					}
+				case <-w.s.synced:
+					during = len(batch)
+				}
+				continue
+			}
+			if end := w.s.syncEnd.Load(); end != accounted {
+				// A fsync ended since the writer last looked: wait for
+				// the appends it answered to come back.
+				accounted = end
+				target = during + int(w.s.answered.Load())
+				deadline = time.Unix(0, end).Add(min(time.Duration(w.s.lastSync.Load())/2, maxGather))
+			}
+			wait := time.Until(deadline)
+			if len(batch) >= target || wait <= 0 {
+				break
+			}
+			timer.Reset(wait)
+			select {
+			case req, ok := <-w.s.reqs:
+				timer.Stop()
+				if !take(req, ok) {
+					break fill
+				}
+			case <-timer.C:
 			}
 		}
+		w.s.inflight.Add(1)
 		w.s.syncq <- w.process(batch)
+		batch = make([]*appendReq, 0, max(64, len(batch)))
+		if !open {
+			return
+		}
 	}
 }
 

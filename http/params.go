@@ -43,18 +43,13 @@ func readParams(r *nethttp.Request) (map[string]string, error) {
 }
 
 func readRawParams(r *nethttp.Request) (map[string]string, error) {
-	params := map[string]string{}
+	params := make(map[string]string, 8)
 	if err := checkParamCount("the query string", r.URL.RawQuery); err != nil {
 		return nil, err
 	}
 	// Other errors of a query (a bad escape, a semicolon) only drop the
 	// pair they are in, as net/http does for forms.
-	query, _ := url.ParseQuery(r.URL.RawQuery)
-	for k, vs := range query {
-		if len(vs) > 0 {
-			params[k] = vs[0]
-		}
-	}
+	_ = parseQuery(r.URL.RawQuery, params)
 	if r.Method == nethttp.MethodGet || r.Method == nethttp.MethodHead || r.Body == nil {
 		return params, nil
 	}
@@ -97,14 +92,12 @@ func readRawParams(r *nethttp.Request) (map[string]string, error) {
 		if err := checkParamCount("the form body", string(body)); err != nil {
 			return nil, err
 		}
-		form, err := url.ParseQuery(string(body))
-		if err != nil {
+		form := map[string]string{}
+		if err := parseQuery(string(body), form); err != nil {
 			return nil, fmt.Errorf("body is not a valid form: %w", err)
 		}
-		for k, vs := range form {
-			if len(vs) > 0 {
-				params[k] = vs[0]
-			}
+		for k, v := range form {
+			params[k] = v
 		}
 	case ct == "multipart/form-data":
 		form, err := multipart.NewReader(bytes.NewReader(body), mediaParams["boundary"]).ReadForm(maxBody)
@@ -121,6 +114,39 @@ func readRawParams(r *nethttp.Request) (map[string]string, error) {
 		return nil, fmt.Errorf("unsupported Content-Type %q: send a form or JSON", ct)
 	}
 	return params, nil
+}
+
+// parseQuery adds the pairs of a query string or form to into, the first
+// value of a name winning, and returns the first error, as url.ParseQuery
+// does (the pair with the error is dropped; a semicolon is refused), but
+// without a []string per name.
+func parseQuery(query string, into map[string]string) (err error) {
+	for query != "" {
+		var pair string
+		pair, query, _ = strings.Cut(query, "&")
+		if strings.Contains(pair, ";") {
+			err = errors.New("invalid semicolon separator in query")
+			continue
+		}
+		if pair == "" {
+			continue
+		}
+		key, value, _ := strings.Cut(pair, "=")
+		key, err1 := url.QueryUnescape(key)
+		if err1 == nil {
+			value, err1 = url.QueryUnescape(value)
+		}
+		if err1 != nil {
+			if err == nil {
+				err = err1
+			}
+			continue
+		}
+		if _, seen := into[key]; !seen {
+			into[key] = value
+		}
+	}
+	return err
 }
 
 // checkParamCount refuses a query string or form with more than maxParams
@@ -140,14 +166,14 @@ func checkParamCount(what, raw string) error {
 // secret).
 func checkText(params map[string]string) error {
 	for k, v := range params {
-		name := strconv.Quote(domain.Truncate(k, 40))
+		name := func() string { return strconv.Quote(domain.Truncate(k, 40)) }
 		switch {
-		case !utf8.ValidString(k) || strings.ContainsRune(k, 0):
-			return fmt.Errorf("parameter name %s holds a NUL byte or invalid UTF-8: send UTF-8 text", name)
+		case !utf8.ValidString(k) || strings.IndexByte(k, 0) >= 0:
+			return fmt.Errorf("parameter name %s holds a NUL byte or invalid UTF-8: send UTF-8 text", name())
 		case !utf8.ValidString(v):
-			return fmt.Errorf("parameter %s is not valid UTF-8: send UTF-8 text", name)
-		case strings.ContainsRune(v, 0):
-			return fmt.Errorf("parameter %s holds a NUL byte: send text without it", name)
+			return fmt.Errorf("parameter %s is not valid UTF-8: send UTF-8 text", name())
+		case strings.IndexByte(v, 0) >= 0:
+			return fmt.Errorf("parameter %s holds a NUL byte: send text without it", name())
 		}
 	}
 	return nil
@@ -204,10 +230,31 @@ func recordable(params map[string]string) map[string]string {
 	return out
 }
 
+// secretWords are the parts of a parameter name (in any case) that mark it
+// as a secret; "key" covers "access_key".
+var secretWords = [...]string{"pass", "secret", "token", "key"}
+
 func secretParam(k string) bool {
-	l := strings.ToLower(k)
-	for _, s := range []string{"access_key", "pass", "secret", "token", "key"} {
-		if strings.Contains(l, s) {
+	for _, w := range secretWords {
+		if containsFold(k, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether s holds word (lower-case ASCII) in any
+// case, as strings.Contains(strings.ToLower(s), word) does, without the
+// lower-case copy for an ASCII name (a name with other letters, whose
+// lower case may be ASCII, such as the Kelvin sign, takes that way).
+func containsFold(s, word string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return strings.Contains(strings.ToLower(s), word)
+		}
+	}
+	for i := 0; i+len(word) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(word)], word) {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"mime/multipart"
 	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"strings"
 	"testing"
@@ -113,5 +114,46 @@ func TestSecret(t *testing.T) {
 	}
 	if _, err := SecretFromDigest("zz"); err == nil {
 		t.Fatal("bad digest accepted")
+	}
+}
+
+// parseQuery must read a query as url.ParseQuery does, keeping the first
+// value of each name.
+func TestParseQuery_AsNetURLFirstValues(t *testing.T) {
+	for _, q := range []string{
+		"", "a=1", "a=1&a=2", "a", "a=", "=1", "&&a=1&", "a=1;b=2&c=3", "a=%zz&b=2", "%zz=1&b=2",
+		"a+b=c+d&e=%41%42", "a=1=2", "x=%E9&y=%00", "a=1&;&b=2", "%=1", "a=%4",
+	} {
+		want, wantErr := url.ParseQuery(q)
+		got := map[string]string{}
+		err := parseQuery(q, got)
+		if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
+			t.Errorf("%q: error %v, want %v", q, err, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Errorf("%q: %v, want the first values of %v", q, got, want)
+		}
+		for k, vs := range want {
+			if got[k] != vs[0] {
+				t.Errorf("%q: %s=%q, want %q", q, k, got[k], vs[0])
+			}
+		}
+	}
+}
+
+// secretParam must find the secret words in any case, as a lower-case
+// copy of the name would.
+func TestSecretParam_AnyCase(t *testing.T) {
+	for name, want := range map[string]bool{
+		"access_key": true, "ACCESS_KEY": true, "Password": true, "user_pass": true, "api_Secret": true,
+		"TOKEN": true, "monkey": true, "\u212Aey": true, "email": false, "first_name": false, "": false, "ke": false, "tags": false,
+	} {
+		if got := secretParam(name); got != want {
+			t.Errorf("secretParam(%q) = %v, want %v", name, got, want)
+		}
+		if old := strings.Contains(strings.ToLower(name), "key") || strings.Contains(strings.ToLower(name), "pass") ||
+			strings.Contains(strings.ToLower(name), "secret") || strings.Contains(strings.ToLower(name), "token"); old != want {
+			t.Errorf("%q: the table disagrees with a lower-case copy", name)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	nethttp "net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,10 +151,11 @@ func (c Config) Validate() error {
 
 // Server serves the webhook and the API.
 type Server struct {
-	cfg     Config
-	router  *mux.Router
-	rebuild rebuildState
-	refused *refusedLog
+	cfg          Config
+	router       *mux.Router
+	webhookChain nethttp.Handler // the webhook with its decorators
+	rebuild      rebuildState
+	refused      *refusedLog
 }
 
 // New builds the server's routes from cfg, its defaults filled, once it is
@@ -196,11 +198,40 @@ func New(cfg Config) (*Server, error) {
 	}
 	r.NotFoundHandler = webhook
 	r.MethodNotAllowedHandler = webhook
+	s.webhookChain = webhook
 	return s, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) { s.router.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A request on a path no route can
+// match goes to the webhook at once, as the router would send it, without
+// the router's matching of every route.
+func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if webhookPath(r.URL.Path) {
+		s.webhookChain.ServeHTTP(w, r)
+		return
+	}
+	s.router.ServeHTTP(w, r)
+}
+
+// webhookPath reports whether the router would hand a request on p to the
+// webhook whatever its method: p is in the clean form the router does not
+// redirect, and no route is on it.
+func webhookPath(p string) bool {
+	switch p {
+	case "/":
+		return true
+	case "", "/healthz", "/readyz", "/metrics":
+		return false
+	}
+	if strings.HasPrefix(p, "/api/") || p[0] != '/' {
+		return false
+	}
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean == p
+}
 
 func (s *Server) healthz(w nethttp.ResponseWriter, r *nethttp.Request) {
 	writeJSON(w, nethttp.StatusOK, map[string]string{"status": "ok"})

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	nethttp "net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,5 +112,32 @@ func TestNew(t *testing.T) {
 	cfg.Now = func() time.Time { return at }
 	if s, err = New(cfg); err != nil || !s.cfg.Now().Equal(at) {
 		t.Fatalf("New replaced the clock given: %v", err)
+	}
+}
+
+// The shortcut to the webhook must agree with the router: a path it takes
+// is one the router hands to the webhook, for every method.
+func TestWebhookPath_AsTheRouter(t *testing.T) {
+	cfg := testConfig(t, quietLog())
+	cfg.Metrics = nethttp.NotFoundHandler()
+	var hit bool
+	cfg.WebhookDecorators = []Decorator{func(nethttp.Handler) nethttp.Handler {
+		return nethttp.HandlerFunc(func(nethttp.ResponseWriter, *nethttp.Request) { hit = true })
+	}}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/", "/wp-json/x", "/hook/", "//", "/a//b", "/a/../b", "/./", "/healthz", "/healthz/", "/readyz", "/metrics",
+		"/api", "/api/", "/api/users", "/API/users", "/x/.", "/é"} {
+		for _, method := range []string{"GET", "POST", "HEAD"} {
+			hit = false
+			r := httptest.NewRequest(method, "http://example.com/", nil)
+			r.URL.Path = p
+			s.router.ServeHTTP(httptest.NewRecorder(), r)
+			if webhookPath(p) && !hit {
+				t.Errorf("%s %q: the shortcut takes it to the webhook, the router does not", method, p)
+			}
+		}
 	}
 }

@@ -33,7 +33,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	r, rep := Report(r)
 	reply := func(status int, a webhookAnswer) {
 		rep.Status = status
-		writeJSON(w, status, a)
+		writeAnswer(w, status, a)
 	}
 	// Refused before it is recorded, and before it has an id.
 	refuse := func(status int, why, msg string) {
@@ -167,6 +167,41 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		s.cfg.Queue.Forget(id, ch)
 		rep.Outcome, rep.Reason = outcomeQueued, "the sender went away; processing continues"
 	}
+}
+
+// writeAnswer writes a webhook answer as writeJSON would. An answer
+// without a user whose texts need no escaping, as every 202 is, is put
+// together by hand: it is the one answer of a burst of webhooks.
+func writeAnswer(w nethttp.ResponseWriter, status int, a webhookAnswer) {
+	if a.User != nil || !plainJSON(a.Message) || !plainJSON(a.WebhookID) || !plainJSON(a.Status) {
+		writeJSON(w, status, a)
+		return
+	}
+	buf := make([]byte, 0, 128+len(a.Message))
+	buf = append(buf, `{"success":`...)
+	buf = strconv.AppendBool(buf, a.Success)
+	buf = append(append(append(buf, `,"message":"`...), a.Message...), `","webhook_id":"`...)
+	buf = append(append(buf, a.WebhookID...), '"')
+	if a.Status != "" {
+		buf = append(append(append(buf, `,"status":"`...), a.Status...), '"')
+	}
+	buf = append(buf, "}\n"...)
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf)
+}
+
+// plainJSON reports whether s is printable ASCII without '"' or '\\', so
+// that it is its own JSON string body.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // answer writes the answer for a processed webhook, with the user view

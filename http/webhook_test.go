@@ -3,7 +3,9 @@ package http
 import (
 	"encoding/json"
 	nethttp "net/http"
+	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -143,5 +145,23 @@ func TestWebhook_ReportsThroughTheDecorators(t *testing.T) {
 				t.Errorf("a key is in the log:\n%s", logs.String())
 			}
 		})
+	}
+}
+
+// writeAnswer must write what writeJSON writes, whatever the answer holds.
+func TestWriteAnswer_AsWriteJSON(t *testing.T) {
+	for _, a := range []webhookAnswer{
+		{Success: true, Message: "Queued", WebhookID: "01a2317f-c10c-7ce4-b740-d0c80b9864a1", Status: command.StatusQueued},
+		{Message: "Invalid Access Key"},
+		{Message: `unknown wpf_action "x<y>&z": use add`, WebhookID: "w1", Status: command.StatusFailed},
+		{Message: "line\nbreak \\ and \u2028 and é", WebhookID: "w2"},
+		{Success: true, Message: "", WebhookID: ""},
+	} {
+		want, got := httptest.NewRecorder(), httptest.NewRecorder()
+		writeJSON(want, 202, a)
+		writeAnswer(got, 202, a)
+		if got.Body.String() != want.Body.String() || got.Code != want.Code || !reflect.DeepEqual(got.Header(), want.Header()) {
+			t.Errorf("%+v:\n got %d %v %q\nwant %d %v %q", a, got.Code, got.Header(), got.Body, want.Code, want.Header(), want.Body)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	nethttp "net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"sync"
@@ -266,16 +267,25 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	a.serveErr = make(chan error, 2)
+	a.serveErr = make(chan error, 3)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on --addr %s: %w", cfg.Addr, err)
 	}
 	a.addr = ln.Addr().String()
-	var mln net.Listener
+	var mln, pln net.Listener
+	if cfg.PprofAddr != "" {
+		if pln, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen on --pprof-addr %s: %w", cfg.PprofAddr, err)
+		}
+	}
 	if cfg.MetricsAddr != "" {
 		if mln, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
 			ln.Close()
+			if pln != nil {
+				pln.Close()
+			}
 			return nil, fmt.Errorf("listen on --metrics-addr %s: %w", cfg.MetricsAddr, err)
 		}
 		a.metricsAddr = mln.Addr().String()
@@ -284,10 +294,17 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	// and printed right after (docs/configuration.md, "First start").
 	if err := saveSecrets(); err != nil {
 		ln.Close()
-		if mln != nil {
-			mln.Close()
+		for _, l := range []net.Listener{mln, pln} {
+			if l != nil {
+				l.Close()
+			}
 		}
 		return nil, err
+	}
+	if pln != nil {
+		ps := &nethttp.Server{Handler: pprofMux(), ReadHeaderTimeout: 10 * time.Second}
+		a.servers = append(a.servers, ps)
+		go func() { a.serveErr <- ps.Serve(pln) }()
 	}
 	if mln != nil {
 		mux := nethttp.NewServeMux()
@@ -326,6 +343,17 @@ const (
 	readTimeout       = 30 * time.Second
 	idleTimeout       = 2 * time.Minute
 )
+
+// pprofMux serves Go's profiler for --pprof-addr.
+func pprofMux() *nethttp.ServeMux {
+	mux := nethttp.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
 
 // newWebServer is the http.Server of --addr.
 func newWebServer(h nethttp.Handler) *nethttp.Server {

@@ -343,6 +343,7 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 		"log-format":               {"xml", "must be auto, text or json", false},
 		"log-level":                {"loud", "must be debug, info, warn or error", false},
 		"metrics-addr":             {"9464", "is not host:port", false},
+		"pprof-addr":               {"0.0.0.0:6060", "is not a loopback host:port", false},
 		"demo":                     {"yes", "true or false", false},
 		"disk-reserve":             {"lots", "a size such as 64MiB", false},
 		"auth-fail-rate":           {"fast", "a number such as", false},

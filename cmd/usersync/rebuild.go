@@ -145,9 +145,9 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	stats := res.Stats
 	rate := float64(stats.Events) / max(stats.Duration.Seconds(), 1e-9)
-	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d parked events, position %d; wrote %d of %d buckets of %s (the others were unchanged), deleted %d\n",
-		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Parked, stats.Position,
-		stats.Written, stats.Buckets, filepath.Base(views.Path()), stats.Deleted)
+	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d webhook receipts, %d parked events, position %d; wrote %d rows into a new %s\n",
+		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Receipts, stats.Parked, stats.Position,
+		stats.Rows, filepath.Base(views.Path()))
 	if stats.Parked > 0 {
 		fmt.Fprintf(stdout, "some events could not be read by this build and were parked: list them with usersync parked\n")
 	}

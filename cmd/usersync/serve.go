@@ -222,7 +222,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 	if a.returner != nil {
 		var pending []command.PendingReturn
-		for _, r := range a.views.Passwords.List(projections.PasswordPending) {
+		rows, err := a.views.Passwords.List(ctx, projections.PasswordPending)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
 			pending = append(pending, command.PendingReturn{ContactID: r.ContactID, KeyID: r.KeyID})
 		}
 		if err := a.returner.Resume(ctx, pending); err != nil {
@@ -362,7 +366,10 @@ func (a *app) recover(ctx context.Context) error {
 	if err := a.views.WaitAll(wctx, head); err != nil {
 		return fmt.Errorf("catch up the views before recovery: %w", err)
 	}
-	open := a.views.Webhooks.Open()
+	open, err := a.views.Webhooks.Open(ctx)
+	if err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
 	seen := map[domain.ContactID]bool{}
 	for _, w := range open {
 		if w.ContactID != 0 && !seen[w.ContactID] {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore"
@@ -101,6 +102,31 @@ func (b *batch) exec(query string, args ...any) error {
 	_, err = st.ExecContext(b.ctx, args...)
 	b.written++
 	return err
+}
+
+// insertChunk is how many rows one INSERT statement writes: one statement
+// of many rows costs a fraction of as many statements of one.
+const insertChunk = 64
+
+// insertMany runs head (an INSERT … VALUES without its rows) for the rows
+// of args, ncols values each, insertChunk rows a statement. Callers pass
+// the rows in key order: SQLite then inserts each next to the one before.
+func (b *batch) insertMany(head string, ncols int, args []any) error {
+	for len(args) > 0 {
+		n := min(insertChunk, len(args)/ncols)
+		if err := b.exec(head+valuesList(n, ncols), args[:n*ncols]...); err != nil {
+			return err
+		}
+		b.written += n - 1
+		args = args[n*ncols:]
+	}
+	return nil
+}
+
+// valuesList is "(?, …), (?, …)…": rows rows of ncols placeholders.
+func valuesList(rows, ncols int) string {
+	one := "(" + strings.Repeat("?, ", ncols-1) + "?)"
+	return strings.Repeat(one+", ", rows-1) + one
 }
 
 func (b *batch) queryRow(query string, args ...any) (*sql.Row, error) {

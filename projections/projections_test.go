@@ -43,14 +43,14 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 
 // start opens the store and the views in dir and runs the pipeline that
 // feeds the views.
-func start(t *testing.T, dir string) *env {
+func start(t *testing.T, dir string, opts ...projections.Option) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -153,7 +153,14 @@ func (b *batch) applyTags(rec *domain.RecordedEvent, env *domain.Envelope) error
 }
 
 func (b *batch) flushTags() error {
-	for id, s := range b.contactTags {
+	ids := make([]domain.ContactID, 0, len(b.contactTags))
+	for id := range b.contactTags {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var added []any
+	for _, id := range ids {
+		s := b.contactTags[id]
 		for _, t := range s.file {
 			if _, found := slices.BinarySearch(s.now, t); !found {
 				if err := b.exec("DELETE FROM user_tags WHERE tag_id = ? AND contact_id = ?", int64(t), int64(id)); err != nil {
@@ -163,14 +170,15 @@ func (b *batch) flushTags() error {
 		}
 		for _, t := range s.now {
 			if _, found := slices.BinarySearch(s.file, t); !found {
-				if err := b.exec("INSERT INTO user_tags(tag_id, contact_id) VALUES(?, ?)", int64(t), int64(id)); err != nil {
-					return err
-				}
+				added = append(added, int64(t), int64(id))
 			}
 		}
 		if len(s.now) > 0 {
 			b.wroteID(1, uint64(id))
 		}
+	}
+	if err := b.insertMany("INSERT INTO user_tags(tag_id, contact_id) VALUES", 2, added); err != nil {
+		return err
 	}
 	for id, s := range b.tags {
 		if !s.dirty {

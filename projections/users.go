@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -102,11 +103,17 @@ func (b *batch) applyUser(rec *domain.RecordedEvent, env *domain.Envelope) error
 }
 
 func (b *batch) flushUsers() error {
-	var buf []byte
+	ids := make([]domain.ContactID, 0, len(b.users))
 	for id, s := range b.users {
-		if !s.dirty {
-			continue
+		if s.dirty {
+			ids = append(ids, id)
 		}
+	}
+	slices.Sort(ids)
+	var buf []byte
+	args := make([]any, 0, 10*len(ids))
+	for _, id := range ids {
+		s := b.users[id]
 		if s.u == nil {
 			if s.inFile {
 				if err := b.exec("DELETE FROM users WHERE contact_id = ?", int64(id)); err != nil {
@@ -119,14 +126,11 @@ func (b *batch) flushUsers() error {
 		buf = appendJSONStrings(buf[:0], u.Meta)
 		meta := string(buf)
 		buf = appendTags(buf[:0], u.Tags)
-		if err := b.exec("INSERT OR REPLACE INTO users("+userColumns+") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-			int64(id), u.UserID, u.Login, u.Email, string(u.Role), meta, string(buf),
-			unixNano(u.CreatedAt), unixNano(u.UpdatedAt), int64(s.version)); err != nil {
-			return err
-		}
+		args = append(args, int64(id), u.UserID, u.Login, u.Email, string(u.Role), meta, string(buf),
+			unixNano(u.CreatedAt), unixNano(u.UpdatedAt), int64(s.version))
 		b.wroteID(0, uint64(id))
 	}
-	return nil
+	return b.insertMany("INSERT OR REPLACE INTO users("+userColumns+") VALUES", 10, args)
 }
 
 // appendTags appends tags as the JSON array of domain.Tag.

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/usersync/usersync/domain"
@@ -156,17 +158,25 @@ func (b *batch) updateWebhook(id, status, message string, at time.Time) (*Webhoo
 }
 
 func (b *batch) flushWebhooks() error {
+	slices.SortFunc(b.webhookLog, func(x, y webhookLogRow) int { return strings.Compare(x.id, y.id) })
+	logArgs := make([]any, 0, 4*len(b.webhookLog))
 	for _, r := range b.webhookLog {
-		if err := b.exec("INSERT OR IGNORE INTO webhook_log(id, stream, version, received_at) VALUES(?, ?, ?, ?)",
-			r.id, r.stream, int64(r.version), r.receivedAt); err != nil {
-			return err
-		}
+		logArgs = append(logArgs, r.id, r.stream, int64(r.version), r.receivedAt)
 		b.wroteWebhook(r.id)
 	}
+	if err := b.insertMany("INSERT OR IGNORE INTO webhook_log(id, stream, version, received_at) VALUES", 4, logArgs); err != nil {
+		return err
+	}
+	ids := make([]string, 0, len(b.webhooks))
 	for id, s := range b.webhooks {
-		if !s.dirty {
-			continue
+		if s.dirty {
+			ids = append(ids, id)
 		}
+	}
+	slices.Sort(ids)
+	args := make([]any, 0, 8*len(ids))
+	for _, id := range ids {
+		s := b.webhooks[id]
 		w := s.w
 		if b.cutoff != 0 && !w.open() && unixNano(w.ReceivedAt) < b.cutoff {
 			// Past the retention: the log has it.
@@ -177,13 +187,10 @@ func (b *batch) flushWebhooks() error {
 			}
 			continue
 		}
-		if err := b.exec("INSERT OR REPLACE INTO webhooks("+webhookColumns+") VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
-			id, w.Action, int64(w.ContactID), w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)); err != nil {
-			return err
-		}
+		args = append(args, id, w.Action, int64(w.ContactID), w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt))
 		b.wroteWebhook(id)
 	}
-	return nil
+	return b.insertMany("INSERT OR REPLACE INTO webhooks("+webhookColumns+") VALUES", 8, args)
 }
 
 // pruneBatch is how many receipts one prune step deletes at most.

@@ -123,7 +123,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if a.keys, err = keystore.Open(ctx, paths.keys()); err != nil {
 		return nil, err
 	}
-	if a.views, err = projections.Open(ctx, paths.views()); err != nil {
+	if a.views, err = projections.Open(ctx, paths.views(), projections.WithReceiptRetention(cfg.ReceiptRetention), projections.WithLogger(log)); err != nil {
 		return nil, err
 	}
 	if err := checkViewsNotAhead(ctx, a.store, a.views, cfg.Data); err != nil {

@@ -277,8 +277,10 @@ func (v *Views) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([
 	return v.handle(ctx, mask{true, true, true, true}, recs, false)
 }
 
-// handle applies recs to the views of m. With strict, an event that cannot
-// be decoded is an error (nothing is applied) instead of a parked event.
+// handle applies recs to the views of m. With strict (one view's consumer,
+// one event), an event that cannot be decoded is an error (nothing is
+// applied) instead of a parked event, and the views at that view's
+// checkpoint are applied too.
 func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent, strict bool) ([]domain.ParkedEvent, error) {
 	if len(recs) == 0 {
 		return nil, nil
@@ -290,6 +292,20 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 	var from [4]uint64
 	for i, p := range v.all {
 		from[i] = p.position()
+	}
+	if strict {
+		// One view's consumer: the views at the same checkpoint follow
+		// along (they are in step with it), so the views that the old
+		// pipeline feeds one by one cost one transaction per event, not
+		// four; the others' own consumers find the event applied.
+		for i := range m {
+			if m[i] {
+				for j := range m {
+					m[j] = m[j] || from[j] == from[i]
+				}
+				break
+			}
+		}
 	}
 	last := recs[len(recs)-1].Position
 	var moved mask
@@ -358,7 +374,8 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 // the view's checkpoint is not applied again. A decode error (unknown type,
 // newer schema) is returned without changing anything: the pipeline parks
 // it. It is HandleBatch for one view and one event, for the pipeline that
-// feeds each view on its own.
+// feeds each view on its own; the views in step with this one (at the same
+// checkpoint) take the event in the same transaction.
 func (v *Views) Handle(ctx context.Context, name string, rec domain.RecordedEvent) error {
 	m, err := maskOf(name)
 	if err != nil {

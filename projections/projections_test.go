@@ -346,9 +346,6 @@ func TestRebuild_GivesTheLiveViewsRowForRow(t *testing.T) {
 	e.story()
 	e.churn(1, 400, 40)
 	e.caughtUp()
-	if err := e.views.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	live := dump(t, filepath.Join(dir, "views.db"))
 	liveUsers, liveTags := e.users(), e.tagList()
 	liveHooks, livePasswords := e.receipts(), e.passwords("")
@@ -461,9 +458,6 @@ func TestViews_RestartResumesWithoutApplyingTwice(t *testing.T) {
 	e = start(t, dir)
 	e.churn(3, 150, 20)
 	e.caughtUp()
-	if err := e.views.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	before := dump(t, filepath.Join(dir, "views.db"))
 	if _, err := e.views.Rebuild(context.Background(), e.store, nil); err != nil {
 		t.Fatal(err)

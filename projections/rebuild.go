@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -78,7 +77,6 @@ type decodedBatch struct {
 // is called every batch.
 func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progress)) (RebuildStats, error) {
 	start := time.Now()
-	defer collectLess()()
 	head, err := log.Head(ctx)
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: read head: %w", err)
@@ -355,50 +353,6 @@ func syncDir(dir string) error {
 	}
 	defer f.Close()
 	return f.Sync()
-}
-
-// rebuildGCPercent is how much the heap grows between two collections
-// during a rebuild; Go's default is 100.
-const rebuildGCPercent = 400
-
-// collectLess makes the collector run less often until the function it
-// returns is called. A rebuild allocates a second copy of every view and
-// discards the events it read as it goes: at the default, the collector
-// marked that growing heap over and over, and the rebuild ran 15-20 %
-// slower. The price is memory: the heap peaked at 950 MB instead of 580 MB
-// over 310 MB of live data when rebuilding 1,000,000 events. A collector
-// setting of the operator's own (GOGC in the environment) is left alone,
-// and a memory limit (GOMEMLIMIT) still holds.
-func collectLess() (undo func()) {
-	if os.Getenv("GOGC") != "" {
-		return func() {}
-	}
-	gcDuringRebuilds.Lock()
-	defer gcDuringRebuilds.Unlock()
-	if gcDuringRebuilds.running == 0 {
-		gcDuringRebuilds.prev = debug.SetGCPercent(rebuildGCPercent)
-	}
-	gcDuringRebuilds.running++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			gcDuringRebuilds.Lock()
-			defer gcDuringRebuilds.Unlock()
-			if gcDuringRebuilds.running--; gcDuringRebuilds.running == 0 {
-				debug.SetGCPercent(gcDuringRebuilds.prev)
-			}
-		})
-	}
-}
-
-// gcDuringRebuilds counts the rebuilds running in the process, so that the
-// first raises the collector percentage and the last puts back what was
-// there before. It is package state because what it guards, the
-// collector's setting, belongs to the whole process.
-var gcDuringRebuilds struct {
-	sync.Mutex
-	running int
-	prev    int
 }
 
 // readDecoded reads the events in (after, upTo] in batches, decodes them on

@@ -290,10 +290,6 @@ func (v *Views) read(fn func(db *sql.DB) error) error {
 	return fn(v.db)
 }
 
-// Flush is kept for callers of the in-memory views: every batch is written
-// when it is applied, so there is nothing left to write.
-func (v *Views) Flush(context.Context) error { return nil }
-
 // Close stops the pruning and closes the views file.
 func (v *Views) Close() error {
 	var err error

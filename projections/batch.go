@@ -27,7 +27,20 @@ type viewDB struct {
 
 func newViewDB(db *sql.DB) *viewDB { return &viewDB{db: db, stmts: map[string]*sql.Stmt{}} }
 
-// stmt is the statement of query in tx, prepared once per file.
+// stmt is the statement of query in tx, prepared once per file; the batch
+// keeps it for its transaction.
+func (b *batch) stmt(query string) (*sql.Stmt, error) {
+	if st, ok := b.txStmts[query]; ok {
+		return st, nil
+	}
+	st, err := b.d.stmt(b.ctx, b.tx, query)
+	if err != nil {
+		return nil, err
+	}
+	b.txStmts[query] = st
+	return st, nil
+}
+
 func (d *viewDB) stmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
 	st, ok := d.stmts[query]
 	if ok && d.tx != nil {
@@ -74,6 +87,7 @@ type batch struct {
 	// receipt received before it is not kept. 0: every receipt is kept.
 	cutoff int64
 
+	txStmts     map[string]*sql.Stmt
 	users       map[domain.ContactID]*userSlot
 	contactTags map[domain.ContactID]*tagSetSlot
 	tags        map[uint64]*tagSlot
@@ -89,13 +103,13 @@ type batch struct {
 }
 
 func newBatch(ctx context.Context, tx *sql.Tx, d *viewDB, cutoff int64) *batch {
-	return &batch{ctx: ctx, tx: tx, d: d, cutoff: cutoff, limit: cacheLimit,
+	return &batch{ctx: ctx, tx: tx, d: d, cutoff: cutoff, limit: cacheLimit, txStmts: map[string]*sql.Stmt{},
 		users: map[domain.ContactID]*userSlot{}, contactTags: map[domain.ContactID]*tagSetSlot{},
 		tags: map[uint64]*tagSlot{}, passwords: map[domain.ContactID]*passwordSlot{}, webhooks: map[string]*webhookSlot{}}
 }
 
 func (b *batch) exec(query string, args ...any) error {
-	st, err := b.d.stmt(b.ctx, b.tx, query)
+	st, err := b.stmt(query)
 	if err != nil {
 		return err
 	}
@@ -108,13 +122,15 @@ func (b *batch) exec(query string, args ...any) error {
 // of many rows costs a fraction of as many statements of one.
 const insertChunk = 64
 
-// insertMany runs head (an INSERT … VALUES without its rows) for the rows
-// of args, ncols values each, insertChunk rows a statement. Callers pass
+// insertMany runs head (an INSERT … VALUES without its rows) and tail (an
+// upsert clause, or "") for the rows of args, ncols values each,
+// insertChunk rows a statement. An upsert rather than INSERT OR REPLACE:
+// an update leaves alone the indexes whose columns did not change. Callers pass
 // the rows in key order: SQLite then inserts each next to the one before.
-func (b *batch) insertMany(head string, ncols int, args []any) error {
+func (b *batch) insertMany(head string, ncols int, args []any, tail string) error {
 	for len(args) > 0 {
 		n := min(insertChunk, len(args)/ncols)
-		if err := b.exec(head+valuesList(n, ncols), args[:n*ncols]...); err != nil {
+		if err := b.exec(head+valuesList(n, ncols)+tail, args[:n*ncols]...); err != nil {
 			return err
 		}
 		b.written += n - 1
@@ -130,7 +146,7 @@ func valuesList(rows, ncols int) string {
 }
 
 func (b *batch) queryRow(query string, args ...any) (*sql.Row, error) {
-	st, err := b.d.stmt(b.ctx, b.tx, query)
+	st, err := b.stmt(query)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +367,7 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 	if err := b.flush(); err != nil {
 		return nil, eventstore.MarkStorage(fmt.Errorf("views: %w", err))
 	}
-	if moved[3] && b.cutoff != 0 {
+	if moved[3] && b.cutoff != 0 && !strict {
 		if _, err := b.prune(pruneBatch); err != nil {
 			return nil, eventstore.MarkStorage(fmt.Errorf("views: %w", err))
 		}
@@ -416,4 +432,16 @@ func maskOf(name string) (mask, error) {
 	}
 	m[i] = true
 	return m, nil
+}
+
+// upsertSet is the ON CONFLICT clause that updates every column of columns
+// but the key pk from the row being inserted.
+func upsertSet(pk, columns string) string {
+	var sets []string
+	for _, c := range strings.Split(columns, ",") {
+		if c = strings.TrimSpace(c); c != pk {
+			sets = append(sets, c+" = excluded."+c)
+		}
+	}
+	return " ON CONFLICT(" + pk + ") DO UPDATE SET " + strings.Join(sets, ", ")
 }

@@ -43,6 +43,8 @@ type passwordSlot struct {
 
 const passwordColumns = "contact_id, key_id, field, status, attempts, last_error, next_attempt_at, issued_at, updated_at"
 
+var passwordUpsert = upsertSet("contact_id", passwordColumns)
+
 func scanPasswordReturn(row scanner) (PasswordReturn, error) {
 	var r PasswordReturn
 	var id, next, issued, updated int64
@@ -130,7 +132,7 @@ func (b *batch) flushPasswords() error {
 			continue
 		}
 		r := s.r
-		if err := b.exec("INSERT OR REPLACE INTO password_returns("+passwordColumns+") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		if err := b.exec("INSERT INTO password_returns("+passwordColumns+") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"+passwordUpsert,
 			int64(id), r.KeyID, r.Field, r.Status, r.Attempts, r.LastError, unixNano(r.NextAttemptAt), unixNano(r.IssuedAt), unixNano(r.UpdatedAt)); err != nil {
 			return err
 		}

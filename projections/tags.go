@@ -42,7 +42,7 @@ func (b *batch) contactTagSet(id domain.ContactID) (*tagSetSlot, error) {
 	}
 	s := &tagSetSlot{}
 	if b.mayExistID(1, uint64(id)) {
-		st, err := b.d.stmt(b.ctx, b.tx, "SELECT tag_id FROM user_tags WHERE contact_id = ? ORDER BY tag_id")
+		st, err := b.stmt("SELECT tag_id FROM user_tags WHERE contact_id = ? ORDER BY tag_id")
 		if err != nil {
 			return nil, err
 		}
@@ -177,14 +177,14 @@ func (b *batch) flushTags() error {
 			b.wroteID(1, uint64(id))
 		}
 	}
-	if err := b.insertMany("INSERT INTO user_tags(tag_id, contact_id) VALUES", 2, added); err != nil {
+	if err := b.insertMany("INSERT INTO user_tags(tag_id, contact_id) VALUES", 2, added, ""); err != nil {
 		return err
 	}
 	for id, s := range b.tags {
 		if !s.dirty {
 			continue
 		}
-		if err := b.exec("INSERT OR REPLACE INTO tags(id, name, users) VALUES(?, ?, ?)", int64(id), s.name, s.users); err != nil {
+		if err := b.exec("INSERT INTO tags(id, name, users) VALUES(?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, users = excluded.users", int64(id), s.name, s.users); err != nil {
 			return err
 		}
 		b.wroteID(4, id)

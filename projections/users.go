@@ -45,6 +45,8 @@ type userSlot struct {
 
 const userColumns = "contact_id, user_id, login, email, role, meta, tags, created_at, updated_at, version"
 
+var userUpsert = upsertSet("contact_id", userColumns)
+
 func (b *batch) user(id domain.ContactID) (*userSlot, error) {
 	if s, ok := b.users[id]; ok {
 		return s, nil
@@ -130,7 +132,7 @@ func (b *batch) flushUsers() error {
 			unixNano(u.CreatedAt), unixNano(u.UpdatedAt), int64(s.version))
 		b.wroteID(0, uint64(id))
 	}
-	return b.insertMany("INSERT OR REPLACE INTO users("+userColumns+") VALUES", 10, args)
+	return b.insertMany("INSERT INTO users("+userColumns+") VALUES", 10, args, userUpsert)
 }
 
 // appendTags appends tags as the JSON array of domain.Tag.

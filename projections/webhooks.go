@@ -58,6 +58,8 @@ type webhookLogRow struct {
 
 const webhookColumns = "id, action, contact_id, status, message, attempts, received_at, updated_at"
 
+var webhookUpsert = upsertSet("id", webhookColumns)
+
 func scanWebhook(row scanner) (Webhook, error) {
 	var w Webhook
 	var contact, received, updated int64
@@ -164,7 +166,7 @@ func (b *batch) flushWebhooks() error {
 		logArgs = append(logArgs, r.id, r.stream, int64(r.version), r.receivedAt)
 		b.wroteWebhook(r.id)
 	}
-	if err := b.insertMany("INSERT OR IGNORE INTO webhook_log(id, stream, version, received_at) VALUES", 4, logArgs); err != nil {
+	if err := b.insertMany("INSERT OR IGNORE INTO webhook_log(id, stream, version, received_at) VALUES", 4, logArgs, ""); err != nil {
 		return err
 	}
 	ids := make([]string, 0, len(b.webhooks))
@@ -190,7 +192,7 @@ func (b *batch) flushWebhooks() error {
 		args = append(args, id, w.Action, int64(w.ContactID), w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt))
 		b.wroteWebhook(id)
 	}
-	return b.insertMany("INSERT OR REPLACE INTO webhooks("+webhookColumns+") VALUES", 8, args)
+	return b.insertMany("INSERT INTO webhooks("+webhookColumns+") VALUES", 8, args, webhookUpsert)
 }
 
 // pruneBatch is how many receipts one prune step deletes at most.
@@ -199,7 +201,7 @@ const pruneBatch = 256
 // prune deletes up to limit closed receipts received before the cutoff,
 // oldest first, and says how many it deleted.
 func (b *batch) prune(limit int) (int, error) {
-	st, err := b.d.stmt(b.ctx, b.tx, `DELETE FROM webhooks WHERE id IN (SELECT id FROM webhooks INDEXED BY webhooks_by_received
+	st, err := b.stmt(`DELETE FROM webhooks WHERE id IN (SELECT id FROM webhooks INDEXED BY webhooks_by_received
 		WHERE received_at < ? AND status NOT IN ('queued', 'retrying') ORDER BY received_at LIMIT ?)`)
 	if err != nil {
 		return 0, err

@@ -231,7 +231,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 // with a large cache, the tables without the readers' indexes.
 func openBulk(ctx context.Context, path string, events int) (*viewDB, error) {
 	dsn := "file:" + path + "?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)&_pragma=cache_size(-262144)" +
-		"&_pragma=locking_mode(EXCLUSIVE)&_pragma=temp_store(MEMORY)"
+		"&_pragma=locking_mode(EXCLUSIVE)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", path, err)

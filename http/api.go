@@ -1,8 +1,10 @@
 package http
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	nethttp "net/http"
 	"strconv"
 
@@ -50,7 +52,11 @@ func (s *Server) writeUsers(w nethttp.ResponseWriter, r *nethttp.Request, tag ui
 	if !ok {
 		return
 	}
-	users, more := s.cfg.Views.Users.List(after, limit, tag)
+	users, more, err := s.cfg.Views.Users.List(r.Context(), after, limit, tag)
+	if err != nil {
+		s.viewError(w, "list users", err)
+		return
+	}
 	p := usersPage{Users: users}
 	if more && len(users) > 0 {
 		p.Next = users[len(users)-1].ContactID.String()
@@ -77,7 +83,12 @@ func (s *Server) tagUsers(w nethttp.ResponseWriter, r *nethttp.Request) {
 		writeError(w, nethttp.StatusBadRequest, "tag id must be a positive integer")
 		return
 	}
-	if _, ok := s.cfg.Views.Tags.Get(n); !ok {
+	_, ok, err := s.cfg.Views.Tags.Get(r.Context(), n)
+	if err != nil {
+		s.viewError(w, "read tag", err)
+		return
+	}
+	if !ok {
 		writeError(w, nethttp.StatusNotFound, "no user has ever had tag "+strconv.FormatUint(n, 10))
 		return
 	}
@@ -98,7 +109,11 @@ func (s *Server) getUser(w nethttp.ResponseWriter, r *nethttp.Request) {
 	if !ok {
 		return
 	}
-	u, ok := s.cfg.Views.Users.Get(id)
+	u, ok, err := s.cfg.Views.Users.Get(r.Context(), id)
+	if err != nil {
+		s.viewError(w, "read user", err)
+		return
+	}
 	if !ok {
 		writeError(w, nethttp.StatusNotFound, "contact "+id.String()+" has no user")
 		return
@@ -164,7 +179,12 @@ func (s *Server) history(w nethttp.ResponseWriter, r *nethttp.Request) {
 }
 
 func (s *Server) listTags(w nethttp.ResponseWriter, r *nethttp.Request) {
-	writeJSON(w, nethttp.StatusOK, map[string]any{"tags": s.cfg.Views.Tags.List()})
+	tags, err := s.cfg.Views.Tags.List(r.Context())
+	if err != nil {
+		s.viewError(w, "list tags", err)
+		return
+	}
+	writeJSON(w, nethttp.StatusOK, map[string]any{"tags": tags})
 }
 
 func (s *Server) passwordReturns(w nethttp.ResponseWriter, r *nethttp.Request) {
@@ -175,7 +195,11 @@ func (s *Server) passwordReturns(w nethttp.ResponseWriter, r *nethttp.Request) {
 		writeError(w, nethttp.StatusBadRequest, "status must be pending, returned or failed")
 		return
 	}
-	rows := s.cfg.Views.Passwords.List(status)
+	rows, err := s.cfg.Views.Passwords.List(r.Context(), status)
+	if err != nil {
+		s.viewError(w, "list password returns", err)
+		return
+	}
 	if rows == nil {
 		rows = []projections.PasswordReturn{}
 	}
@@ -184,12 +208,44 @@ func (s *Server) passwordReturns(w nethttp.ResponseWriter, r *nethttp.Request) {
 
 func (s *Server) getWebhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	id := mux.Vars(r)["id"]
-	wh, ok := s.cfg.Views.Webhooks.Get(id)
+	wh, ok, err := s.cfg.Views.Webhooks.Get(r.Context(), id)
+	if err != nil {
+		s.viewError(w, "read receipt", err)
+		return
+	}
+	if !ok {
+		// Past the retention the receipt is folded from the log.
+		if wh, ok, err = s.receiptFromLog(r.Context(), id); err != nil {
+			s.cfg.Log.Error("read receipt from the log", "webhook_id", domain.Truncate(id, 60), "err", err)
+			writeError(w, nethttp.StatusInternalServerError, "could not read the event store; see the server log")
+			return
+		}
+	}
 	if !ok {
 		writeError(w, nethttp.StatusNotFound, "no webhook "+domain.Truncate(id, 60)+" (the receipt may take a moment to appear)")
 		return
 	}
 	writeJSON(w, nethttp.StatusOK, wh)
+}
+
+// receiptFromLog is the receipt of a webhook the view no longer keeps,
+// folded from the events of its stream from its WebhookReceived on.
+func (s *Server) receiptFromLog(ctx context.Context, id string) (projections.Webhook, bool, error) {
+	stream, version, ok, err := s.cfg.Views.Webhooks.Locate(ctx, id)
+	if err != nil || !ok {
+		return projections.Webhook{}, false, err
+	}
+	recs, err := s.cfg.Store.ReadStream(ctx, stream)
+	if err != nil {
+		return projections.Webhook{}, false, fmt.Errorf("read stream %s: %w", stream, err)
+	}
+	return projections.ReceiptFromLog(id, version, recs)
+}
+
+// viewError answers 500 for a view that could not be read, and logs why.
+func (s *Server) viewError(w nethttp.ResponseWriter, what string, err error) {
+	s.cfg.Log.Error(what, "err", err)
+	writeError(w, nethttp.StatusInternalServerError, "could not read the views; see the server log")
 }
 
 func (s *Server) parked(w nethttp.ResponseWriter, r *nethttp.Request) {

@@ -217,7 +217,7 @@ func (s *Server) answer(ctx context.Context, w nethttp.ResponseWriter, rep *Webh
 		wctx, cancel := context.WithTimeout(ctx, max(s.cfg.Wait-time.Since(start), 100*time.Millisecond))
 		defer cancel()
 		if err := s.cfg.Views.WaitFor(wctx, "users", out.Position); err == nil {
-			if u, ok := s.cfg.Views.Users.Get(out.ContactID); ok {
+			if u, ok, err := s.cfg.Views.Users.Get(wctx, out.ContactID); err == nil && ok {
 				a.User = &u
 			}
 		}

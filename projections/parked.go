@@ -28,6 +28,8 @@ func (v *Views) Park(ctx context.Context, pe domain.ParkedEvent) error {
 }
 
 func (v *Views) park(ctx context.Context, pe domain.ParkedEvent) error {
+	v.dbMu.RLock()
+	defer v.dbMu.RUnlock()
 	tx, err := v.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("park event %d: %w", pe.Position, err)
@@ -42,6 +44,8 @@ func (v *Views) park(ctx context.Context, pe domain.ParkedEvent) error {
 // Parked lists the parked events of a handler ("" for every handler) in
 // position order.
 func (v *Views) Parked(ctx context.Context, handler string) ([]domain.ParkedEvent, error) {
+	v.dbMu.RLock()
+	defer v.dbMu.RUnlock()
 	rows, err := v.db.QueryContext(ctx, `SELECT handler, position, stream, version, type, error, parked_at FROM parked
 		WHERE ? = '' OR handler = ? ORDER BY position, handler`, handler, handler)
 	if err != nil {
@@ -63,6 +67,8 @@ func (v *Views) Parked(ctx context.Context, handler string) ([]domain.ParkedEven
 
 // Unpark removes a parked event once it has been replayed.
 func (v *Views) Unpark(ctx context.Context, handler string, position uint64) error {
+	v.dbMu.RLock()
+	defer v.dbMu.RUnlock()
 	if _, err := v.db.ExecContext(ctx, "DELETE FROM parked WHERE handler = ? AND position = ?", handler, int64(position)); err != nil {
 		return fmt.Errorf("unpark event %d of %s: %w", position, handler, err)
 	}

@@ -1,14 +1,11 @@
 package projections
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
-	"slices"
-	"strconv"
+	"errors"
+	"fmt"
 	"time"
-
-	json "github.com/goccy/go-json"
 
 	"github.com/usersync/usersync/domain"
 )
@@ -35,127 +32,202 @@ type PasswordReturn struct {
 }
 
 // PasswordReturns is the password-return view: the latest issued password of
-// each contact.
-type PasswordReturns struct{ p *projection }
+// each contact (table password_returns, by contact and by status).
+type PasswordReturns struct{ v *Views }
 
-type passwordsState struct {
-	rows *buckets[domain.ContactID, *PasswordReturn]
+type passwordSlot struct {
+	r      *PasswordReturn
+	loaded bool
+	dirty  bool
 }
 
-// storedReturn is a password return as written: with its key id, which the
-// API does not show.
-type storedReturn struct {
-	PasswordReturn
-	Key string `json:"key_id"`
+const passwordColumns = "contact_id, key_id, field, status, attempts, last_error, next_attempt_at, issued_at, updated_at"
+
+var passwordUpsert = upsertSet("contact_id", passwordColumns)
+
+func scanPasswordReturn(row scanner) (PasswordReturn, error) {
+	var r PasswordReturn
+	var id, next, issued, updated int64
+	if err := row.Scan(&id, &r.KeyID, &r.Field, &r.Status, &r.Attempts, &r.LastError, &next, &issued, &updated); err != nil {
+		return PasswordReturn{}, err
+	}
+	r.ContactID = domain.ContactID(id)
+	r.NextAttemptAt, r.IssuedAt, r.UpdatedAt = fromUnixNano(next), fromUnixNano(issued), fromUnixNano(updated)
+	return r, nil
 }
 
-func newPasswordsState(size int) *passwordsState {
-	return &passwordsState{rows: newBuckets("password_returns", 256, size, hashContact[domain.ContactID],
-		appendPasswordReturn,
-		func(raw json.RawMessage) (domain.ContactID, *PasswordReturn, error) {
-			var st storedReturn
-			if err := json.Unmarshal(raw, &st); err != nil {
-				return 0, nil, err
-			}
-			r := st.PasswordReturn
-			r.KeyID = st.Key
-			return r.ContactID, &r, nil
-		})}
+// password is the contact's return; load false skips reading it (it is
+// about to be replaced).
+func (b *batch) password(id domain.ContactID, load bool) (*passwordSlot, error) {
+	s, ok := b.passwords[id]
+	if !ok {
+		s = &passwordSlot{}
+		b.passwords[id] = s
+		b.rows++
+	}
+	if !load || s.loaded || s.dirty {
+		return s, nil
+	}
+	s.loaded = true
+	if !b.mayExistID(2, uint64(id)) {
+		return s, nil
+	}
+	row, err := b.queryRow("SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", int64(id))
+	if err != nil {
+		return nil, err
+	}
+	r, err := scanPasswordReturn(row)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("read password return of contact %d: %w", id, err)
+	default:
+		s.r = &r
+	}
+	return s, nil
 }
 
-func (s *passwordsState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
+func (b *batch) applyPassword(rec *domain.RecordedEvent, env *domain.Envelope) error {
 	id, ok := domain.ContactIDFromStream(rec.Stream)
 	if !ok {
-		return
+		return nil
 	}
 	at := env.OccurredAt.UTC()
 	switch e := env.Event.(type) {
 	case domain.PasswordIssued:
-		s.rows.put(id, &PasswordReturn{ContactID: id, KeyID: e.KeyID, Field: e.Field, Status: PasswordPending, IssuedAt: at, UpdatedAt: at})
+		s, err := b.password(id, false)
+		if err != nil {
+			return err
+		}
+		s.r = &PasswordReturn{ContactID: id, KeyID: e.KeyID, Field: e.Field, Status: PasswordPending, IssuedAt: at, UpdatedAt: at}
+		s.dirty = true
 	case domain.PasswordReturned:
-		r, ok := s.rows.get(id)
-		if !ok || r.KeyID != e.KeyID {
-			return
+		s, err := b.password(id, true)
+		if err != nil {
+			return err
 		}
-		r.Status, r.Attempts, r.NextAttemptAt, r.UpdatedAt = PasswordReturned, e.Attempt, time.Time{}, at
-		s.rows.touch(id)
+		if r := s.r; r != nil && r.KeyID == e.KeyID {
+			r.Status, r.Attempts, r.NextAttemptAt, r.UpdatedAt = PasswordReturned, e.Attempt, time.Time{}, at
+			s.dirty = true
+		}
 	case domain.PasswordReturnFailed:
-		r, ok := s.rows.get(id)
-		if !ok || r.KeyID != e.KeyID {
-			return
+		s, err := b.password(id, true)
+		if err != nil {
+			return err
 		}
-		r.Attempts, r.LastError, r.NextAttemptAt, r.UpdatedAt = e.Attempt, e.Error, e.NextAttemptAt.UTC(), at
-		if e.GaveUp {
-			r.Status, r.NextAttemptAt = PasswordFailed, time.Time{}
+		if r := s.r; r != nil && r.KeyID == e.KeyID {
+			r.Attempts, r.LastError, r.NextAttemptAt, r.UpdatedAt = e.Attempt, e.Error, e.NextAttemptAt.UTC(), at
+			if e.GaveUp {
+				r.Status, r.NextAttemptAt = PasswordFailed, time.Time{}
+			}
+			s.dirty = true
 		}
-		s.rows.touch(id)
 	}
+	return nil
 }
 
-// appendPasswordReturn appends a password return as written: a
-// storedReturn as JSON.
-func appendPasswordReturn(b []byte, _ domain.ContactID, r *PasswordReturn) ([]byte, error) {
-	b = append(b, `{"contact_id":`...)
-	b = strconv.AppendUint(b, uint64(r.ContactID), 10)
-	b = append(b, `,"field":`...)
-	b = appendJSONString(b, r.Field)
-	b = append(b, `,"status":`...)
-	b = appendJSONString(b, r.Status)
-	b = append(b, `,"attempts":`...)
-	b = strconv.AppendInt(b, int64(r.Attempts), 10)
-	b = append(b, `,"last_error":`...)
-	b = appendJSONString(b, r.LastError)
-	var err error
-	if !r.NextAttemptAt.IsZero() { // omitzero
-		b = append(b, `,"next_attempt_at":`...)
-		if b, err = appendJSONTime(b, r.NextAttemptAt); err != nil {
-			return nil, err
+func (b *batch) flushPasswords() error {
+	for id, s := range b.passwords {
+		if !s.dirty || s.r == nil {
+			continue
 		}
+		r := s.r
+		if err := b.exec("INSERT INTO password_returns("+passwordColumns+") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"+passwordUpsert,
+			int64(id), r.KeyID, r.Field, r.Status, r.Attempts, r.LastError, unixNano(r.NextAttemptAt), unixNano(r.IssuedAt), unixNano(r.UpdatedAt)); err != nil {
+			return err
+		}
+		b.wroteID(2, uint64(id))
 	}
-	b = append(b, `,"issued_at":`...)
-	if b, err = appendJSONTime(b, r.IssuedAt); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"updated_at":`...)
-	if b, err = appendJSONTime(b, r.UpdatedAt); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"key_id":`...)
-	b = appendJSONString(b, r.KeyID)
-	return append(b, '}'), nil
+	return nil
 }
-
-func (s *passwordsState) size() int                                   { return len(s.rows.rows) }
-func (s *passwordsState) committed()                                  { s.rows.committed() }
-func (s *passwordsState) sums() map[uint32]sum                        { return s.rows.sums() }
-func (s *passwordsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *passwordsState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, inFile, out, free)
-}
-func (s *passwordsState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
 
 // Get returns the password return of a contact.
-func (v *PasswordReturns) Get(id domain.ContactID) (PasswordReturn, bool) {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	r, ok := v.p.st.(*passwordsState).rows.get(id)
-	if !ok {
-		return PasswordReturn{}, false
+func (v *PasswordReturns) Get(ctx context.Context, id domain.ContactID) (PasswordReturn, bool, error) {
+	var r PasswordReturn
+	err := v.v.read(func(db *sql.DB) error {
+		var err error
+		r, err = scanPasswordReturn(db.QueryRowContext(ctx, "SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", int64(id)))
+		return err
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return PasswordReturn{}, false, nil
 	}
-	return *r, true
+	if err != nil {
+		return PasswordReturn{}, false, fmt.Errorf("read password return of contact %d: %w", id, err)
+	}
+	return r, true, nil
 }
 
 // List returns the password returns with the given status ("" for all), in
 // contact id order.
-func (v *PasswordReturns) List(status string) []PasswordReturn {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	var out []PasswordReturn
-	for _, r := range v.p.st.(*passwordsState).rows.rows {
-		if status == "" || r.Status == status {
-			out = append(out, *r)
-		}
+func (v *PasswordReturns) List(ctx context.Context, status string) ([]PasswordReturn, error) {
+	q, args := "SELECT "+passwordColumns+" FROM password_returns ORDER BY contact_id", []any{}
+	if status != "" {
+		q, args = "SELECT "+passwordColumns+" FROM password_returns WHERE status = ? ORDER BY contact_id", []any{status}
 	}
-	slices.SortFunc(out, func(a, b PasswordReturn) int { return cmp.Compare(a.ContactID, b.ContactID) })
-	return out
+	var out []PasswordReturn
+	err := v.v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			r, err := scanPasswordReturn(rows)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list password returns: %w", err)
+	}
+	return out, nil
+}
+
+// PasswordSummary is the password-return view in figures.
+type PasswordSummary struct {
+	// Counts is the number of returns by status (every status present).
+	Counts map[string]int
+	// OldestPending is when the oldest pending return was issued (zero
+	// when none is pending).
+	OldestPending time.Time
+}
+
+// Summary counts the returns by status (through the status index, without
+// reading the rows).
+func (v *PasswordReturns) Summary(ctx context.Context) (PasswordSummary, error) {
+	s := PasswordSummary{Counts: map[string]int{PasswordPending: 0, PasswordReturned: 0, PasswordFailed: 0}}
+	err := v.v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, "SELECT status, COUNT(*) FROM password_returns GROUP BY status")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var status string
+			var n int
+			if err := rows.Scan(&status, &n); err != nil {
+				return err
+			}
+			s.Counts[status] = n
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var oldest sql.NullInt64
+		if err := db.QueryRowContext(ctx, "SELECT MIN(issued_at) FROM password_returns WHERE status = ?", PasswordPending).Scan(&oldest); err != nil {
+			return err
+		}
+		if oldest.Valid {
+			s.OldestPending = fromUnixNano(oldest.Int64)
+		}
+		return nil
+	})
+	if err != nil {
+		return PasswordSummary{}, fmt.Errorf("summarise password returns: %w", err)
+	}
+	return s, nil
 }

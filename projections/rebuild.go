@@ -3,12 +3,12 @@ package projections
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
-	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,17 +38,25 @@ type RebuildStats struct {
 	Position uint64
 	Users    int
 	Tags     int
+	// Receipts is the number of webhook receipts the rebuilt view keeps
+	// (those within the retention, and every open one).
+	Receipts int
 	Duration time.Duration
 	// ReadApply is the part of Duration spent reading, decoding and
-	// applying the events; the rest writes the views.
-	ReadApply time.Duration
-	// Buckets is the number of buckets the views are stored in; Written
-	// how many of them were written, the others being unchanged; Deleted
-	// how many the new views no longer have.
-	Buckets, Written, Deleted int
+	// applying the events up to the head read at the start (the bulk
+	// load); Index the part spent creating the readers' indexes after it.
+	// The rest catches up and swaps the new views in.
+	ReadApply, Index time.Duration
+	// Rows is the number of rows written.
+	Rows int
 }
 
-const rebuildBatch = 4096
+// rebuildBatch is how many events a rebuild reads at a time, and
+// rebuildCache how many rows it holds in memory before writing them.
+const (
+	rebuildBatch = 8192
+	rebuildCache = 1 << 18
+)
 
 type decodedBatch struct {
 	recs []domain.RecordedEvent
@@ -58,54 +66,68 @@ type decodedBatch struct {
 }
 
 // Rebuild drops every view and builds it again from the events. The new
-// views are built aside while the old ones keep serving (and keep following
-// live events); then, with the views locked, the new ones catch up to the
-// head and replace the old ones in memory and in the file in one
-// transaction. Events that cannot be decoded are parked, not skipped
-// silently. progress, if not nil, is called every batch.
+// views are built in a file of their own beside views.db (views.db.rebuild),
+// written for bulk (no journal, no sync, a large cache, the readers'
+// indexes created after the load), while the old views keep serving and
+// following live events. Then, with batches held back, the new views catch
+// up to the head; with readers held back for the moment it takes, the
+// process managers' checkpoints and parked events are copied over, the
+// file is synced and renamed over views.db, and reopened. Events that
+// cannot be decoded are parked, not skipped silently. progress, if not nil,
+// is called every batch.
 func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progress)) (RebuildStats, error) {
 	start := time.Now()
-	defer collectLess()()
 	head, err := log.Head(ctx)
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: read head: %w", err)
 	}
-	aside := make([]state, len(v.all))
-	for i, p := range v.all {
-		// Each new state starts as big as the one it replaces: growing the
-		// maps of a large view entry by entry cost a fifth of applying the
-		// events.
-		p.mu.RLock()
-		aside[i] = p.newState(p.st.size())
-		p.mu.RUnlock()
+	tmp := v.path + ".rebuild"
+	if err := removeDB(tmp); err != nil {
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
+	aside, err := openBulk(ctx, tmp, int(head))
+	if err != nil {
+		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
+	}
+	swapped := false
+	defer func() {
+		if !swapped {
+			aside.close()
+			_ = removeDB(tmp)
+		}
+	}()
+	tx, err := aside.db.BeginTx(ctx, nil)
+	if err != nil {
+		return RebuildStats{}, fmt.Errorf("rebuild: begin: %w", err)
+	}
+	defer tx.Rollback()
+	aside.tx = tx
+	b := newBatch(ctx, tx, aside, v.cutoff())
+	b.limit = rebuildCache
+
 	var stats RebuildStats
 	var parked []domain.ParkedEvent
-	// Each view applies the batches in its own goroutine: views share
-	// nothing, and the apply step would otherwise be the slowest stage.
-	apply := func(b *decodedBatch) {
-		var wg sync.WaitGroup
-		for _, st := range aside {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range b.recs {
-					if b.errs[i] == nil {
-						st.apply(&b.recs[i], &b.envs[i])
-					}
-				}
-			}()
+	var applyErr error
+	all := mask{true, true, true, true}
+	apply := func(db *decodedBatch) {
+		if applyErr != nil {
+			return
 		}
-		for i, rec := range b.recs {
-			if b.errs[i] != nil {
-				for _, p := range v.all {
-					parked = append(parked, parkedFrom(p.name, rec, b.errs[i]))
+		for i := range db.recs {
+			rec := &db.recs[i]
+			if db.errs[i] != nil {
+				for _, name := range viewNames {
+					parked = append(parked, parkedFrom(name, *rec, db.errs[i]))
 				}
+				continue
+			}
+			if err := b.apply(all, rec, &db.envs[i]); err != nil {
+				applyErr = fmt.Errorf("rebuild: apply event %d: %w", rec.Position, err)
+				return
 			}
 		}
-		wg.Wait()
-		stats.Events += uint64(len(b.recs))
-		stats.Position = b.recs[len(b.recs)-1].Position
+		stats.Events += uint64(len(db.recs))
+		stats.Position = db.recs[len(db.recs)-1].Position
 	}
 	report := func() {
 		if progress != nil {
@@ -113,16 +135,24 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 		}
 	}
 	report()
-	if err := readDecoded(ctx, log, 0, head, func(b *decodedBatch) { apply(b); report() }); err != nil {
+	if err := readDecoded(ctx, log, 0, head, func(db *decodedBatch) { apply(db); report() }); err != nil {
 		return stats, err
 	}
-
-	readDone := time.Since(start)
-	// Swap: lock every view, catch up with what arrived meanwhile, replace.
-	for _, p := range v.all {
-		p.mu.Lock()
-		defer p.mu.Unlock()
+	if applyErr != nil {
+		return stats, applyErr
 	}
+	if err := b.flush(); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
+	stats.ReadApply = time.Since(start)
+	if _, err := tx.ExecContext(ctx, readIndexes); err != nil {
+		return stats, fmt.Errorf("rebuild: create indexes: %w", err)
+	}
+	stats.Index = time.Since(start) - stats.ReadApply
+
+	// Catch up with what arrived meanwhile, live batches held back.
+	v.applyMu.Lock()
+	defer v.applyMu.Unlock()
 	now, err := log.Head(ctx)
 	if err != nil {
 		return stats, fmt.Errorf("rebuild: read head: %w", err)
@@ -130,48 +160,24 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	if err := readDecoded(ctx, log, stats.Position, now, apply); err != nil {
 		return stats, err
 	}
-	if now > stats.Position {
-		stats.Position = now
+	if applyErr != nil {
+		return stats, applyErr
 	}
-	// The new views go to the write-ahead log with automatic checkpoints
-	// off on this connection: copying some 50 MB of log into views.db at
-	// commit, with every view locked, took a third of the write phase. A
-	// checkpoint runs after the swap instead, without the locks.
-	conn, err := v.db.Conn(ctx)
-	if err != nil {
+	if err := b.flush(); err != nil {
 		return stats, fmt.Errorf("rebuild: %w", err)
 	}
-	defer conn.Close()
-	var autoCheckpoint int
-	if err := conn.QueryRowContext(ctx, "PRAGMA wal_autocheckpoint").Scan(&autoCheckpoint); err != nil {
+	stats.Position = max(stats.Position, now)
+	stats.Rows = b.written
+
+	// Swap, readers held back.
+	v.dbMu.Lock()
+	defer v.dbMu.Unlock()
+	if err := carryOver(ctx, v.db, tx); err != nil {
 		return stats, fmt.Errorf("rebuild: %w", err)
 	}
-	if _, err := conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0"); err != nil {
-		return stats, fmt.Errorf("rebuild: %w", err)
-	}
-	defer func() {
-		restore := fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", autoCheckpoint)
-		if _, err := conn.ExecContext(context.Background(), restore); err != nil {
-			// A connection that would never checkpoint again must not go
-			// back to the pool: drop it.
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		}
-	}()
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return stats, fmt.Errorf("rebuild: begin: %w", err)
-	}
-	defer tx.Rollback()
-	if stats.Buckets, stats.Written, stats.Deleted, err = writeAll(ctx, tx, v.all, aside); err != nil {
-		return stats, err
-	}
-	for _, p := range v.all {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO checkpoints(name, position) VALUES(?, ?)
-			ON CONFLICT(name) DO UPDATE SET position = excluded.position`, p.name, stats.Position); err != nil {
-			return stats, fmt.Errorf("rebuild: store checkpoint of %s: %w", p.name, err)
-		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM parked WHERE handler = ?", p.name); err != nil {
-			return stats, fmt.Errorf("rebuild: clear parked events of %s: %w", p.name, err)
+	for _, name := range viewNames {
+		if _, err := tx.ExecContext(ctx, upsertCheckpoint, name, int64(stats.Position)); err != nil {
+			return stats, fmt.Errorf("rebuild: store checkpoint of %s: %w", name, err)
 		}
 	}
 	for _, pe := range parked {
@@ -179,71 +185,174 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 			return stats, fmt.Errorf("rebuild: %w", err)
 		}
 	}
+	if err := counts(ctx, tx, &stats); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", viewsSchemaVersion)); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
 	if err := tx.Commit(); err != nil {
 		return stats, fmt.Errorf("rebuild: commit: %w", err)
 	}
-	for i, p := range v.all {
-		aside[i].committed()
-		p.st = aside[i]
-		p.moveTo(stats.Position)
-		p.stored = stats.Position
+	if err := aside.close(); err != nil {
+		return stats, fmt.Errorf("rebuild: close %s: %w", tmp, err)
 	}
-	v.checkpointLater()
+	if err := syncFile(tmp); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
+	swapped = true
+	// From here the old file goes: its connections close (which copies
+	// its write-ahead log in and removes it), the new file takes its name.
+	if err := v.live.close(); err != nil {
+		v.log.Warn("rebuild: close the old views file", "path", v.path, "err", err)
+	}
+	if err := removeSidecars(v.path); err != nil {
+		return stats, fmt.Errorf("rebuild: %w", err)
+	}
+	if err := os.Rename(tmp, v.path); err != nil {
+		return stats, fmt.Errorf("rebuild: move %s to %s: %w (the views are closed: restart usersync)", tmp, v.path, err)
+	}
+	_ = syncDir(filepath.Dir(v.path))
+	db, err := openDB(v.path)
+	if err != nil {
+		return stats, fmt.Errorf("rebuild: reopen %s: %w (restart usersync)", v.path, err)
+	}
+	v.db, v.live = db, newViewDB(db)
+	for _, p := range v.all {
+		p.moveTo(stats.Position)
+	}
 	stats.Parked = len(parked)
-	stats.Users = len(aside[0].(*usersState).rows.rows)
-	stats.Tags = len(aside[1].(*tagsState).rows.rows)
 	stats.Duration = time.Since(start)
-	stats.ReadApply = readDone
 	return stats, nil
 }
 
-// rebuildGCPercent is how much the heap grows between two collections
-// during a rebuild; Go's default is 100.
-const rebuildGCPercent = 400
-
-// collectLess makes the collector run less often until the function it
-// returns is called. A rebuild allocates a second copy of every view and
-// discards the events it read as it goes: at the default, the collector
-// marked that growing heap over and over, and the rebuild ran 15-20 %
-// slower. The price is memory: the heap peaked at 950 MB instead of 580 MB
-// over 310 MB of live data when rebuilding 1,000,000 events. A collector
-// setting of the operator's own (GOGC in the environment) is left alone,
-// and a memory limit (GOMEMLIMIT) still holds.
-func collectLess() (undo func()) {
-	if os.Getenv("GOGC") != "" {
-		return func() {}
+// openBulk creates the views file a rebuild writes: no journal (a failed
+// rebuild's file is thrown away), no sync until it is done, one connection
+// with a large cache, the tables without the readers' indexes.
+func openBulk(ctx context.Context, path string, events int) (*viewDB, error) {
+	dsn := "file:" + path + "?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)&_pragma=cache_size(-262144)" +
+		"&_pragma=locking_mode(EXCLUSIVE)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", path, err)
 	}
-	gcDuringRebuilds.Lock()
-	defer gcDuringRebuilds.Unlock()
-	if gcDuringRebuilds.running == 0 {
-		gcDuringRebuilds.prev = debug.SetGCPercent(rebuildGCPercent)
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, baseSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create tables in %s: %w", path, err)
 	}
-	gcDuringRebuilds.running++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			gcDuringRebuilds.Lock()
-			defer gcDuringRebuilds.Unlock()
-			if gcDuringRebuilds.running--; gcDuringRebuilds.running == 0 {
-				debug.SetGCPercent(gcDuringRebuilds.prev)
-			}
-		})
-	}
+	d := newViewDB(db)
+	d.seen = newBloom(events)
+	return d, nil
 }
 
-// gcDuringRebuilds counts the rebuilds running in the process, so that the
-// first raises the collector percentage and the last puts back what was
-// there before. It is package state because what it guards, the
-// collector's setting, belongs to the whole process.
-var gcDuringRebuilds struct {
-	sync.Mutex
-	running int
-	prev    int
+// carryOver copies what views.db keeps that is not a view (the process
+// managers' checkpoints and parked events) from the live file into the
+// rebuilt one.
+func carryOver(ctx context.Context, from *sql.DB, to *sql.Tx) error {
+	rows, err := from.QueryContext(ctx, "SELECT name, position FROM checkpoints")
+	if err != nil {
+		return fmt.Errorf("read checkpoints: %w", err)
+	}
+	var cps []storedCheckpoint
+	for rows.Next() {
+		var c storedCheckpoint
+		if err := rows.Scan(&c.name, &c.pos); err != nil {
+			rows.Close()
+			return fmt.Errorf("read checkpoints: %w", err)
+		}
+		if !slices.Contains(viewNames, c.name) {
+			cps = append(cps, c)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read checkpoints: %w", err)
+	}
+	for _, c := range cps {
+		if _, err := to.ExecContext(ctx, upsertCheckpoint, c.name, int64(c.pos)); err != nil {
+			return fmt.Errorf("copy checkpoint of %s: %w", c.name, err)
+		}
+	}
+	rows, err = from.QueryContext(ctx, "SELECT handler, position, stream, version, type, error, parked_at FROM parked")
+	if err != nil {
+		return fmt.Errorf("read parked events: %w", err)
+	}
+	var pes []domain.ParkedEvent
+	for rows.Next() {
+		var pe domain.ParkedEvent
+		var pos, version, at int64
+		if err := rows.Scan(&pe.Handler, &pos, &pe.Stream, &version, &pe.Type, &pe.Error, &at); err != nil {
+			rows.Close()
+			return fmt.Errorf("read parked events: %w", err)
+		}
+		pe.Position, pe.Version, pe.ParkedAt = uint64(pos), uint64(version), fromUnixNano(at)
+		if !slices.Contains(viewNames, pe.Handler) {
+			pes = append(pes, pe)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read parked events: %w", err)
+	}
+	for _, pe := range pes {
+		if err := insertParked(ctx, to, pe); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func parkedFrom(handler string, rec domain.RecordedEvent, err error) domain.ParkedEvent {
-	return domain.ParkedEvent{Handler: handler, Position: rec.Position, Stream: rec.Stream, Version: rec.Version,
-		Type: rec.Type, Error: err.Error(), ParkedAt: time.Now().UTC()}
+// counts fills the rebuilt views' figures.
+func counts(ctx context.Context, tx *sql.Tx, stats *RebuildStats) error {
+	for q, n := range map[string]*int{
+		"SELECT COALESCE((SELECT n FROM view_counts WHERE name = 'users'), 0)": &stats.Users,
+		"SELECT COUNT(*) FROM tags":     &stats.Tags,
+		"SELECT COUNT(*) FROM webhooks": &stats.Receipts,
+	} {
+		if err := tx.QueryRowContext(ctx, q).Scan(n); err != nil {
+			return fmt.Errorf("count the rebuilt rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// removeDB removes an SQLite file and its journals, if there.
+func removeDB(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return removeSidecars(path)
+}
+
+func removeSidecars(path string) error {
+	for _, suffix := range []string{"-wal", "-shm", "-journal"} {
+		if err := os.Remove(path + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // readDecoded reads the events in (after, upTo] in batches, decodes them on
@@ -325,95 +434,4 @@ func readDecoded(ctx context.Context, log EventLog, after, upTo uint64, fn func(
 		return fmt.Errorf("rebuild: %w", err)
 	}
 	return nil
-}
-
-// writeAll replaces every view's buckets in the file with the rebuilt
-// states. Each view is encoded in parts on every core while one goroutine
-// (this one) writes. Buckets whose content the file holds already (their
-// sum is in the old state's) are not written again: a rebuild that fixes a
-// few rows writes a few buckets, and keeps the views locked that much less.
-// The old states are locked by the caller.
-// It returns how many buckets the new states have, how many it wrote and
-// how many it deleted.
-func writeAll(ctx context.Context, tx *sql.Tx, all []*projection, states []state) (buckets, written, deleted int, _ error) {
-	// The writer drains ch even after an error, so encoders never block.
-	// It hands the buffers back through free for the encoders to reuse:
-	// the driver copies a blob when it binds it.
-	ch := make(chan encoded, 64)
-	free := make(chan []byte, cap(ch))
-	type job struct {
-		st          state
-		inFile      map[uint32]sum
-		part, parts uint32
-	}
-	workers := runtime.GOMAXPROCS(0)
-	jobs := make(chan job, len(states)*workers)
-	for i, st := range states {
-		for part := range workers {
-			jobs <- job{st, all[i].st.sums(), uint32(part), uint32(workers)}
-		}
-	}
-	close(jobs)
-	errs := make(chan error, cap(jobs))
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for j := range jobs {
-				if err := j.st.encodeAll(j.part, j.parts, j.inFile, ch, free); err != nil {
-					errs <- err
-				}
-			}
-		})
-	}
-	go func() { wg.Wait(); close(ch) }()
-
-	var writeErr error
-	up, err := tx.PrepareContext(ctx, upsertBucket)
-	if err != nil {
-		writeErr = fmt.Errorf("rebuild: %w", err)
-	} else {
-		defer up.Close()
-	}
-	kept := map[string]map[uint32]bool{}
-	for _, p := range all {
-		kept[p.name] = map[uint32]bool{}
-	}
-	for e := range ch {
-		if writeErr != nil {
-			continue
-		}
-		kept[e.view][e.bucket] = true
-		buckets++
-		if !e.unchanged {
-			written++
-			if _, err := up.ExecContext(ctx, e.view, int64(e.bucket), e.blob); err != nil {
-				writeErr = fmt.Errorf("rebuild: write %s bucket %d: %w", e.view, e.bucket, err)
-			}
-		}
-		e.wrote(e.bucket, e.sum)
-		select {
-		case free <- e.blob:
-		default:
-		}
-	}
-	close(errs)
-	for err := range errs {
-		writeErr = errors.Join(writeErr, err)
-	}
-	if writeErr != nil {
-		return 0, 0, 0, writeErr
-	}
-	// Buckets the new states no longer have.
-	for _, p := range all {
-		for bk := range p.st.sums() {
-			if kept[p.name][bk] {
-				continue
-			}
-			if _, err := tx.ExecContext(ctx, deleteBucket, p.name, int64(bk)); err != nil {
-				return 0, 0, 0, fmt.Errorf("rebuild: delete %s bucket %d: %w", p.name, bk, err)
-			}
-			deleted++
-		}
-	}
-	return buckets, written, deleted, nil
 }

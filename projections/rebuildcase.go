@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 )
@@ -74,7 +75,12 @@ func moveCheckpointsBack(ctx context.Context, v *Views, log EventLog, to uint64)
 			continue
 		}
 		// Only while it is still beyond the end: a save in between wins.
-		r, err := v.db.ExecContext(ctx, "UPDATE checkpoints SET position = ? WHERE name = ? AND position > ?", to, c.name, end)
+		var r sql.Result
+		err := v.read(func(db *sql.DB) error {
+			var err error
+			r, err = db.ExecContext(ctx, "UPDATE checkpoints SET position = ? WHERE name = ? AND position > ?", to, c.name, end)
+			return err
+		})
 		if err != nil {
 			return moved, fmt.Errorf("move checkpoint of %s back from %d to %d: %w", c.name, c.pos, to, err)
 		}
@@ -98,6 +104,8 @@ type storedCheckpoint struct {
 // otherCheckpoints lists the checkpoints of views.db that are not a
 // view's, by name.
 func (v *Views) otherCheckpoints(ctx context.Context) ([]storedCheckpoint, error) {
+	v.dbMu.RLock()
+	defer v.dbMu.RUnlock()
 	rows, err := v.db.QueryContext(ctx, "SELECT name, position FROM checkpoints ORDER BY name")
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoints in %s: %w", v.path, err)

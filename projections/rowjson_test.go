@@ -2,12 +2,10 @@ package projections
 
 import (
 	"bytes"
-	"cmp"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	json "github.com/goccy/go-json"
 
@@ -44,27 +42,6 @@ func randomString(r *rand.Rand) string {
 	return sb.String()
 }
 
-// randomTime is a zero time, or a time of the years 1 to 9999 in UTC or
-// elsewhere, with or without a fraction of a second or a monotonic reading.
-func randomTime(r *rand.Rand) time.Time {
-	var t time.Time
-	switch r.IntN(5) {
-	case 0: // zero
-	case 1:
-		t = time.Now()
-	case 2:
-		t = time.Unix(r.Int64N(1<<34)-62135596800, 0)
-	case 3:
-		t = time.Unix(r.Int64N(1<<34)-62135596800, r.Int64N(1000)*1e6)
-	default:
-		t = time.Unix(r.Int64N(1<<34)-62135596800, r.Int64N(1e9))
-	}
-	if r.IntN(2) == 0 {
-		return t.In(time.FixedZone("east", 5*3600+30*60))
-	}
-	return t.UTC()
-}
-
 func TestAppendJSONString_WritesWhatTheEncoderWrites(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	strs := slices.Clone(awkward)
@@ -85,116 +62,32 @@ func TestAppendJSONString_WritesWhatTheEncoderWrites(t *testing.T) {
 	}
 }
 
-// sameBucketBytes encodes every row of b as one bucket and compares it with
-// what the JSON encoder writes of stored, the rows as the encoder wrote them.
-func sameBucketBytes[K cmp.Ordered, R any](t *testing.T, b *buckets[K, R], stored func(K, R) any) {
-	t.Helper()
-	keys := make([]K, 0, len(b.rows))
-	for k := range b.rows {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	rows := make([]any, len(keys))
-	for i, k := range keys {
-		rows[i] = stored(k, b.rows[k])
-	}
-	want, err := json.Marshal(rows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Into a used buffer, as the rebuild does.
-	got, err := b.encode([]byte("stale bytes"), keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got = got[len("stale bytes"):]
-	if !bytes.Equal(got, want) {
-		i := 0
-		for i < min(len(got), len(want)) && got[i] == want[i] {
-			i++
-		}
-		t.Fatalf("%s: bucket differs at byte %d:\ngot  %s\nwant %s", b.view, i, got[i:min(len(got), i+200)], want[i:min(len(want), i+200)])
-	}
-}
-
-func TestEncode_WritesTheSameBytesAsTheJSONEncoder(t *testing.T) {
+func TestAppendJSONStringsAndTags_WriteWhatTheEncoderWrites(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-
-	users := newUsersState(0).rows
-	for i := range 3000 {
-		id := domain.ContactID(r.Uint64N(1 << 40))
-		if i < 10 {
-			id = domain.ContactID(i) // the smallest ids, 0 too
-		}
-		u := &domain.User{UserID: randomString(r), ContactID: id, Login: randomString(r), Email: randomString(r),
-			Role: domain.Role(randomString(r)), PasswordHash: "not written", CreatedAt: randomTime(r), UpdatedAt: randomTime(r)}
-		switch n := r.IntN(12) - 2; {
-		case n == -2: // nil meta
-		case n == -1:
-			u.Meta = map[string]string{}
-		default:
-			u.Meta = map[string]string{}
+	for range 3000 {
+		var m map[string]string
+		if n := r.IntN(12) - 1; n >= 0 {
+			m = map[string]string{}
 			for range n {
-				u.Meta[randomString(r)] = randomString(r)
+				m[randomString(r)] = randomString(r)
 			}
 		}
-		switch n := r.IntN(6) - 2; {
-		case n == -2: // nil tags
-		case n == -1:
-			u.Tags = []domain.Tag{}
-		default:
-			for range n {
-				u.Tags = append(u.Tags, domain.Tag{ID: r.Uint64(), Name: randomString(r)})
-			}
+		want, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
 		}
-		users.rows[id] = &userEntry{u: u, version: r.Uint64()}
-	}
-	sameBucketBytes(t, users, func(_ domain.ContactID, e *userEntry) any { return e.row() })
-
-	tags := newTagsState(0).rows
-	for i := range 300 {
-		row := &tagRow{name: randomString(r), members: map[domain.ContactID]struct{}{}}
-		for range r.IntN(50) {
-			row.members[domain.ContactID(r.Uint64N(1<<40))] = struct{}{}
+		if got := appendJSONStrings(nil, m); !bytes.Equal(got, want) {
+			t.Fatalf("meta %q:\ngot  %s\nwant %s", m, got, want)
 		}
-		tags.rows[uint64(i)*r.Uint64N(1<<50)] = row
-	}
-	sameBucketBytes(t, tags, func(id uint64, t *tagRow) any {
-		contacts := make([]domain.ContactID, 0, len(t.members))
-		for c := range t.members {
-			contacts = append(contacts, c)
+		tags := []domain.Tag{}
+		for range r.IntN(5) {
+			tags = append(tags, domain.Tag{ID: r.Uint64(), Name: randomString(r)})
 		}
-		slices.Sort(contacts)
-		return storedTag{ID: id, Name: t.name, Contacts: contacts}
-	})
-
-	passwords := newPasswordsState(0).rows
-	for range 3000 {
-		id := domain.ContactID(r.Uint64N(1 << 40))
-		passwords.rows[id] = &PasswordReturn{ContactID: id, KeyID: randomString(r), Field: randomString(r), Status: randomString(r),
-			Attempts: r.IntN(1000) - 10, LastError: randomString(r), NextAttemptAt: randomTime(r), IssuedAt: randomTime(r), UpdatedAt: randomTime(r)}
-	}
-	sameBucketBytes(t, passwords, func(_ domain.ContactID, r *PasswordReturn) any { return storedReturn{PasswordReturn: *r, Key: r.KeyID} })
-
-	webhooks := newWebhooksState(0).rows
-	for range 3000 {
-		id := randomString(r)
-		webhooks.rows[id] = &Webhook{ID: id, Action: randomString(r), ContactID: domain.ContactID(r.Uint64()), Status: randomString(r),
-			Message: randomString(r), Attempts: r.IntN(1000) - 10, ReceivedAt: randomTime(r), UpdatedAt: randomTime(r)}
-	}
-	// A receipt was written as the encoder writes an array of its fields.
-	sameBucketBytes(t, webhooks, func(_ string, w *Webhook) any {
-		return []any{w.ID, w.Action, w.ContactID, w.Status, w.Message, w.Attempts, unixNano(w.ReceivedAt), unixNano(w.UpdatedAt)}
-	})
-}
-
-func TestEncode_TimeOutsideRFC3339IsAnError(t *testing.T) {
-	users := newUsersState(0).rows
-	users.rows[1] = &userEntry{u: &domain.User{ContactID: 1, CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}}
-	if _, err := json.Marshal(users.rows[1].row()); err == nil {
-		t.Fatal("the JSON encoder wrote a year 10000")
-	}
-	if _, err := users.encode(nil, []domain.ContactID{1}); err == nil {
-		t.Fatal("encode wrote a year 10000")
+		if want, err = json.Marshal(tags); err != nil {
+			t.Fatal(err)
+		}
+		if got := appendTags(nil, tags); !bytes.Equal(got, want) {
+			t.Fatalf("tags %v:\ngot  %s\nwant %s", tags, got, want)
+		}
 	}
 }

@@ -1,13 +1,11 @@
 package projections
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"slices"
-	"strconv"
-
-	json "github.com/goccy/go-json"
 
 	"github.com/usersync/usersync/domain"
 )
@@ -19,50 +17,82 @@ type Tag struct {
 	Users int    `json:"users"`
 }
 
-// Tags is the tags view: every tag seen on a user, with its latest name,
-// and the users that have it.
-type Tags struct{ p *projection }
+// Tags is the tags view: every tag seen on a user, with its latest name and
+// its number of users (table tags, kept as members come and go), and the
+// users that have it (table user_tags).
+type Tags struct{ v *Views }
 
-// tagRow is a tag and the contacts whose user has it.
-type tagRow struct {
-	name    string
-	members map[domain.ContactID]struct{}
+// tagSetSlot is a contact's tags as a batch holds them: as in the file and
+// as they are now, both sorted.
+type tagSetSlot struct {
+	file, now []uint64
 }
 
-// storedTag is a tag as written.
-type storedTag struct {
-	ID       uint64             `json:"id"`
-	Name     string             `json:"name"`
-	Contacts []domain.ContactID `json:"contacts"`
+// tagSlot is a row of tags as a batch holds it.
+type tagSlot struct {
+	name   string
+	users  int
+	inFile bool
+	dirty  bool
 }
 
-type tagsState struct {
-	rows      *buckets[uint64, *tagRow]
-	byContact map[domain.ContactID][]uint64
-}
-
-// newTagsState makes an empty tags view with room for the tags of size
-// contacts: there are few tags and many contacts.
-func newTagsState(size int) *tagsState {
-	s := &tagsState{byContact: make(map[domain.ContactID][]uint64, size)}
-	s.rows = newBuckets("tags", 256, 0, hashContact[uint64],
-		appendTag,
-		func(raw json.RawMessage) (uint64, *tagRow, error) {
-			var st storedTag
-			if err := json.Unmarshal(raw, &st); err != nil {
-				return 0, nil, err
+func (b *batch) contactTagSet(id domain.ContactID) (*tagSetSlot, error) {
+	if s, ok := b.contactTags[id]; ok {
+		return s, nil
+	}
+	s := &tagSetSlot{}
+	if b.mayExistID(1, uint64(id)) {
+		st, err := b.stmt("SELECT tag_id FROM user_tags WHERE contact_id = ? ORDER BY tag_id")
+		if err != nil {
+			return nil, err
+		}
+		rows, err := st.QueryContext(b.ctx, int64(id))
+		if err != nil {
+			return nil, fmt.Errorf("read tags of contact %d: %w", id, err)
+		}
+		for rows.Next() {
+			var t int64
+			if err := rows.Scan(&t); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("read tags of contact %d: %w", id, err)
 			}
-			t := &tagRow{name: st.Name, members: make(map[domain.ContactID]struct{}, len(st.Contacts))}
-			for _, c := range st.Contacts {
-				t.members[c] = struct{}{}
-				s.byContact[c] = append(s.byContact[c], st.ID)
-			}
-			return st.ID, t, nil
-		})
-	return s
+			s.file = append(s.file, uint64(t))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("read tags of contact %d: %w", id, err)
+		}
+	}
+	s.now = s.file
+	b.contactTags[id] = s
+	b.rows++
+	return s, nil
 }
 
-func (s *tagsState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
+func (b *batch) tag(id uint64) (*tagSlot, error) {
+	if s, ok := b.tags[id]; ok {
+		return s, nil
+	}
+	s := &tagSlot{}
+	if b.mayExistID(4, id) {
+		row, err := b.queryRow("SELECT name, users FROM tags WHERE id = ?", int64(id))
+		if err != nil {
+			return nil, err
+		}
+		switch err := row.Scan(&s.name, &s.users); {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("read tag %d: %w", id, err)
+		default:
+			s.inFile = true
+		}
+	}
+	b.tags[id] = s
+	b.rows++
+	return s, nil
+}
+
+func (b *batch) applyTags(rec *domain.RecordedEvent, env *domain.Envelope) error {
 	var tags []domain.Tag
 	switch e := env.Event.(type) {
 	case domain.TagsUpdated:
@@ -71,127 +101,158 @@ func (s *tagsState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
 		tags = e.Tags
 	case domain.UserUnlinked:
 	default:
-		return
+		return nil
 	}
-	if id, ok := domain.ContactIDFromStream(rec.Stream); ok {
-		s.set(id, tags)
+	id, ok := domain.ContactIDFromStream(rec.Stream)
+	if !ok {
+		return nil
 	}
-}
-
-// set makes tags the contact's tag set and records the tags' names.
-func (s *tagsState) set(id domain.ContactID, tags []domain.Tag) {
+	// Every tag named gets its latest name, whether or not the contact
+	// had it.
 	for _, t := range tags {
-		row, ok := s.rows.get(t.ID)
-		if !ok {
-			s.rows.put(t.ID, &tagRow{name: t.Name, members: map[domain.ContactID]struct{}{}})
-		} else if row.name != t.Name {
-			row.name = t.Name
-			s.rows.touch(t.ID)
+		row, err := b.tag(t.ID)
+		if err != nil {
+			return err
+		}
+		if !row.inFile && !row.dirty || row.name != t.Name {
+			row.name, row.dirty = t.Name, true
 		}
 	}
-	old := s.byContact[id]
+	set, err := b.contactTagSet(id)
+	if err != nil {
+		return err
+	}
 	next := make([]uint64, 0, len(tags))
 	for _, t := range tags {
 		next = append(next, t.ID)
 	}
 	slices.Sort(next)
 	next = slices.Compact(next)
-	for _, t := range old {
+	for _, t := range set.now {
 		if _, found := slices.BinarySearch(next, t); !found {
-			if row, ok := s.rows.get(t); ok {
-				delete(row.members, id)
-				s.rows.touch(t)
+			row, err := b.tag(t)
+			if err != nil {
+				return err
 			}
+			row.users--
+			row.dirty = true
 		}
 	}
 	for _, t := range next {
-		if _, found := slices.BinarySearch(old, t); !found {
-			row, _ := s.rows.get(t)
-			row.members[id] = struct{}{}
-			s.rows.touch(t)
+		if _, found := slices.BinarySearch(set.now, t); !found {
+			row, err := b.tag(t)
+			if err != nil {
+				return err
+			}
+			row.users++
+			row.dirty = true
 		}
 	}
-	if len(next) == 0 {
-		delete(s.byContact, id)
-	} else {
-		s.byContact[id] = next
-	}
+	set.now = next
+	return nil
 }
 
-// appendTag appends a tag as written: a storedTag as JSON.
-func appendTag(b []byte, id uint64, t *tagRow) ([]byte, error) {
-	contacts := make([]domain.ContactID, 0, len(t.members))
-	for c := range t.members {
-		contacts = append(contacts, c)
+func (b *batch) flushTags() error {
+	ids := make([]domain.ContactID, 0, len(b.contactTags))
+	for id := range b.contactTags {
+		ids = append(ids, id)
 	}
-	slices.Sort(contacts)
-	b = append(b, `{"id":`...)
-	b = strconv.AppendUint(b, id, 10)
-	b = append(b, `,"name":`...)
-	b = appendJSONString(b, t.name)
-	b = append(b, `,"contacts":[`...)
-	for i, c := range contacts {
-		if i > 0 {
-			b = append(b, ',')
+	slices.Sort(ids)
+	var added []any
+	for _, id := range ids {
+		s := b.contactTags[id]
+		for _, t := range s.file {
+			if _, found := slices.BinarySearch(s.now, t); !found {
+				if err := b.exec("DELETE FROM user_tags WHERE tag_id = ? AND contact_id = ?", int64(t), int64(id)); err != nil {
+					return err
+				}
+			}
 		}
-		b = strconv.AppendUint(b, uint64(c), 10)
+		for _, t := range s.now {
+			if _, found := slices.BinarySearch(s.file, t); !found {
+				added = append(added, int64(t), int64(id))
+			}
+		}
+		if len(s.now) > 0 {
+			b.wroteID(1, uint64(id))
+		}
 	}
-	return append(b, "]}"...), nil
-}
-
-func (s *tagsState) size() int                                   { return len(s.byContact) }
-func (s *tagsState) committed()                                  { s.rows.committed() }
-func (s *tagsState) sums() map[uint32]sum                        { return s.rows.sums() }
-func (s *tagsState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *tagsState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, inFile, out, free)
-}
-func (s *tagsState) load(ctx context.Context, db *sql.DB) error {
-	if err := s.rows.loadAll(ctx, db); err != nil {
+	if err := b.insertMany("INSERT INTO user_tags(tag_id, contact_id) VALUES", 2, added, ""); err != nil {
 		return err
 	}
-	for c := range s.byContact {
-		slices.Sort(s.byContact[c])
+	for id, s := range b.tags {
+		if !s.dirty {
+			continue
+		}
+		if err := b.exec("INSERT INTO tags(id, name, users) VALUES(?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, users = excluded.users", int64(id), s.name, s.users); err != nil {
+			return err
+		}
+		b.wroteID(4, id)
 	}
 	return nil
 }
 
 // List returns every tag in id order with its number of users.
-func (v *Tags) List() []Tag {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	s := v.p.st.(*tagsState)
-	out := make([]Tag, 0, len(s.rows.rows))
-	for id, row := range s.rows.rows {
-		out = append(out, Tag{ID: id, Name: row.name, Users: len(row.members)})
+func (v *Tags) List(ctx context.Context) ([]Tag, error) {
+	out := []Tag{}
+	err := v.v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, "SELECT id, name, users FROM tags ORDER BY id")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var t Tag
+			var id int64
+			if err := rows.Scan(&id, &t.Name, &t.Users); err != nil {
+				return err
+			}
+			t.ID = uint64(id)
+			out = append(out, t)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tags: %w", err)
 	}
-	slices.SortFunc(out, func(a, b Tag) int { return cmp.Compare(a.ID, b.ID) })
-	return out
+	return out, nil
 }
 
 // Get returns one tag.
-func (v *Tags) Get(id uint64) (Tag, bool) {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	row, ok := v.p.st.(*tagsState).rows.get(id)
-	if !ok {
-		return Tag{}, false
+func (v *Tags) Get(ctx context.Context, id uint64) (Tag, bool, error) {
+	t := Tag{ID: id}
+	err := v.v.read(func(db *sql.DB) error {
+		return db.QueryRowContext(ctx, "SELECT name, users FROM tags WHERE id = ?", int64(id)).Scan(&t.Name, &t.Users)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return Tag{}, false, nil
 	}
-	return Tag{ID: id, Name: row.name, Users: len(row.members)}, true
+	if err != nil {
+		return Tag{}, false, fmt.Errorf("read tag %d: %w", id, err)
+	}
+	return t, true, nil
 }
 
 // Users returns the contact ids that have the tag, in order.
-func (v *Tags) Users(id uint64) []domain.ContactID {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	row, ok := v.p.st.(*tagsState).rows.get(id)
-	if !ok {
-		return nil
+func (v *Tags) Users(ctx context.Context, id uint64) ([]domain.ContactID, error) {
+	var out []domain.ContactID
+	err := v.v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, "SELECT contact_id FROM user_tags WHERE tag_id = ? ORDER BY contact_id", int64(id))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var c int64
+			if err := rows.Scan(&c); err != nil {
+				return err
+			}
+			out = append(out, domain.ContactID(c))
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list users of tag %d: %w", id, err)
 	}
-	out := make([]domain.ContactID, 0, len(row.members))
-	for c := range row.members {
-		out = append(out, c)
-	}
-	slices.Sort(out)
-	return out
+	return out, nil
 }

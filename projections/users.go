@@ -3,7 +3,8 @@ package projections
 import (
 	"context"
 	"database/sql"
-	"maps"
+	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -29,95 +30,115 @@ type User struct {
 	Version uint64 `json:"version"`
 }
 
-// Users is the users view: one row per contact that has a user.
-type Users struct{ p *projection }
+// Users is the users view: one row per contact that has a user, in table
+// users (by contact id, email and login).
+type Users struct{ v *Views }
 
-type userEntry struct {
+// userSlot is a user as a batch holds it: nil u once the contact has none.
+type userSlot struct {
 	u       *domain.User
 	version uint64
+	// inFile is true when the file has a row for the contact.
+	inFile bool
+	dirty  bool
 }
 
-type usersState struct {
-	rows *buckets[domain.ContactID, *userEntry]
-}
+const userColumns = "contact_id, user_id, login, email, role, meta, tags, created_at, updated_at, version"
 
-// userBuckets spreads users over the views file.
-const userBuckets = 1024
+var userUpsert = upsertSet("contact_id", userColumns)
 
-func newUsersState(size int) *usersState {
-	return &usersState{rows: newBuckets("users", userBuckets, size, hashContact[domain.ContactID],
-		appendUser,
-		func(raw json.RawMessage) (domain.ContactID, *userEntry, error) {
-			var r User
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return 0, nil, err
-			}
-			if r.Meta == nil {
-				r.Meta = map[string]string{}
-			}
-			u := &domain.User{UserID: r.UserID, ContactID: r.ContactID, Login: r.Login, Email: r.Email, Role: r.Role,
+func (b *batch) user(id domain.ContactID) (*userSlot, error) {
+	if s, ok := b.users[id]; ok {
+		return s, nil
+	}
+	s := &userSlot{}
+	if b.mayExistID(0, uint64(id)) {
+		row, err := b.queryRow("SELECT "+userColumns+" FROM users WHERE contact_id = ?", int64(id))
+		if err != nil {
+			return nil, err
+		}
+		r, err := scanUser(row)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("read user of contact %d: %w", id, err)
+		default:
+			s.u = &domain.User{UserID: r.UserID, ContactID: r.ContactID, Login: r.Login, Email: r.Email, Role: r.Role,
 				Meta: r.Meta, Tags: r.Tags, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
-			return r.ContactID, &userEntry{u: u, version: r.Version}, nil
-		})}
+			s.version, s.inFile = r.Version, true
+		}
+	}
+	b.users[id] = s
+	b.rows++
+	return s, nil
 }
 
-func (s *usersState) apply(rec *domain.RecordedEvent, env *domain.Envelope) {
+func (b *batch) applyUser(rec *domain.RecordedEvent, env *domain.Envelope) error {
 	switch env.Event.(type) {
 	case domain.UserCreated, domain.UserLinked, domain.UserUnlinked, domain.MetaPulled, domain.TagsUpdated, domain.RoleChanged:
 	default:
-		return
+		return nil
 	}
 	id, ok := domain.ContactIDFromStream(rec.Stream)
 	if !ok {
-		return
+		return nil
 	}
-	var cur *domain.User
-	e, found := s.rows.get(id)
-	if found {
-		cur = e.u
+	s, err := b.user(id)
+	if err != nil {
+		return err
 	}
-	next := domain.EvolveUser(cur, id, *env)
+	had := s.u != nil
+	s.u = domain.EvolveUser(s.u, id, *env)
+	if s.u != nil {
+		s.version = rec.Version
+	}
+	if had || s.u != nil {
+		s.dirty = true
+	}
 	switch {
-	case next == nil:
-		s.rows.del(id)
-	case found:
-		// Readers copy entries under the view's lock (as EvolveUser
-		// changes cur in place), so the entry is updated in place too.
-		e.u, e.version = next, rec.Version
-		s.rows.touch(id)
-	default:
-		s.rows.put(id, &userEntry{u: next, version: rec.Version})
+	case had && s.u == nil:
+		b.userDelta--
+	case !had && s.u != nil:
+		b.userDelta++
 	}
+	return nil
 }
 
-func (e *userEntry) row() User {
-	tags := e.u.Tags
-	if tags == nil {
-		tags = []domain.Tag{}
+func (b *batch) flushUsers() error {
+	ids := make([]domain.ContactID, 0, len(b.users))
+	for id, s := range b.users {
+		if s.dirty {
+			ids = append(ids, id)
+		}
 	}
-	return User{
-		ContactID: e.u.ContactID, UserID: e.u.UserID, Login: e.u.Login, Email: e.u.Email, Role: e.u.Role,
-		Meta: maps.Clone(e.u.Meta), Tags: slices.Clone(tags), CreatedAt: e.u.CreatedAt.UTC(), UpdatedAt: e.u.UpdatedAt.UTC(), Version: e.version,
+	slices.Sort(ids)
+	var buf []byte
+	args := make([]any, 0, 10*len(ids))
+	for _, id := range ids {
+		s := b.users[id]
+		if s.u == nil {
+			if s.inFile {
+				if err := b.exec("DELETE FROM users WHERE contact_id = ?", int64(id)); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		u := s.u
+		buf = appendJSONStrings(buf[:0], u.Meta)
+		meta := string(buf)
+		buf = appendTags(buf[:0], u.Tags)
+		args = append(args, int64(id), u.UserID, u.Login, u.Email, string(u.Role), meta, string(buf),
+			unixNano(u.CreatedAt), unixNano(u.UpdatedAt), int64(s.version))
+		b.wroteID(0, uint64(id))
 	}
+	return b.insertMany("INSERT INTO users("+userColumns+") VALUES", 10, args, userUpsert)
 }
 
-// appendUser appends a user as written: its row, User, as JSON.
-func appendUser(b []byte, _ domain.ContactID, e *userEntry) ([]byte, error) {
-	u := e.u
-	b = append(b, `{"contact_id":`...)
-	b = strconv.AppendUint(b, uint64(u.ContactID), 10)
-	b = append(b, `,"user_id":`...)
-	b = appendJSONString(b, u.UserID)
-	b = append(b, `,"login":`...)
-	b = appendJSONString(b, u.Login)
-	b = append(b, `,"email":`...)
-	b = appendJSONString(b, u.Email)
-	b = append(b, `,"role":`...)
-	b = appendJSONString(b, string(u.Role))
-	b = append(b, `,"meta":`...)
-	b = appendJSONStrings(b, u.Meta)
-	b = append(b, `,"tags":[`...)
-	for i, t := range u.Tags {
+// appendTags appends tags as the JSON array of domain.Tag.
+func appendTags(b []byte, tags []domain.Tag) []byte {
+	b = append(b, '[')
+	for i, t := range tags {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -127,77 +148,138 @@ func appendUser(b []byte, _ domain.ContactID, e *userEntry) ([]byte, error) {
 		b = appendJSONString(b, t.Name)
 		b = append(b, '}')
 	}
-	b = append(b, `],"created_at":`...)
-	b, err := appendJSONTime(b, u.CreatedAt.UTC())
-	if err != nil {
-		return nil, err
-	}
-	b = append(b, `,"updated_at":`...)
-	if b, err = appendJSONTime(b, u.UpdatedAt.UTC()); err != nil {
-		return nil, err
-	}
-	b = append(b, `,"version":`...)
-	b = strconv.AppendUint(b, e.version, 10)
-	return append(b, '}'), nil
+	return append(b, ']')
 }
 
-func (s *usersState) size() int                                   { return len(s.rows.rows) }
-func (s *usersState) committed()                                  { s.rows.committed() }
-func (s *usersState) sums() map[uint32]sum                        { return s.rows.sums() }
-func (s *usersState) flush(ctx context.Context, tx *sql.Tx) error { return s.rows.flush(ctx, tx) }
-func (s *usersState) encodeAll(part, parts uint32, inFile map[uint32]sum, out chan<- encoded, free <-chan []byte) error {
-	return s.rows.encodeAll(part, parts, inFile, out, free)
+type scanner interface{ Scan(dest ...any) error }
+
+// scanUser reads a row of users.
+func scanUser(row scanner) (User, error) {
+	var u User
+	var id, created, updated, version int64
+	var role, meta, tags string
+	if err := row.Scan(&id, &u.UserID, &u.Login, &u.Email, &role, &meta, &tags, &created, &updated, &version); err != nil {
+		return User{}, err
+	}
+	u.ContactID, u.Role, u.Version = domain.ContactID(id), domain.Role(role), uint64(version)
+	u.CreatedAt, u.UpdatedAt = fromUnixNano(created), fromUnixNano(updated)
+	if err := json.Unmarshal([]byte(meta), &u.Meta); err != nil {
+		return User{}, fmt.Errorf("meta of contact %d: %w", id, err)
+	}
+	if u.Meta == nil {
+		u.Meta = map[string]string{}
+	}
+	if err := json.Unmarshal([]byte(tags), &u.Tags); err != nil {
+		return User{}, fmt.Errorf("tags of contact %d: %w", id, err)
+	}
+	if u.Tags == nil {
+		u.Tags = []domain.Tag{}
+	}
+	return u, nil
 }
-func (s *usersState) load(ctx context.Context, db *sql.DB) error { return s.rows.loadAll(ctx, db) }
+
+// one reads the user a query finds.
+func (v *Users) one(ctx context.Context, where string, arg any) (User, bool, error) {
+	var u User
+	err := v.v.read(func(db *sql.DB) error {
+		var err error
+		u, err = scanUser(db.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE "+where, arg))
+		return err
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return User{}, false, nil
+	}
+	if err != nil {
+		return User{}, false, fmt.Errorf("read users view: %w", err)
+	}
+	return u, true, nil
+}
 
 // Get returns the user of a contact.
-func (v *Users) Get(id domain.ContactID) (User, bool) {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	e, ok := v.p.st.(*usersState).rows.get(id)
-	if !ok {
-		return User{}, false
-	}
-	return e.row(), true
+func (v *Users) Get(ctx context.Context, id domain.ContactID) (User, bool, error) {
+	return v.one(ctx, "contact_id = ?", int64(id))
 }
 
-// Count is the number of users.
-func (v *Users) Count() int {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	return len(v.p.st.(*usersState).rows.rows)
+// ByEmail returns the user with an email address (the lowest contact id if
+// several have it).
+func (v *Users) ByEmail(ctx context.Context, email string) (User, bool, error) {
+	return v.one(ctx, "email = ? ORDER BY contact_id LIMIT 1", email)
+}
+
+// ByLogin returns the user with a login.
+func (v *Users) ByLogin(ctx context.Context, login string) (User, bool, error) {
+	return v.one(ctx, "login = ? ORDER BY contact_id LIMIT 1", login)
+}
+
+// Count is the number of users (kept as the view changes, not counted).
+func (v *Users) Count(ctx context.Context) (int, error) {
+	var n int
+	err := v.v.read(func(db *sql.DB) error {
+		return db.QueryRowContext(ctx, "SELECT n FROM view_counts WHERE name = 'users'").Scan(&n)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count users: %w", err)
+	}
+	return n, nil
 }
 
 // List returns up to limit users with contact id greater than after, in
 // contact id order, and whether more follow. A non-zero tag keeps only users
 // with that tag.
-func (v *Users) List(after domain.ContactID, limit int, tag uint64) (users []User, more bool) {
-	v.p.mu.RLock()
-	defer v.p.mu.RUnlock()
-	rows := v.p.st.(*usersState).rows.rows
-	ids := make([]domain.ContactID, 0, len(rows))
-	for id, e := range rows {
-		if id <= after {
-			continue
+func (v *Users) List(ctx context.Context, after domain.ContactID, limit int, tag uint64) (users []User, more bool, err error) {
+	if limit <= 0 {
+		return []User{}, false, nil
+	}
+	q := "SELECT " + userColumns + " FROM users WHERE contact_id > ? ORDER BY contact_id LIMIT ?"
+	args := []any{int64(after), int64(limit) + 1}
+	if tag != 0 {
+		q = "SELECT u." + prefixed("u.", userColumns) + " FROM user_tags t JOIN users u ON u.contact_id = t.contact_id" +
+			" WHERE t.tag_id = ? AND t.contact_id > ? ORDER BY t.contact_id LIMIT ?"
+		args = []any{int64(tag), int64(after), int64(limit) + 1}
+	}
+	users = []User{}
+	err = v.v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
 		}
-		if tag != 0 && !slices.ContainsFunc(e.u.Tags, func(t domain.Tag) bool { return t.ID == tag }) {
-			continue
+		defer rows.Close()
+		for rows.Next() {
+			u, err := scanUser(rows)
+			if err != nil {
+				return err
+			}
+			users = append(users, u)
 		}
-		ids = append(ids, id)
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("list users: %w", err)
 	}
-	slices.Sort(ids)
-	if len(ids) > limit {
-		ids, more = ids[:limit], true
+	if len(users) > limit {
+		users, more = users[:limit], true
 	}
-	users = make([]User, len(ids))
-	for i, id := range ids {
-		users[i] = rows[id].row()
-	}
-	return users, more
+	return users, more, nil
 }
 
 // All returns every user in contact id order.
-func (v *Users) All() []User {
-	users, _ := v.List(0, int(^uint(0)>>1), 0)
-	return users
+func (v *Users) All(ctx context.Context) ([]User, error) {
+	users, _, err := v.List(ctx, 0, int(^uint32(0)>>1), 0)
+	return users, err
+}
+
+// prefixed puts prefix before every column of a list but the first (which
+// the caller prefixes).
+func prefixed(prefix, columns string) string {
+	out := []byte{}
+	for i := 0; i < len(columns); i++ {
+		out = append(out, columns[i])
+		if columns[i] == ' ' && i > 0 && columns[i-1] == ',' {
+			out = append(out, prefix...)
+		}
+	}
+	return string(out)
 }

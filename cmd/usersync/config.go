@@ -56,6 +56,7 @@ type serveConfig struct {
 	DiskReserve       byteSize
 	AuthFailRate      float64
 	AuthFailBurst     int
+	ReceiptRetention  time.Duration
 
 	// Processing of webhooks (issue 10): contacts at once, FunnelKit
 	// reads at once, contacts' states kept, the password hash.
@@ -120,8 +121,12 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.Var(&c.DiskReserve, "disk-reserve", "free space kept on the data disk: below it new webhooks are refused with 503 (FunnelKit sends them again) and /readyz is not ready; 0 turns it off")
 	fs.Float64Var(&c.AuthFailRate, "auth-fail-rate", 1, "wrong access keys or admin tokens per second a source address may keep making after --auth-fail-burst (then 429); 0 turns throttling off")
 	fs.IntVar(&c.AuthFailBurst, "auth-fail-burst", 10, "wrong access keys or admin tokens in a row a source address may make before it is throttled")
+	fs.DurationVar(&c.ReceiptRetention, "receipt-retention", defaultReceiptRetention, "how long the webhooks view keeps a closed webhook's receipt (older ones are answered from the log); 0 keeps every receipt")
 	return fs, c
 }
+
+// defaultReceiptRetention is --receipt-retention's default: 30 days.
+const defaultReceiptRetention = 30 * 24 * time.Hour
 
 // parseServe reads flags from the environment (USERSYNC_<NAME>) and then
 // the command line, which wins, and validates them.
@@ -300,6 +305,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.FunnelKitTimeout <= 0 {
 		return errors.New("--funnelkit-timeout must be positive")
+	}
+	if c.ReceiptRetention < 0 {
+		return fmt.Errorf("--receipt-retention %s must be 0 (keep every receipt) or a positive duration such as 720h", c.ReceiptRetention)
 	}
 	if c.AuthFailRate < 0 || math.IsNaN(c.AuthFailRate) || math.IsInf(c.AuthFailRate, 0) {
 		return fmt.Errorf("--auth-fail-rate %v must be a number of failures per second, 0 or more (0 turns throttling off)", c.AuthFailRate)

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -649,5 +650,14 @@ func viewContent(ctx context.Context, t *testing.T, dir string) views {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	return views{Users: v.Users.All(), Tags: v.Tags.List(), Passwords: v.Passwords.List(""), Webhooks: v.Webhooks.All()}
+	var out views
+	var errs [4]error
+	out.Users, errs[0] = v.Users.All(ctx)
+	out.Tags, errs[1] = v.Tags.List(ctx)
+	out.Passwords, errs[2] = v.Passwords.List(ctx, "")
+	out.Webhooks, errs[3] = v.Webhooks.All(ctx)
+	if err := errors.Join(errs[:]...); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

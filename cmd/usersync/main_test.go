@@ -44,7 +44,7 @@ func TestRebuildCommand(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 	if !strings.Contains(out.String(), "from 3 events") || !strings.Contains(out.String(), "1 users, 1 tags") ||
-		!strings.Contains(out.String(), "wrote 2 of 2 buckets of views.db") ||
+		!strings.Contains(out.String(), "into a new views.db") ||
 		!strings.Contains(out.String(), "parked") || !strings.Contains(errb.String(), "100.0%") {
 		t.Fatalf("stdout %q\nstderr %q", out.String(), errb.String())
 	}

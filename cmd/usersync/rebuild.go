@@ -89,6 +89,15 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	data, dataEnv := dataFlag(fs)
 	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
+	retention := defaultReceiptRetention
+	if v, ok := os.LookupEnv(envName("receipt-retention")); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("%s=%q: want a duration such as 720h, or 0 to keep every receipt", envName("receipt-retention"), v)
+		}
+		retention = d
+	}
+	fs.DurationVar(&retention, "receipt-retention", retention, "receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION, as serve's")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
 		fs.PrintDefaults()
@@ -124,7 +133,10 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer store.Close()
-	views, err := projections.Open(ctx, paths.views())
+	if retention < 0 {
+		return fmt.Errorf("--receipt-retention %s must be 0 (keep every receipt) or a positive duration", retention)
+	}
+	views, err := projections.Open(ctx, paths.views(), projections.WithReceiptRetention(retention))
 	if err != nil {
 		return err
 	}
@@ -145,9 +157,9 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	stats := res.Stats
 	rate := float64(stats.Events) / max(stats.Duration.Seconds(), 1e-9)
-	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d parked events, position %d; wrote %d of %d buckets of %s (the others were unchanged), deleted %d\n",
-		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Parked, stats.Position,
-		stats.Written, stats.Buckets, filepath.Base(views.Path()), stats.Deleted)
+	fmt.Fprintf(stdout, "rebuilt %d views from %d events in %s (%.0f events/s): %d users, %d tags, %d webhook receipts, %d parked events, position %d; wrote %d rows into a new %s\n",
+		len(views.Names()), stats.Events, stats.Duration.Round(time.Millisecond), rate, stats.Users, stats.Tags, stats.Receipts, stats.Parked, stats.Position,
+		stats.Rows, filepath.Base(views.Path()))
 	if stats.Parked > 0 {
 		fmt.Fprintf(stdout, "some events could not be read by this build and were parked: list them with usersync parked\n")
 	}

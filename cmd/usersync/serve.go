@@ -128,7 +128,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if a.keys, err = keystore.Open(ctx, paths.keys()); err != nil {
 		return nil, err
 	}
-	if a.views, err = projections.Open(ctx, paths.views()); err != nil {
+	if a.views, err = projections.Open(ctx, paths.views(), projections.WithReceiptRetention(cfg.ReceiptRetention), projections.WithLogger(log)); err != nil {
 		return nil, err
 	}
 	if err := checkViewsNotAhead(ctx, a.store, a.views, cfg.Data); err != nil {
@@ -164,12 +164,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	// The views apply events in batches; until they do so themselves,
-	// each in-memory view is adapted with its per-event Handle.
-	var views []pipeline.BatchConsumer
-	for _, c := range a.views.Consumers() {
-		views = append(views, pipeline.PerEvent(c))
-	}
+	// The views apply events in batches, all four in one transaction.
+	views := []pipeline.BatchConsumer{a.views.Batch()}
 	if cfg.wrapViews != nil {
 		for i, v := range views {
 			views[i] = cfg.wrapViews(v)
@@ -405,7 +401,29 @@ func (a *app) recover(ctx context.Context, head uint64) {
 	if err := a.views.WaitAll(ctx, head); err != nil {
 		return // stopping before the views caught up
 	}
-	open := a.views.Webhooks.Open()
+	for attempt := 1; ; attempt++ {
+		err := a.recoverOnce(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		a.log.Error("recovery after the start failed; trying again", "err", err)
+		t := time.NewTimer(domain.Backoff{Initial: time.Second, Max: time.Minute}.Delay(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// recoverOnce queues the contacts of the open webhooks and resumes the
+// pending password returns. Both are idempotent, so it may run again.
+func (a *app) recoverOnce(ctx context.Context) error {
+	open, err := a.views.Webhooks.Open(ctx)
+	if err != nil {
+		return fmt.Errorf("list the open webhooks: %w", err)
+	}
 	seen := map[domain.ContactID]bool{}
 	for _, w := range open {
 		if w.ContactID != 0 && !seen[w.ContactID] {
@@ -417,26 +435,20 @@ func (a *app) recover(ctx context.Context, head uint64) {
 		a.log.Info("resuming webhooks recorded before the last stop", "webhooks", len(open), "contacts", len(seen))
 	}
 	if a.returner == nil {
-		return
+		return nil
 	}
-	var pending []command.PendingReturn
-	for _, r := range a.views.Passwords.List(projections.PasswordPending) {
+	rows, err := a.views.Passwords.List(ctx, projections.PasswordPending)
+	if err != nil {
+		return fmt.Errorf("list the pending password returns: %w", err)
+	}
+	pending := make([]command.PendingReturn, 0, len(rows))
+	for _, r := range rows {
 		pending = append(pending, command.PendingReturn{ContactID: r.ContactID, KeyID: r.KeyID})
 	}
-	for attempt := 1; ; attempt++ {
-		err := a.returner.Resume(ctx, pending)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		a.log.Error("resuming the pending password returns failed; trying again", "err", err)
-		t := time.NewTimer(domain.Backoff{Initial: time.Second, Max: time.Minute}.Delay(attempt))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
+	if err := a.returner.Resume(ctx, pending); err != nil {
+		return fmt.Errorf("resume the pending password returns: %w", err)
 	}
+	return nil
 }
 
 // ready is /readyz: the store answers and can take appends, the data disk

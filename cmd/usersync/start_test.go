@@ -348,6 +348,7 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 		"disk-reserve":             {"lots", "a size such as 64MiB", false},
 		"auth-fail-rate":           {"fast", "a number such as", false},
 		"auth-fail-burst":          {"many", "a whole number", false},
+		"receipt-retention":        {"a month", "a duration such as", false},
 	}
 	valid := map[string]string{
 		"addr": "127.0.0.1:0", "data": t.TempDir(), "funnelkit-url": simURL,

@@ -93,15 +93,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for h, n := range byHandler {
 		ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(n), h)
 	}
-	counts := map[string]int{projections.PasswordPending: 0, projections.PasswordReturned: 0, projections.PasswordFailed: 0}
-	oldest := time.Time{}
-	for _, r := range c.src.Views.Passwords.List("") {
-		counts[r.Status]++
-		if r.Status == projections.PasswordPending && (oldest.IsZero() || r.IssuedAt.Before(oldest)) {
-			oldest = r.IssuedAt
-		}
+	summary, err := c.src.Views.Passwords.Summary(ctx)
+	if err != nil {
+		failed = 1
+		summary.Counts = map[string]int{projections.PasswordPending: 0, projections.PasswordReturned: 0, projections.PasswordFailed: 0}
 	}
-	for s, n := range counts {
+	oldest := summary.OldestPending
+	for s, n := range summary.Counts {
 		ch <- prometheus.MustNewConstMetric(descReturns, prometheus.GaugeValue, float64(n), s)
 	}
 	age := 0.0
@@ -109,8 +107,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		age = max(time.Since(oldest).Seconds(), 0)
 	}
 	ch <- prometheus.MustNewConstMetric(descPendingAge, prometheus.GaugeValue, age)
-	ch <- prometheus.MustNewConstMetric(descUsers, prometheus.GaugeValue, float64(c.src.Views.Users.Count()))
-	open := c.src.Views.Webhooks.Open()
+	users, err := c.src.Views.Users.Count(ctx)
+	if err != nil {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descUsers, prometheus.GaugeValue, float64(users))
+	open, err := c.src.Views.Webhooks.Open(ctx)
+	if err != nil {
+		failed = 1
+	}
 	retrying, oldestRetrying := 0, time.Time{}
 	for _, w := range open {
 		if w.Status != projections.WebhookRetrying {

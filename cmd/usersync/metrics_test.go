@@ -145,7 +145,7 @@ func TestMetrics_MoveWithAnEndToEndRun(t *testing.T) {
 		{"usersync_funnelkit_request_duration_seconds", map[string]string{"endpoint": "GET contacts/{id}", "status_class": "2xx"}},
 		{"usersync_funnelkit_request_duration_seconds", map[string]string{"endpoint": "POST contacts/{id}/fields", "status_class": "2xx"}},
 		{"usersync_watermill_handler_execution_time_seconds", map[string]string{"handler_name": "welcome_email"}},
-		{"usersync_pipeline_batch_events_total", map[string]string{"consumer": "users"}},
+		{"usersync_pipeline_batch_events_total", map[string]string{"consumer": "views"}},
 		{"usersync_pipeline_read_events_total", nil},
 		{"usersync_projection_position", map[string]string{"projection": "password_return"}},
 	}

@@ -32,7 +32,11 @@ func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err erro
 		streamCache:  1 << 18,
 		queueLen:     4096,
 		busyTimeout:  10 * time.Second,
-		readMmapSize: 1 << 31,
+		// Each reader maps at most 64 MiB of the file and reads the rest
+		// with pread: the same speed for the replay (measured on a
+		// rebuild of 5M events), and file-backed pages of four 2 GiB maps
+		// no longer show as gigabytes of RSS.
+		readMmapSize: 64 << 20,
 
 		checkpointPages:       checkpointPages,
 		writerCheckpointPages: writerCheckpointPages,

@@ -228,9 +228,10 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 
 // openBulk creates the views file a rebuild writes: no journal (a failed
 // rebuild's file is thrown away), no sync until it is done, one connection
-// with a large cache, the tables without the readers' indexes.
+// with a 128 MiB cache (256 MiB was no faster and put the peak RSS of a
+// 5M-event rebuild over 1 GiB), the tables without the readers' indexes.
 func openBulk(ctx context.Context, path string, events int) (*viewDB, error) {
-	dsn := "file:" + path + "?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)&_pragma=cache_size(-262144)" +
+	dsn := "file:" + path + "?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)&_pragma=cache_size(-131072)" +
 		"&_pragma=locking_mode(EXCLUSIVE)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {

@@ -26,12 +26,12 @@ import (
 // error naming it.
 func Open(ctx context.Context, path string, opts ...Option) (_ *SQLite, err error) {
 	cfg := config{
-		readers:      max(4, runtime.GOMAXPROCS(0)),
-		maxBatch:     1024,
-		maxEvents:    8192,
-		streamCache:  1 << 18,
-		queueLen:     4096,
-		busyTimeout:  10 * time.Second,
+		readers:     max(4, runtime.GOMAXPROCS(0)),
+		maxBatch:    1024,
+		maxEvents:   8192,
+		streamCache: 1 << 18,
+		queueLen:    4096,
+		busyTimeout: 10 * time.Second,
 		// Each reader maps at most 64 MiB of the file and reads the rest
 		// with pread: the same speed for the replay (measured on a
 		// rebuild of 5M events), and file-backed pages of four 2 GiB maps

@@ -2,7 +2,6 @@ package projections
 
 import (
 	"slices"
-	"time"
 	"unicode/utf8"
 )
 
@@ -65,17 +64,6 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
-}
-
-// appendJSONTime appends t as time.Time.MarshalJSON writes it: RFC 3339
-// with nanoseconds, in t's location.
-func appendJSONTime(b []byte, t time.Time) ([]byte, error) {
-	b = append(b, '"')
-	b, err := t.AppendText(b)
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '"'), nil
 }
 
 // appendJSONStrings appends m as a JSON object, keys sorted as encoding/json

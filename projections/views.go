@@ -103,9 +103,6 @@ func WithReceiptRetention(d time.Duration) Option { return func(v *Views) { v.re
 // WithLogger is where Open says what it did to an old views file.
 func WithLogger(l *slog.Logger) Option { return func(v *Views) { v.log = l } }
 
-// withClock sets the clock the retention is judged by (tests).
-func withClock(now func() time.Time) Option { return func(v *Views) { v.now = now } }
-
 // walSizeLimit (bytes) is the journal_size_limit the write-ahead log is cut
 // back to once a checkpoint lets it start again.
 const walSizeLimit = 4 << 20

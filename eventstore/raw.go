@@ -19,12 +19,11 @@ import (
 // safe for concurrent use; the store hands each one to one goroutine at a
 // time.
 type rawConn struct {
-	tls        *libc.TLS
-	db         uintptr
-	readAll    uintptr // prepared readAllSQL
-	readStream uintptr // prepared readStreamSQL
-	readFrom   uintptr // prepared readStreamFromSQL, on first use (sqlite_read.go)
-	names      map[string]string
+	tls      *libc.TLS
+	db       uintptr
+	readAll  uintptr // prepared readAllSQL
+	readFrom uintptr // prepared readStreamFromSQL (sqlite_read.go): every stream read
+	names    map[string]string
 	// last is the name each column gave last: events of one stream are
 	// mostly appended together, so the next row often repeats it.
 	last [8]string
@@ -82,7 +81,7 @@ func openRaw(path string, mmapSize int64, busyTimeout time.Duration) (_ *rawConn
 	if c.readAll, err = c.prepare(readAllSQL); err != nil {
 		return nil, err
 	}
-	if c.readStream, err = c.prepare(readStreamSQL); err != nil {
+	if c.readFrom, err = c.prepare(readStreamFromSQL); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -92,12 +91,12 @@ func (c *rawConn) close() error {
 	if c.tls == nil {
 		return nil
 	}
-	for _, st := range []uintptr{c.readAll, c.readStream, c.readFrom} {
+	for _, st := range []uintptr{c.readAll, c.readFrom} {
 		if st != 0 {
 			sqlite3.Xsqlite3_finalize(c.tls, st)
 		}
 	}
-	c.readAll, c.readStream, c.readFrom = 0, 0, 0
+	c.readAll, c.readFrom = 0, 0
 	var err error
 	if c.db != 0 {
 		if rc := sqlite3.Xsqlite3_close_v2(c.tls, c.db); rc != sqlite3.SQLITE_OK {
@@ -163,23 +162,6 @@ func (c *rawConn) queryAll(ctx context.Context, after, upTo uint64, limit int, o
 	return c.scan(ctx, st, out)
 }
 
-// queryStream appends the events of stream with position <= upTo to out.
-func (c *rawConn) queryStream(ctx context.Context, stream string, upTo uint64) ([]domain.RecordedEvent, error) {
-	st := c.readStream
-	// SQLITE_TRANSIENT: SQLite copies the text before the call returns.
-	p, err := libc.CString(stream)
-	if err != nil {
-		return nil, err
-	}
-	rc := sqlite3.Xsqlite3_bind_text(c.tls, st, 1, p, int32(len(stream)), sqlite3.SQLITE_TRANSIENT)
-	libc.Xfree(c.tls, p)
-	if rc != sqlite3.SQLITE_OK {
-		return nil, c.err(rc)
-	}
-	sqlite3.Xsqlite3_bind_int64(c.tls, st, 2, int64(min(upTo, 1<<63-1)))
-	return c.scan(ctx, st, nil)
-}
-
 // scan steps st to the end, appending its rows to out, and resets it.
 func (c *rawConn) scan(ctx context.Context, st uintptr, out []domain.RecordedEvent) (_ []domain.RecordedEvent, err error) {
 	defer sqlite3.Xsqlite3_reset(c.tls, st)
@@ -236,7 +218,9 @@ func (c *rawConn) blob(st uintptr, i int32, slab []byte) ([]byte, []byte) {
 		if len(b) > 16<<10 {
 			return append([]byte(nil), b...), slab
 		}
-		slab = make([]byte, 0, 64<<10)
+		// Slabs start small and double up to 64 KiB: a stream read of a
+		// few events does not pay for a replay's worth of memory.
+		slab = make([]byte, 0, max(len(b), min(max(2*cap(slab), 4<<10), 64<<10)))
 	}
 	start := len(slab)
 	slab = append(slab, b...)

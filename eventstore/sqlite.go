@@ -31,7 +31,6 @@ const (
 
 	selectColumns = `SELECT position, stream, version, type, data, metadata, recorded_at FROM events `
 	readAllSQL    = selectColumns + `WHERE position > ? AND position <= ? ORDER BY position LIMIT ?`
-	readStreamSQL = selectColumns + `WHERE stream = ? AND position <= ? ORDER BY version`
 	streamHeadSQL = `SELECT version, position FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1`
 	storeHeadSQL  = `SELECT COALESCE(MAX(position), 0) FROM events`
 	insertRowSQL  = `(?, ?, ?, ?, COALESCE(?, x''), COALESCE(?, x''), ?)`

@@ -138,28 +138,11 @@ func (s *SQLite) getReader(ctx context.Context) (*rawConn, error) {
 // ReadStream returns the events of stream, oldest first; a stream with no
 // events yields none and no error.
 func (s *SQLite) ReadStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
-	out, err := s.readStream(ctx, stream)
+	out, err := s.readStreamFrom(ctx, stream, 0)
 	if err != nil {
 		return nil, s.fileErr(fmt.Sprintf("read stream %s from", stream), err)
 	}
 	return out, nil
-}
-
-func (s *SQLite) readStream(ctx context.Context, stream string) ([]domain.RecordedEvent, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { s.readers <- r }()
-	return r.queryStream(ctx, stream, s.head.Load())
 }
 
 // readStreamFromSQL reads a stream after a version through the
@@ -196,13 +179,6 @@ func (s *SQLite) readStreamFrom(ctx context.Context, stream string, after uint64
 // queryStreamFrom appends the events of stream with version > after and
 // position <= upTo to out.
 func (c *rawConn) queryStreamFrom(ctx context.Context, stream string, after, upTo uint64) ([]domain.RecordedEvent, error) {
-	if c.readFrom == 0 {
-		st, err := c.prepare(readStreamFromSQL)
-		if err != nil {
-			return nil, err
-		}
-		c.readFrom = st
-	}
 	st := c.readFrom
 	// SQLITE_TRANSIENT: SQLite copies the text before the call returns.
 	p, err := libc.CString(stream)

@@ -165,22 +165,7 @@ func (v *PasswordReturns) List(ctx context.Context, status string) ([]PasswordRe
 	if status != "" {
 		q, args = "SELECT "+passwordColumns+" FROM password_returns WHERE status = ? ORDER BY contact_id", []any{status}
 	}
-	var out []PasswordReturn
-	err := v.v.read(func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			r, err := scanPasswordReturn(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, r)
-		}
-		return rows.Err()
-	})
+	out, err := queryRows(ctx, v.v, nil, scanPasswordReturn, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list password returns: %w", err)
 	}

@@ -194,24 +194,13 @@ func (b *batch) flushTags() error {
 
 // List returns every tag in id order with its number of users.
 func (v *Tags) List(ctx context.Context) ([]Tag, error) {
-	out := []Tag{}
-	err := v.v.read(func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, "SELECT id, name, users FROM tags ORDER BY id")
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var t Tag
-			var id int64
-			if err := rows.Scan(&id, &t.Name, &t.Users); err != nil {
-				return err
-			}
-			t.ID = uint64(id)
-			out = append(out, t)
-		}
-		return rows.Err()
-	})
+	out, err := queryRows(ctx, v.v, []Tag{}, func(rows scanner) (Tag, error) {
+		var t Tag
+		var id int64
+		err := rows.Scan(&id, &t.Name, &t.Users)
+		t.ID = uint64(id)
+		return t, err
+	}, "SELECT id, name, users FROM tags ORDER BY id")
 	if err != nil {
 		return nil, fmt.Errorf("list tags: %w", err)
 	}
@@ -235,22 +224,11 @@ func (v *Tags) Get(ctx context.Context, id uint64) (Tag, bool, error) {
 
 // Users returns the contact ids that have the tag, in order.
 func (v *Tags) Users(ctx context.Context, id uint64) ([]domain.ContactID, error) {
-	var out []domain.ContactID
-	err := v.v.read(func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, "SELECT contact_id FROM user_tags WHERE tag_id = ? ORDER BY contact_id", int64(id))
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var c int64
-			if err := rows.Scan(&c); err != nil {
-				return err
-			}
-			out = append(out, domain.ContactID(c))
-		}
-		return rows.Err()
-	})
+	out, err := queryRows(ctx, v.v, nil, func(rows scanner) (domain.ContactID, error) {
+		var c int64
+		err := rows.Scan(&c)
+		return domain.ContactID(c), err
+	}, "SELECT contact_id FROM user_tags WHERE tag_id = ? ORDER BY contact_id", int64(id))
 	if err != nil {
 		return nil, fmt.Errorf("list users of tag %d: %w", id, err)
 	}

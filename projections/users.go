@@ -240,22 +240,7 @@ func (v *Users) List(ctx context.Context, after domain.ContactID, limit int, tag
 			" WHERE t.tag_id = ? AND t.contact_id > ? ORDER BY t.contact_id LIMIT ?"
 		args = []any{int64(tag), int64(after), int64(limit) + 1}
 	}
-	users = []User{}
-	err = v.v.read(func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			u, err := scanUser(rows)
-			if err != nil {
-				return err
-			}
-			users = append(users, u)
-		}
-		return rows.Err()
-	})
+	users, err = queryRows(ctx, v.v, []User{}, scanUser, q, args...)
 	if err != nil {
 		return nil, false, fmt.Errorf("list users: %w", err)
 	}

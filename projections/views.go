@@ -287,6 +287,27 @@ func (v *Views) read(fn func(db *sql.DB) error) error {
 	return fn(v.db)
 }
 
+// queryRows runs a query of the views under read and appends each row,
+// turned into a T by scan, to out.
+func queryRows[T any](ctx context.Context, v *Views, out []T, scan func(scanner) (T, error), q string, args ...any) ([]T, error) {
+	err := v.read(func(db *sql.DB) error {
+		rows, err := db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			r, err := scan(rows)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
 // Close stops the pruning and closes the views file.
 func (v *Views) Close() error {
 	var err error

@@ -387,22 +387,7 @@ func (v *Webhooks) ByContact(ctx context.Context, contact domain.ContactID, limi
 }
 
 func (v *Webhooks) list(ctx context.Context, q string, args ...any) ([]Webhook, error) {
-	var out []Webhook
-	err := v.v.read(func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			w, err := scanWebhook(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, w)
-		}
-		return rows.Err()
-	})
+	out, err := queryRows(ctx, v.v, nil, scanWebhook, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list receipts: %w", err)
 	}

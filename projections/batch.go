@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/usersync/usersync/domain"
@@ -294,14 +293,11 @@ func (c BatchConsumer) HandleBatch(ctx context.Context, recs []domain.RecordedEv
 // return means nothing was applied (the caller retries the batch; it is
 // never parked).
 func (v *Views) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
-	return v.handle(ctx, mask{true, true, true, true}, recs, false)
+	return v.handle(ctx, mask{true, true, true, true}, recs)
 }
 
-// handle applies recs to the views of m. With strict (one view's consumer,
-// one event), an event that cannot be decoded is an error (nothing is
-// applied) instead of a parked event, and the views at that view's
-// checkpoint are applied too.
-func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent, strict bool) ([]domain.ParkedEvent, error) {
+// handle applies recs to the views of m, each from its own checkpoint.
+func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
 	if len(recs) == 0 {
 		return nil, nil
 	}
@@ -312,20 +308,6 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 	var from [4]uint64
 	for i, p := range v.all {
 		from[i] = p.position()
-	}
-	if strict {
-		// One view's consumer: the views at the same checkpoint follow
-		// along (they are in step with it), so the views that the old
-		// pipeline feeds one by one cost one transaction per event, not
-		// four; the others' own consumers find the event applied.
-		for i := range m {
-			if m[i] {
-				for j := range m {
-					m[j] = m[j] || from[j] == from[i]
-				}
-				break
-			}
-		}
 	}
 	last := recs[len(recs)-1].Position
 	var moved mask
@@ -354,9 +336,6 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 		}
 		env, err := dec.Decode(*rec)
 		if err != nil {
-			if strict {
-				return nil, err
-			}
 			for j, name := range viewNames {
 				if em[j] {
 					parked = append(parked, parkedFrom(name, *rec, err))
@@ -371,7 +350,7 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 	if err := b.flush(); err != nil {
 		return nil, eventstore.MarkStorage(fmt.Errorf("views: %w", err))
 	}
-	if moved[3] && b.cutoff != 0 && !strict {
+	if moved[3] && b.cutoff != 0 {
 		if _, err := b.prune(pruneBatch); err != nil {
 			return nil, eventstore.MarkStorage(fmt.Errorf("views: %w", err))
 		}
@@ -388,54 +367,6 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent,
 		}
 	}
 	return parked, nil
-}
-
-// Handle applies one event to the named view alone. An event at or before
-// the view's checkpoint is not applied again. A decode error (unknown type,
-// newer schema) is returned without changing anything: the pipeline parks
-// it. It is HandleBatch for one view and one event, for the pipeline that
-// feeds each view on its own; the views in step with this one (at the same
-// checkpoint) take the event in the same transaction.
-func (v *Views) Handle(ctx context.Context, name string, rec domain.RecordedEvent) error {
-	m, err := maskOf(name)
-	if err != nil {
-		return err
-	}
-	_, err = v.handle(ctx, m, []domain.RecordedEvent{rec}, true)
-	return err
-}
-
-// Skip moves the named view's checkpoint past an event without applying it
-// (the event was parked).
-func (v *Views) Skip(ctx context.Context, name string, position uint64) error {
-	p, err := v.byName(name)
-	if err != nil {
-		return err
-	}
-	v.applyMu.Lock()
-	defer v.applyMu.Unlock()
-	if position <= p.position() {
-		return nil
-	}
-	err = v.read(func(db *sql.DB) error {
-		_, err := db.ExecContext(ctx, upsertCheckpoint, name, int64(position))
-		return err
-	})
-	if err != nil {
-		return eventstore.MarkStorage(fmt.Errorf("view %s: store checkpoint %d: %w", name, position, err))
-	}
-	p.moveTo(position)
-	return nil
-}
-
-func maskOf(name string) (mask, error) {
-	var m mask
-	i := slices.Index(viewNames, name)
-	if i < 0 {
-		return m, fmt.Errorf("no projection named %q", name)
-	}
-	m[i] = true
-	return m, nil
 }
 
 // upsertSet is the ON CONFLICT clause that updates every column of columns

@@ -54,12 +54,9 @@ func start(t *testing.T, dir string, opts ...projections.Option) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var consumers []pipeline.Consumer
-	for _, c := range views.Consumers() {
-		consumers = append(consumers, c)
-	}
 	pipe, err := pipeline.New(pipeline.Config{Store: store, Parker: views, Log: quietLog(),
-		Retry: domain.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond}, MaxRetries: 2}, consumers...)
+		Retry: domain.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond}, MaxRetries: 2,
+		Batch: []pipeline.BatchConsumer{views.Batch()}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,10 +148,8 @@ func TestHandleBatch_AppliesAfterEachCheckpointParksWhatItCannotRead(t *testing.
 
 	// Given the tags view alone is ahead (it applied the first three
 	// events on its own)
-	for _, r := range recs[:3] {
-		if err := views.Handle(ctx, "tags", r); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := views.HandleOnly(ctx, "tags", recs[:3]...); err != nil {
+		t.Fatal(err)
 	}
 	// When one batch brings every event
 	all := append(append(append([]domain.RecordedEvent{}, recs...), unknown...), more...)

@@ -2,8 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/usersync/usersync/domain"
@@ -91,51 +89,4 @@ func (p *Pipeline) parkBatch(ctx context.Context, l *lane, pe domain.ParkedEvent
 			return
 		}
 	}
-}
-
-// PerEvent adapts a Consumer that applies one event at a time (an
-// in-memory view) to a BatchConsumer: HandleBatch hands each event to
-// Handle; an event Handle cannot decode (unknown type, newer schema) is
-// skipped and returned as parked. Any other error stops the batch; the
-// pipeline hands it over again, so Handle must ignore the events at or
-// before its checkpoint (a view's Handle does).
-// The events it skipped before such an error are returned with the batch
-// that succeeds.
-func PerEvent(c Consumer) BatchConsumer { return &perEvent{c: c} }
-
-type perEvent struct {
-	c Consumer
-	// parked are the events skipped by a batch that then failed: they are
-	// returned by the next batch that succeeds (HandleBatch is called
-	// from one goroutine).
-	parked []domain.ParkedEvent
-}
-
-func (a *perEvent) Name() string                                 { return a.c.Name() }
-func (a *perEvent) Position(ctx context.Context) (uint64, error) { return a.c.Position(ctx) }
-
-// InOrderOnly reports what the adapted consumer does.
-func (a *perEvent) InOrderOnly() bool {
-	o, ok := a.c.(InOrder)
-	return ok && o.InOrderOnly()
-}
-
-func (a *perEvent) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
-	for _, rec := range recs {
-		err := a.c.Handle(ctx, rec)
-		if err == nil {
-			continue
-		}
-		if !permanent(err) {
-			return nil, fmt.Errorf("%s: event %d: %w", a.c.Name(), rec.Position, err)
-		}
-		if serr := a.c.Skip(ctx, rec.Position); serr != nil {
-			return nil, fmt.Errorf("%s: skip event %d: %w", a.c.Name(), rec.Position, errors.Join(err, serr))
-		}
-		a.parked = append(a.parked, domain.ParkedEvent{Handler: a.c.Name(), Position: rec.Position, Stream: rec.Stream,
-			Version: rec.Version, Type: rec.Type, Error: err.Error(), ParkedAt: time.Now().UTC()})
-	}
-	parked := a.parked
-	a.parked = nil
-	return parked, nil
 }

@@ -328,38 +328,6 @@ func TestPipeline_BehindBeforeRun(t *testing.T) {
 	}
 }
 
-// TestPerEvent_ParksWhatHandleCannotDecode: the adapter of a per-event view
-// skips and returns the events Handle cannot decode.
-func TestPerEvent_ParksWhatHandleCannotDecode(t *testing.T) {
-	c := &decodeFails{}
-	b := pipeline.PerEvent(c)
-	recs := []domain.RecordedEvent{{Position: 1, Type: "E"}, {Position: 2, Type: "Future"}, {Position: 3, Type: "E"}}
-	parked, err := b.HandleBatch(context.Background(), recs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(parked) != 1 || parked[0].Position != 2 || parked[0].Handler != "view" || c.pos != 3 || c.handled != 2 {
-		t.Fatalf("parked %+v, checkpoint %d, handled %d", parked, c.pos, c.handled)
-	}
-}
-
-type decodeFails struct {
-	pos     uint64
-	handled int
-}
-
-func (d *decodeFails) Name() string                             { return "view" }
-func (d *decodeFails) Position(context.Context) (uint64, error) { return d.pos, nil }
-func (d *decodeFails) Skip(_ context.Context, p uint64) error   { d.pos = p; return nil }
-func (d *decodeFails) Handle(_ context.Context, rec domain.RecordedEvent) error {
-	if rec.Type == "Future" {
-		return fmt.Errorf("event %d: %w", rec.Position, domain.ErrUnknownEventType)
-	}
-	d.pos = rec.Position
-	d.handled++
-	return nil
-}
-
 // TestPipeline_ConsumersAtDifferentSpeedsEachGetEveryEventOnce: with lanes
 // of one small batch, consumers of different speeds fall behind, read for
 // themselves and rejoin many times while events keep coming; each still

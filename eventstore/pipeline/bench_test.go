@@ -242,9 +242,7 @@ func BenchmarkCatchUp(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					for _, c := range views.Consumers() {
-						batch = append(batch, pipeline.PerEvent(c))
-					}
+					batch = append(batch, views.Batch())
 					done = func() bool { return views.WaitAll(context.Background(), h) == nil }
 					defer views.Close()
 				}

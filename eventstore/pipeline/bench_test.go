@@ -173,8 +173,8 @@ func cpuTime() time.Duration {
 // from position 0: "floor" is a plain loop reading and decoding the log
 // without the pipeline, "decode1" feeds one batch consumer that only decodes
 // each event (the shape of one views consumer), "decode" four of them (the
-// four views), "views" the real in-memory views through their per-event
-// Handle (PerEvent). It reports events/s and the process's CPU time per
+// four views), "views" the real views on disk through Views.Batch, as
+// serve feeds them. It reports events/s and the process's CPU time per
 // event.
 func BenchmarkCatchUp(b *testing.B) {
 	n := catchUpEvents(b)

@@ -1,6 +1,9 @@
 package domain
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Backoff is an exponential retry schedule: Initial, doubled after each
 // failure, never more than Max. It is the one retry policy of usersync:
@@ -9,6 +12,15 @@ import "time"
 type Backoff struct {
 	Initial time.Duration
 	Max     time.Duration
+}
+
+// Validate says what is wrong with a schedule: the first wait must be
+// positive and the longest at least as long.
+func (b Backoff) Validate() error {
+	if b.Initial <= 0 || b.Max < b.Initial {
+		return fmt.Errorf("backoff %s..%s: want 0 < initial <= max", b.Initial, b.Max)
+	}
+	return nil
 }
 
 // JitterFraction is the part of a delay Jittered may take off: a jittered

@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,5 +111,30 @@ func TestBackoff_Jittered_NeverAboveDelayNorBelowItsFloor(t *testing.T) {
 				t.Fatalf("Jittered(%d, %v) = %v, want within [%v, %v]", n, r, got, floor, d)
 			}
 		}
+	}
+}
+
+func TestBackoff_Validate(t *testing.T) {
+	tests := []struct {
+		name string
+		b    domain.Backoff
+		ok   bool
+	}{
+		{"positive, max above", domain.Backoff{Initial: time.Millisecond, Max: time.Second}, true},
+		{"initial equals max", domain.Backoff{Initial: time.Second, Max: time.Second}, true},
+		{"zero initial", domain.Backoff{Max: time.Second}, false},
+		{"negative initial", domain.Backoff{Initial: -time.Second, Max: time.Second}, false},
+		{"max below initial", domain.Backoff{Initial: time.Second, Max: time.Millisecond}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.b.Validate()
+			if (err == nil) != tt.ok {
+				t.Fatalf("Validate() = %v, want ok %v", err, tt.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "want 0 < initial <= max") {
+				t.Errorf("error %q does not say what a schedule needs", err)
+			}
+		})
 	}
 }

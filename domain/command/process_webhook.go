@@ -90,8 +90,8 @@ func (c ProcessWebhookConfig) Validate() error {
 	if c.NewID == nil {
 		errs = append(errs, errors.New("no id generator (NewID)"))
 	}
-	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
-		errs = append(errs, fmt.Errorf("retry: initial %s must be positive and at most max %s", c.Retry.Initial, c.Retry.Max))
+	if err := c.Retry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("retry %w", err))
 	}
 	if c.CRMConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("CRM concurrency %d must be at least 1", c.CRMConcurrency))

@@ -224,8 +224,8 @@ func (c Config) Validate() error {
 	if c.Parker == nil {
 		errs = append(errs, errors.New("no parker"))
 	}
-	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
-		errs = append(errs, fmt.Errorf("retry backoff %v..%v: want 0 < initial <= max", c.Retry.Initial, c.Retry.Max))
+	if err := c.Retry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("retry %w", err))
 	}
 	if c.MaxRetries < 0 {
 		errs = append(errs, fmt.Errorf("max retries %d is negative", c.MaxRetries))

@@ -81,7 +81,10 @@ type BatchConsumer interface {
 	// HandleBatch applies, in order, the events of recs after its
 	// checkpoint and moves the checkpoint to the last position of recs.
 	// Events it cannot decode are skipped and returned as parked events
-	// (Handler, Error filled) for the pipeline to park and count; an
+	// (Handler, Error filled) for the pipeline to park and count (a
+	// consumer that also records them in the transaction of its
+	// checkpoint, as the views do, leaves no window in which a crash
+	// forgets them; Park must then be an upsert); an
 	// error return means nothing was applied: the batch is retried with
 	// backoff, never parked.
 	HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error)

@@ -282,6 +282,11 @@ func (s *SQLite) notify() {
 	s.chMu.Unlock()
 }
 
+// DensePositions reports that the store numbers its events 1, 2, 3, …
+// without gaps: a difference of positions counts events (lag in events,
+// progress bars). Stores without the method are taken to leave gaps.
+func (s *SQLite) DensePositions() bool { return true }
+
 // Head returns the position of the last durable event (0 when empty).
 func (s *SQLite) Head(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {

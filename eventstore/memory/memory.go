@@ -169,6 +169,9 @@ func (s *Store) Changed() <-chan struct{} {
 	return s.changed
 }
 
+// DensePositions reports that positions are 1, 2, 3, … without gaps.
+func (s *Store) DensePositions() bool { return true }
+
 // Head returns the position of the last event, 0 when the store is empty.
 func (s *Store) Head(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {

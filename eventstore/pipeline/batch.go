@@ -37,6 +37,7 @@ func (p *Pipeline) runBatch(ctx context.Context, l *lane) {
 		}
 		last := recs[len(recs)-1].Position
 		p.setFed(l, last)
+		l.applied.Add(uint64(len(recs)))
 		l.pos.Store(last)
 		for _, pe := range parked {
 			p.parkBatch(ctx, l, pe)

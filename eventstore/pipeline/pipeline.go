@@ -128,14 +128,15 @@ type Source interface {
 
 // Defaults of Config.
 const (
-	DefaultMaxRetries    = 5
-	DefaultRetryInitial  = 100 * time.Millisecond
-	DefaultRetryMax      = 2 * time.Second
-	DefaultBatchSize     = 4096
-	DefaultBuffer        = 8
-	DefaultMaxBatch      = 16384
-	DefaultProgressEvery = 5 * time.Second
-	DefaultLag           = 1000
+	DefaultMaxRetries     = 5
+	DefaultRetryInitial   = 100 * time.Millisecond
+	DefaultRetryMax       = 2 * time.Second
+	DefaultBatchSize      = 4096
+	DefaultBuffer         = 8
+	DefaultMaxBatch       = 16384
+	DefaultProgressEvery  = 5 * time.Second
+	DefaultLag            = 1000
+	DefaultCaughtUpWindow = 10 * time.Second
 )
 
 // Config is what New needs beyond the per-event consumers. Zero fields that
@@ -168,9 +169,16 @@ type Config struct {
 	// logged while they are behind; 0 means DefaultProgressEvery.
 	ProgressEvery time.Duration
 	// Lag is how many events the batch consumers may be behind the head
-	// and still count as caught up (for the progress log: a live tail is
-	// always a few events behind); 0 means DefaultLag.
+	// and still count as caught up (Lag.CaughtUp, the progress log: a live
+	// tail is always a few events behind), on a store with dense positions
+	// (see Dense); 0 means DefaultLag.
 	Lag uint64
+	// CaughtUpWindow is, on a store whose positions have gaps (where a
+	// difference of positions counts nothing), how long ago the head the
+	// batch consumers must have reached was observed for them to count as
+	// caught up; 0 means DefaultCaughtUpWindow. The head is observed at
+	// every ProgressEvery and every call of Lag.
+	CaughtUpWindow time.Duration
 	// Log gets the pipeline's messages; nil means slog.Default().
 	Log *slog.Logger
 	// Instrument, if set, is given the router before handlers are added
@@ -212,6 +220,9 @@ func (c Config) withDefaults() Config {
 	if c.Lag == 0 {
 		c.Lag = DefaultLag
 	}
+	if c.CaughtUpWindow == 0 {
+		c.CaughtUpWindow = DefaultCaughtUpWindow
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -244,6 +255,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProgressEvery < 0 {
 		errs = append(errs, fmt.Errorf("progress interval %v is negative", c.ProgressEvery))
+	}
+	if c.CaughtUpWindow < 0 {
+		errs = append(errs, fmt.Errorf("caught-up window %v is negative", c.CaughtUpWindow))
 	}
 	for i, b := range c.Batch {
 		if b == nil {
@@ -282,6 +296,13 @@ type Pipeline struct {
 	// started is closed once every lane has its position.
 	started chan struct{}
 	reads   atomic.Int64
+
+	// dense is Dense(cfg.Store); heads the heads observed for Lag on a
+	// store with gaps; now the clock of Lag and progress (time.Now, a
+	// test's own clock).
+	dense bool
+	heads headSamples
+	now   func() time.Time
 }
 
 // New wires the batch consumers of cfg and the per-event consumers to the
@@ -298,7 +319,8 @@ func New(cfg Config, consumers ...Consumer) (*Pipeline, error) {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 	p := &Pipeline{cfg: cfg, log: log, router: router, consumers: map[string]Consumer{}, batch: map[string]BatchConsumer{},
-		byName: map[string]*lane{}, wake: make(chan struct{}, 1), started: make(chan struct{})}
+		byName: map[string]*lane{}, wake: make(chan struct{}, 1), started: make(chan struct{}),
+		dense: Dense(cfg.Store), now: time.Now}
 	addLane := func(name string, l *lane) error {
 		if _, dup := p.byName[name]; dup {
 			return fmt.Errorf("pipeline: two consumers named %q", name)
@@ -476,27 +498,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // Running is closed once every handler runs.
 func (p *Pipeline) Running() chan struct{} { return p.router.Running() }
 
-// Behind is how many events the batch consumer furthest behind has still
-// to apply up to head: 0 when every batch consumer is at head or none
-// runs. It fails with ErrNotStarted before Run has read the checkpoints.
-func (p *Pipeline) Behind(head uint64) (uint64, error) {
-	select {
-	case <-p.started:
-	default:
-		return 0, ErrNotStarted
-	}
-	var behind uint64
-	for _, l := range p.lanes {
-		if l.batch == nil {
-			continue
-		}
-		if pos := l.pos.Load(); head > pos {
-			behind = max(behind, head-pos)
-		}
-	}
-	return behind, nil
-}
-
 // Replay hands a parked event, read from log, to its handler again (out of
 // order, after a fix); on success it is unparked. The parked event of a
 // batch consumer (its Name, or one of its Names: see Named), or of a
@@ -513,6 +514,10 @@ func (p *Pipeline) Replay(ctx context.Context, log Log, pe domain.ParkedEvent) e
 	if o, ok := c.(InOrder); ok && o.InOrderOnly() {
 		return fmt.Errorf("replay event %d for view %s: %w", pe.Position, pe.Handler, ErrRebuildToReplay)
 	}
+	// The first event after pe.Position-1 is the one at pe.Position, gaps
+	// in the positions or not: positions are whole numbers, so none lies
+	// between the two (a parked event's position is that of an event, never
+	// 0). If the log has no event there, the check below says so.
 	recs, err := log.ReadAll(ctx, pe.Position-1, 1)
 	if err != nil {
 		return fmt.Errorf("replay event %d: %w", pe.Position, err)

@@ -22,8 +22,10 @@ type lane struct {
 	// the lane's goroutine reads fed freely.
 	attached bool
 	fed      uint64
-	// pos is the consumer's checkpoint as last seen.
-	pos atomic.Uint64
+	// pos is the consumer's checkpoint as last seen; applied counts the
+	// events a batch consumer was handed and took since Run started (Lag).
+	pos     atomic.Uint64
+	applied atomic.Uint64
 }
 
 func (l *lane) position(ctx context.Context) (uint64, error) {

@@ -24,11 +24,27 @@ type EventLog interface {
 // Progress is reported while a rebuild runs.
 type Progress struct {
 	// Position is the position of the last event applied; Head the
-	// position the rebuild runs to.
+	// position the rebuild runs to. Positions are ordered checkpoints:
+	// Position/Head is the fraction of the log done, and Head counts the
+	// events only when Dense.
 	Position, Head uint64
-	// Events is the number of events applied so far.
+	// Events is the number of events applied so far, counted as they are.
 	Events  uint64
 	Elapsed time.Duration
+	// Dense is true when the log declares dense positions (1, 2, 3, …:
+	// densePositions), as the embedded store does; EventStoreDB's leave
+	// gaps.
+	Dense bool
+}
+
+// densePositions is implemented by a log whose positions have no gaps,
+// when DensePositions reports true (eventstore.SQLite, memory.Store).
+type densePositions interface{ DensePositions() bool }
+
+// isDense reports whether log declares dense positions.
+func isDense(log EventLog) bool {
+	d, ok := log.(densePositions)
+	return ok && d.DensePositions()
 }
 
 // RebuildStats summarises a finished rebuild.
@@ -85,7 +101,15 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	if err := removeDB(tmp); err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
-	aside, err := openBulk(ctx, tmp, int(head))
+	// The filter is sized by the events to load: the head counts them on
+	// a dense log; with gaps it does not, and the filter gets its largest
+	// size (newBloom caps it at 64 MiB).
+	dense := isDense(log)
+	expected := int(min(head, 1<<40))
+	if !dense {
+		expected = 1 << 40
+	}
+	aside, err := openBulk(ctx, tmp, expected)
 	if err != nil {
 		return RebuildStats{}, fmt.Errorf("rebuild: %w", err)
 	}
@@ -131,7 +155,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	}
 	report := func() {
 		if progress != nil {
-			progress(Progress{Position: stats.Position, Head: head, Events: stats.Events, Elapsed: time.Since(start)})
+			progress(Progress{Position: stats.Position, Head: head, Events: stats.Events, Elapsed: time.Since(start), Dense: dense})
 		}
 	}
 	report()

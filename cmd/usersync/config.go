@@ -29,6 +29,7 @@ import (
 type serveConfig struct {
 	Addr              string
 	Data              string
+	Store             string
 	AccessKey         string
 	AdminToken        string
 	FunnelKitURL      string
@@ -88,6 +89,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address")
 	fs.StringVar(&c.Data, "data", "./data", "data directory (event store, keys, views, mail outbox); --demo without --data uses a temporary directory, removed on exit")
+	fs.StringVar(&c.Store, "store", "", "event store: empty or file (the embedded store, events.db under --data), or an EventStoreDB connection string esdb://host:2113?tls=false or esdb+discover://… (--data still holds the views, keys and outbox)")
 	fs.StringVar(&c.AccessKey, "access-key", "", "webhook access key (default: generated on first start, printed once, stored as a hash)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token for /api/* (default: generated like the access key)")
 	fs.StringVar(&c.FunnelKitURL, "funnelkit-url", "", "FunnelKit site base URL, e.g. https://shop.example.com (required unless --demo)")
@@ -207,7 +209,7 @@ func newEnvError(f *flag.Flag, value string) error {
 // isSecretFlag tells the flags whose value must not be repeated in an error.
 func isSecretFlag(name string) bool {
 	switch name {
-	case "access-key", "admin-token", "funnelkit-password", "funnelkit-url", "smtp-url":
+	case "access-key", "admin-token", "funnelkit-password", "funnelkit-url", "smtp-url", "store":
 		return true
 	}
 	return false
@@ -331,6 +333,9 @@ func (c *serveConfig) validate() error {
 	}
 	if strings.TrimSpace(c.Data) == "" {
 		return errors.New("--data is empty: give the data directory")
+	}
+	if _, err := parseStore(c.Store); err != nil {
+		return err
 	}
 	_, err := c.policy()
 	return err

@@ -16,6 +16,7 @@ func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := flag.NewFlagSet("parked", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data, dataEnv := dataFlag(fs)
+	storeURL, storeEnv := storeFlag(fs)
 	handler := fs.String("handler", "", "only this handler's parked events")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -23,7 +24,13 @@ func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return errUsage
 	}
-	paths, err := existingData(*data)
+	// The parked events are listed in views.db: the log is not read, but
+	// --store says where it is, and so whether --data holds events.db.
+	spec, err := parseStore(*storeURL)
+	if err != nil {
+		return explainEnv(err, storeEnv())
+	}
+	paths, err := existingDataFor(*data, spec)
 	if err != nil {
 		return explainEnv(err, dataEnv())
 	}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,6 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -65,6 +65,35 @@ func existingData(dir string) (dataPaths, error) {
 	return d, nil
 }
 
+// existingDataFor is existingData for the event store spec: with the
+// embedded store the directory must hold events.db; with EventStoreDB the
+// log is elsewhere, and the directory must hold what serve keeps there (the
+// views or the keys).
+func existingDataFor(dir string, spec storeSpec) (dataPaths, error) {
+	if spec.kind == storeFile {
+		return existingData(dir)
+	}
+	if strings.TrimSpace(dir) == "" {
+		return dataPaths{}, errors.New("--data is empty: give the data directory of usersync serve (default ./data)")
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return dataPaths{}, fmt.Errorf("--data %s does not exist: give the data directory of usersync serve (its --data, default ./data), which holds views.db", dir)
+	case err != nil:
+		return dataPaths{}, fmt.Errorf("--data %s: %w", dir, err)
+	case !fi.IsDir():
+		return dataPaths{}, fmt.Errorf("--data %s is a file, not a directory", dir)
+	}
+	d := dataPaths{dir: dir}
+	for _, p := range []string{d.views(), d.keys()} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return d, nil
+		}
+	}
+	return dataPaths{}, fmt.Errorf("--data %s %w (no views.db or keys.db): give the data directory of usersync serve (its --data, default ./data)", dir, errNoData)
+}
+
 // dataFlag is the --data flag of rebuild and parked: the default comes from
 // USERSYNC_DATA. fromEnv names the variable in errors when it set the value.
 func dataFlag(fs *flag.FlagSet) (dir *string, fromEnv func() map[string]string) {
@@ -88,6 +117,7 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	data, dataEnv := dataFlag(fs)
+	storeURL, storeEnv := storeFlag(fs)
 	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
 	retention := defaultReceiptRetention
 	if v, ok := os.LookupEnv(envName("receipt-retention")); ok {
@@ -99,7 +129,7 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fs.DurationVar(&retention, "receipt-retention", retention, "receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION, as serve's")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
+		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR] [--store esdb://…]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -124,13 +154,17 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stderr, "usersync rebuild: --progress must be auto, on or off, not %q\n", *progress)
 		return errUsage
 	}
-	paths, err := existingData(*data)
+	spec, err := parseStore(*storeURL)
+	if err != nil {
+		return explainEnv(err, storeEnv())
+	}
+	paths, err := existingDataFor(*data, spec)
 	if err != nil {
 		return explainEnv(err, dataEnv())
 	}
-	store, err := eventstore.Open(ctx, paths.events())
+	store, err := openStore(ctx, storeConfig{Store: *storeURL, Events: paths.events()}, slog.New(slog.NewTextHandler(stderr, nil)))
 	if err != nil {
-		return err
+		return explainEnv(err, storeEnv())
 	}
 	defer store.Close()
 	if retention < 0 {
@@ -166,7 +200,7 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return nil
 }
 
-// progressBar draws one line: bar, percent, events/s, ETA.
+// progressBar draws one line: bar, percent, events, events/s, ETA.
 type progressBar struct {
 	w    io.Writer
 	last time.Time
@@ -178,20 +212,33 @@ func (p *progressBar) update(pr projections.Progress) {
 		return
 	}
 	p.last = time.Now()
+	fmt.Fprint(p.w, "\r"+progressLine(pr))
+	p.drew = true
+}
+
+// progressLine is the bar's line for pr. The fraction done is that of the
+// positions up to the head; the events are counted as they are applied
+// (on a store with dense positions, out of the head, which counts them;
+// with gaps the total is not known); the ETA comes from the rate the
+// fraction grows, which holds either way.
+func progressLine(pr projections.Progress) string {
 	frac := 1.0
 	if pr.Head > 0 {
-		frac = float64(pr.Position) / float64(pr.Head)
+		frac = min(float64(pr.Position)/float64(pr.Head), 1)
 	}
 	const width = 30
 	filled := int(frac * width)
 	rate := float64(pr.Events) / max(pr.Elapsed.Seconds(), 1e-9)
 	eta := "--"
-	if rate > 0 && pr.Head >= pr.Position {
-		eta = time.Duration(float64(pr.Head-pr.Position) / rate * float64(time.Second)).Round(time.Second).String()
+	if frac > 0 && pr.Elapsed > 0 {
+		eta = time.Duration(float64(pr.Elapsed) * (1 - frac) / frac).Round(time.Second).String()
 	}
-	fmt.Fprintf(p.w, "\r[%s%s] %5.1f%%  %d/%d events  %.0f events/s  ETA %s   ",
-		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), frac*100, pr.Position, pr.Head, rate, eta)
-	p.drew = true
+	events := fmt.Sprintf("%d events", pr.Events)
+	if pr.Dense {
+		events = fmt.Sprintf("%d/%d events", pr.Events, pr.Head)
+	}
+	return fmt.Sprintf("[%s%s] %5.1f%%  %s  %.0f events/s  ETA %s   ",
+		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), frac*100, events, rate, eta)
 }
 
 func (p *progressBar) finish() {

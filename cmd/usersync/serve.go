@@ -32,7 +32,10 @@ import (
 	"github.com/usersync/usersync/projections"
 )
 
-// readyLag is how many events a view may be behind the head for /readyz.
+// readyLag is how many events a view may be behind the head for /readyz,
+// on a store with dense positions (the embedded one); on one with gaps
+// (EventStoreDB) the views must have reached the head observed
+// pipeline.DefaultCaughtUpWindow ago (see pipeline.Lag).
 const readyLag = 1000
 
 func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -56,7 +59,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // app is a running usersync server.
 type app struct {
 	log         *slog.Logger
-	store       *eventstore.SQLite
+	store       storeHandle
 	keys        *keystore.Keys
 	views       *projections.Views
 	pipe        *pipeline.Pipeline
@@ -121,10 +124,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 	m := metrics.New()
 	a.metrics = m
-	if a.store, err = eventstore.Open(ctx, paths.events(), eventstore.WithCommitObserver(m.ObserveCommit)); err != nil {
+	if a.store, err = openStore(ctx, storeConfig{Store: cfg.Store, Events: paths.events(), OnCommit: m.ObserveCommit}, log); err != nil {
 		return nil, err
 	}
-	store := observedStore{SQLite: a.store, m: m}
+	store := observedStore{Store: a.store.logStore, m: m}
 	if a.keys, err = keystore.Open(ctx, paths.keys()); err != nil {
 		return nil, err
 	}
@@ -193,7 +196,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Behind: a.pipe.Behind, Consumers: func(context.Context) map[string]uint64 {
+	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Dense: pipeline.Dense(a.store),
+		StoreKind: a.store.kind, StoreUp: a.store.up, Lag: viewsLag(a.pipe), Consumers: func(context.Context) map[string]uint64 {
 		out := make(map[string]uint64, len(processes))
 		for name, p := range processes {
 			out[name] = p.Current()
@@ -325,7 +329,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		defer close(a.recovered)
 		a.recover(recoverCtx, head)
 	}()
-	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
+	log.Info("usersync is listening", "addr", a.addr, "data", cfg.Data, "store", a.store.kind, "store_at", a.store.where, "funnelkit", redactedURL(fkCfg.BaseURL), "password_return", policy.PasswordField != "", "mail", mailer.Transport())
 	printWelcome(stdout, a.addr, fresh, cfg.Demo, cfg.Data, removeData != nil)
 	return a, nil
 }
@@ -455,24 +459,33 @@ func (a *app) recoverOnce(ctx context.Context) error {
 // has its reserve, and the views are close to the head. FunnelKit being
 // down does not make it unready: webhooks are still recorded.
 func (a *app) ready(ctx context.Context) error {
-	head, err := a.store.Head(ctx)
-	if err != nil {
-		return fmt.Errorf("event store: %w", err)
+	if err := a.store.ping(ctx); err != nil {
+		return fmt.Errorf("event store unreachable: %w", a.store.redact(err))
 	}
 	if err := a.disk.check(ctx); err != nil {
 		return err
 	}
-	if err := a.store.Writable(ctx); err != nil {
-		return err
+	if a.store.writable != nil {
+		if err := a.store.writable(ctx); err != nil {
+			return a.store.redact(err)
+		}
 	}
-	behind, err := a.pipe.Behind(head)
+	lag, err := a.pipe.Lag(ctx)
 	if err != nil {
-		return err
+		return a.store.redact(err)
 	}
-	if behind > readyLag {
-		return fmt.Errorf("views catching up: %d events behind", behind)
+	if !lag.CaughtUp {
+		return fmt.Errorf("views catching up: %s", lag)
 	}
 	return nil
+}
+
+// viewsLag is the views' lag for the metrics (pipeline.Lag).
+func viewsLag(p *pipeline.Pipeline) func(context.Context) (metrics.ViewsLag, error) {
+	return func(ctx context.Context) (metrics.ViewsLag, error) {
+		lag, err := p.Lag(ctx)
+		return metrics.ViewsLag{Events: lag.Events, Behind: lag.Behind, Done: lag.Done, CaughtUp: lag.CaughtUp}, err
+	}
 }
 
 // shutdown drains: stop taking requests (letting answers in flight finish),
@@ -518,7 +531,7 @@ func (a *app) shutdown() error {
 		if a.keys != nil {
 			errs = append(errs, a.keys.Close())
 		}
-		if a.store != nil {
+		if a.store.logStore != nil {
 			errs = append(errs, a.store.Close())
 		}
 		if a.sim != nil {
@@ -572,13 +585,16 @@ func (a acting) Wants(t string) bool { return t == a.acts }
 
 // observedStore counts appends and their latency.
 type observedStore struct {
-	*eventstore.SQLite
+	eventstore.Store
 	m *metrics.Metrics
 }
 
+// DensePositions forwards the store's answer (see storeHandle's).
+func (s observedStore) DensePositions() bool { return pipeline.Dense(s.Store) }
+
 func (s observedStore) Append(ctx context.Context, stream string, expected domain.ExpectedVersion, events ...domain.NewEvent) (domain.AppendResult, error) {
 	start := time.Now()
-	res, err := s.SQLite.Append(ctx, stream, expected, events...)
+	res, err := s.Store.Append(ctx, stream, expected, events...)
 	s.m.ObserveAppend(events, time.Since(start), err)
 	return res, err
 }

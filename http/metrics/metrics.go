@@ -255,11 +255,35 @@ type Source struct {
 	Log projections.EventLog
 	// Consumers are the checkpoints of process managers (name → position).
 	Consumers func(ctx context.Context) map[string]uint64
-	// Behind, if set, is how many events the views have still to apply up
-	// to head (the pipeline's Behind), exported as
-	// usersync_views_behind_events.
-	Behind func(head uint64) (uint64, error)
-	Logger *slog.Logger
+	// Dense is true when the store's positions are 1, 2, 3, … without
+	// gaps (the embedded store): only then does a difference of positions
+	// count events, and usersync_projection_lag_events and
+	// usersync_views_behind_events are exported. On a store with gaps
+	// (EventStoreDB) they are not: the *_seconds gauges say how far behind.
+	Dense bool
+	// Lag, if set, is how far the views are behind the head (the
+	// pipeline's Lag), exported as usersync_views_behind_events (dense
+	// only), usersync_views_behind_seconds, usersync_views_done_ratio and
+	// usersync_views_caught_up.
+	Lag func(ctx context.Context) (ViewsLag, error)
+	// StoreKind ("file", "esdb") labels usersync_store_up; StoreUp, if set,
+	// is its cheap check: nil when the store answers and takes appends.
+	StoreKind string
+	StoreUp   func(ctx context.Context) error
+	Logger    *slog.Logger
+}
+
+// ViewsLag is how far the views are behind the log's head (see
+// pipeline.Lag).
+type ViewsLag struct {
+	// Events left to apply: meaningful on a dense store only.
+	Events uint64
+	// Behind is the log time left to apply; Done the fraction of the
+	// positions up to the head applied.
+	Behind time.Duration
+	Done   float64
+	// CaughtUp is /readyz's decision on the views.
+	CaughtUp bool
 }
 
 // Watch registers the collector that reads src at each scrape.

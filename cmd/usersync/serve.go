@@ -198,12 +198,12 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 	m.Watch(metrics.Source{Views: a.views, Log: a.store, Logger: log, Dense: pipeline.Dense(a.store),
 		StoreKind: a.store.kind, StoreUp: a.store.up, Lag: viewsLag(a.pipe), Consumers: func(context.Context) map[string]uint64 {
-		out := make(map[string]uint64, len(processes))
-		for name, p := range processes {
-			out[name] = p.Current()
-		}
-		return out
-	}})
+			out := make(map[string]uint64, len(processes))
+			for name, p := range processes {
+				out[name] = p.Current()
+			}
+			return out
+		}})
 	pipeCtx, stop := context.WithCancel(context.Background())
 	a.pipeStop, a.pipeDone = stop, make(chan error, 1)
 	go func() { a.pipeDone <- a.pipe.Run(pipeCtx) }()

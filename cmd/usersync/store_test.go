@@ -254,4 +254,3 @@ func TestProgressLine_DenseAndGapped(t *testing.T) {
 		})
 	}
 }
-

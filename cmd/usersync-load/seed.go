@@ -110,6 +110,8 @@ func seedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if head, err := store.Head(ctx); err != nil {
 		return fmt.Errorf("seed: %w", err)
 	} else if head > 0 {
+		// The seed writes the embedded store, whose positions count its
+		// events (1, 2, 3, …): the head is how many it holds.
 		return fmt.Errorf("seed: %s already holds %d events: seed a new data directory (a seed only starts histories, it cannot add to them)", path, head)
 	}
 	s := &seeder{cfg: cfg, hashes: hashes, store: store, now: time.Now().UTC()}

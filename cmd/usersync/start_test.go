@@ -349,6 +349,7 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 		"auth-fail-rate":           {"fast", "a number such as", false},
 		"auth-fail-burst":          {"many", "a whole number", false},
 		"receipt-retention":        {"a month", "a duration such as", false},
+		"store":                    {"postgres://app:hunter2@db/usersync", "unknown scheme", true},
 	}
 	valid := map[string]string{
 		"addr": "127.0.0.1:0", "data": t.TempDir(), "funnelkit-url": simURL,
@@ -406,7 +407,20 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 			}
 		})
 	}
-	// rebuild and parked read only USERSYNC_DATA.
+	// rebuild and parked read USERSYNC_STORE as serve does, never
+	// repeating it.
+	for _, cmd := range []string{"rebuild", "parked"} {
+		t.Run(cmd+"/USERSYNC_STORE", func(t *testing.T) {
+			t.Setenv("USERSYNC_STORE", "postgres://app:hunter2@db/usersync")
+			var out, errb bytes.Buffer
+			code := run(context.Background(), []string{cmd, "--data", t.TempDir()}, &out, &errb)
+			msg := errb.String()
+			if code != 1 || !strings.Contains(msg, "--store was set by USERSYNC_STORE") || !strings.Contains(msg, "unknown scheme") || strings.Contains(msg, "hunter2") {
+				t.Fatalf("exit %d, stderr %q; want 1 blaming USERSYNC_STORE without its password", code, msg)
+			}
+		})
+	}
+	// rebuild and parked read USERSYNC_DATA too.
 	for _, cmd := range []string{"rebuild", "parked"} {
 		t.Run(cmd+"/USERSYNC_DATA", func(t *testing.T) {
 			dir := t.TempDir()

@@ -134,7 +134,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if a.views, err = projections.Open(ctx, paths.views(), projections.WithReceiptRetention(cfg.ReceiptRetention), projections.WithLogger(log)); err != nil {
 		return nil, err
 	}
-	if err := checkViewsNotAhead(ctx, a.store, a.views, cfg.Data); err != nil {
+	if err := checkViewsNotAheadOf(ctx, a.store, a.views, cfg.Data, storeReplaced(a.store, cfg.Data)); err != nil {
 		return nil, err
 	}
 
@@ -367,6 +367,24 @@ func newWebServer(h nethttp.Handler) *nethttp.Server {
 func checkViewsNotAhead(ctx context.Context, store interface {
 	Head(context.Context) (uint64, error)
 }, views *projections.Views, data string) error {
+	return checkViewsNotAheadOf(ctx, store, views, data,
+		"events.db was replaced or restored from an older backup; run usersync rebuild --data "+data+", then start again")
+}
+
+// storeReplaced is what checkViewsNotAheadOf says of h when the views are
+// ahead of it.
+func storeReplaced(h storeHandle, data string) string {
+	if h.kind == storeFile {
+		return "events.db was replaced or restored from an older backup; run usersync rebuild --data " + data + ", then start again"
+	}
+	return "the " + h.kind + " store " + h.where + " is another one than these views were built from, or was restored from an older backup; " +
+		"run usersync rebuild --data " + data + " with the same --store, then start again"
+}
+
+// checkViewsNotAheadOf is checkViewsNotAhead saying replaced of the store.
+func checkViewsNotAheadOf(ctx context.Context, store interface {
+	Head(context.Context) (uint64, error)
+}, views *projections.Views, data, replaced string) error {
 	head, err := store.Head(ctx)
 	if err != nil {
 		return err
@@ -377,9 +395,8 @@ func checkViewsNotAhead(ctx context.Context, store interface {
 			return err
 		}
 		if pos > head {
-			return fmt.Errorf("view %s in %s has applied events up to position %d, but the event store ends at %d: "+
-				"events.db was replaced or restored from an older backup; run usersync rebuild --data %s, then start again",
-				name, views.Path(), pos, head, data)
+			return fmt.Errorf("view %s in %s has applied events up to position %d, but the event store ends at %d: %s",
+				name, views.Path(), pos, head, replaced)
 		}
 	}
 	for _, name := range command.ProcessNames() {
@@ -388,9 +405,8 @@ func checkViewsNotAhead(ctx context.Context, store interface {
 			return err
 		}
 		if pos > head {
-			return fmt.Errorf("process %s in %s has handled events up to position %d, but the event store ends at %d: "+
-				"events.db was replaced or restored from an older backup; run usersync rebuild --data %s, then start again",
-				name, views.Path(), pos, head, data)
+			return fmt.Errorf("process %s in %s has handled events up to position %d, but the event store ends at %d: %s",
+				name, views.Path(), pos, head, replaced)
 		}
 	}
 	return nil

@@ -272,9 +272,12 @@ func openBulk(ctx context.Context, path string, events int) (*viewDB, error) {
 }
 
 // carryOver copies what views.db keeps that is not a view (the process
-// managers' checkpoints and parked events) from the live file into the
-// rebuilt one.
+// managers' checkpoints and parked events, and the kind of store the
+// positions belong to) from the live file into the rebuilt one.
 func carryOver(ctx context.Context, from *sql.DB, to *sql.Tx) error {
+	if err := carryMeta(ctx, from, to); err != nil {
+		return err
+	}
 	rows, err := from.QueryContext(ctx, "SELECT name, position FROM checkpoints")
 	if err != nil {
 		return fmt.Errorf("read checkpoints: %w", err)

@@ -112,6 +112,7 @@ const walSizeLimit = 4 << 20
 // user_tags (a tag change reads the contact's tags).
 const baseSchema = `
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parked (
 	handler TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL,
 	type TEXT NOT NULL, error TEXT NOT NULL, parked_at INTEGER NOT NULL,

@@ -3,6 +3,7 @@
 //	usersync serve [flags]        receive FunnelKit webhooks, serve the read API
 //	usersync rebuild --data DIR   drop and rebuild every view from the events
 //	usersync parked --data DIR    list the events a handler parked
+//	usersync migrate --from DIR --to esdb://…   copy the embedded store into EventStoreDB
 package main
 
 import (
@@ -21,6 +22,8 @@ Usage:
   usersync serve [flags]          receive FunnelKit webhooks and serve the API (see --help)
   usersync rebuild [--data DIR]   drop and rebuild every view from the events
   usersync parked [--data DIR]    list the events a handler parked
+  usersync migrate --from DIR --to esdb://HOST:PORT
+                                  copy the embedded store into EventStoreDB
 
 Run "usersync COMMAND --help" for a command's flags.
 `
@@ -49,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = rebuildCmd(ctx, args[1:], stdout, stderr)
 	case "parked":
 		err = parkedCmd(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		err = migrateCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

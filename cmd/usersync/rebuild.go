@@ -45,22 +45,25 @@ var errNoData = errors.New("holds no usersync data")
 // existingData checks that dir is a data directory usersync serve made (it
 // holds events.db), without creating anything: rebuild and parked given a
 // wrong --data must say so, not report on an empty store they made there.
-func existingData(dir string) (dataPaths, error) {
+func existingData(dir string) (dataPaths, error) { return existingDir("--data", dir) }
+
+// existingDir is existingData for a directory given by flag.
+func existingDir(flag, dir string) (dataPaths, error) {
 	if strings.TrimSpace(dir) == "" {
-		return dataPaths{}, errors.New("--data is empty: give the data directory of usersync serve (default ./data)")
+		return dataPaths{}, fmt.Errorf("%s is empty: give the data directory of usersync serve (default ./data)", flag)
 	}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return dataPaths{}, fmt.Errorf("--data %s does not exist: give the data directory of usersync serve (its --data, default ./data), which holds events.db", dir)
+		return dataPaths{}, fmt.Errorf("%s %s does not exist: give the data directory of usersync serve (its --data, default ./data), which holds events.db", flag, dir)
 	case err != nil:
-		return dataPaths{}, fmt.Errorf("--data %s: %w", dir, err)
+		return dataPaths{}, fmt.Errorf("%s %s: %w", flag, dir, err)
 	case !fi.IsDir():
-		return dataPaths{}, fmt.Errorf("--data %s is a file, not a directory", dir)
+		return dataPaths{}, fmt.Errorf("%s %s is a file, not a directory", flag, dir)
 	}
 	d := dataPaths{dir: dir}
 	if fi, err := os.Stat(d.events()); err != nil || !fi.Mode().IsRegular() {
-		return dataPaths{}, fmt.Errorf("--data %s %w (no events.db): give the data directory of usersync serve (its --data, default ./data), which holds events.db", dir, errNoData)
+		return dataPaths{}, fmt.Errorf("%s %s %w (no events.db): give the data directory of usersync serve (its --data, default ./data), which holds events.db", flag, dir, errNoData)
 	}
 	return d, nil
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -291,11 +292,12 @@ func migrateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("open the source: %w", err)
 	}
 	defer src.Close()
-	dst, kind, err := openMigrationTarget(ctx, *to)
+	dst, err := openMigrationTarget(ctx, *to)
 	if err != nil {
 		return err
 	}
 	defer dst.Close()
+	kind := dst.kind
 
 	var report func(migrateProgress)
 	if bar {
@@ -328,6 +330,12 @@ func migrateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer views.Close()
+	if current, err := views.StoreKind(ctx); err != nil {
+		return err
+	} else if current != projections.StoreFile {
+		fmt.Fprintf(stdout, "the checkpoints of %s were already moved to the %s store's log: left as they are\n", paths.views(), current)
+		return nil
+	}
 	if err := moveViews(ctx, views, kind, src, dst); err != nil {
 		return fmt.Errorf("move the checkpoints of %s to the new log: %w (the events are copied; run usersync rebuild --data %s --store … instead)", paths.views(), err, paths.dir)
 	}
@@ -349,7 +357,19 @@ func progressWanted(v string, stderr io.Writer) (bar, ok bool) {
 	return false, false
 }
 
-// openMigrationTarget opens the store migrate copies into.
-func openMigrationTarget(ctx context.Context, to string) (eventstore.Store, string, error) {
-	return nil, "", errors.New("usersync migrate: the EventStoreDB store is not built into this binary yet")
+// openMigrationTarget opens the store migrate copies into: EventStoreDB,
+// never the embedded store (it is the source).
+func openMigrationTarget(ctx context.Context, to string) (storeHandle, error) {
+	spec, err := parseStore(to)
+	if err != nil {
+		return storeHandle{}, fmt.Errorf("--to: %w", err)
+	}
+	if spec.kind != storeESDB {
+		return storeHandle{}, fmt.Errorf("--to %q: migrate copies the embedded store into EventStoreDB: give an esdb:// or esdb+discover:// connection string", redactStoreURL(to))
+	}
+	h, err := openStore(ctx, storeConfig{Store: to}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return storeHandle{}, fmt.Errorf("--to: %w", err)
+	}
+	return h, nil
 }

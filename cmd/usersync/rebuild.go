@@ -178,6 +178,9 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer views.Close()
+	if err := followStore(ctx, views, store, paths.dir); err != nil {
+		return err
+	}
 
 	var report func(projections.Progress)
 	if bar {

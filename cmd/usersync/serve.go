@@ -134,6 +134,9 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if a.views, err = projections.Open(ctx, paths.views(), projections.WithReceiptRetention(cfg.ReceiptRetention), projections.WithLogger(log)); err != nil {
 		return nil, err
 	}
+	if err := followStore(ctx, a.views, a.store, cfg.Data); err != nil {
+		return nil, err
+	}
 	if err := checkViewsNotAheadOf(ctx, a.store, a.views, cfg.Data, storeReplaced(a.store, cfg.Data)); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/eventstore/pipeline"
+	"github.com/usersync/usersync/projections"
 )
 
 // The kinds of event store --store selects.
@@ -295,3 +296,16 @@ func storeFlag(fs *flag.FlagSet) (store *string, fromEnv func() map[string]strin
 // wrapper that embeds the eventstore.Store interface does not get the
 // method of the store inside.
 func (h storeHandle) DensePositions() bool { return pipeline.Dense(h.logStore) }
+
+// followStore makes sure the positions in views.db belong to the store h
+// (projections.Views.FollowStore), or says what to do: views that followed
+// another kind of store hold checkpoints that mean nothing in this one.
+func followStore(ctx context.Context, views *projections.Views, h storeHandle, data string) error {
+	err := views.FollowStore(ctx, h.kind)
+	if errors.Is(err, projections.ErrOtherStore) {
+		return fmt.Errorf("%w: to move from the embedded store to EventStoreDB, stop usersync and run usersync migrate --from %s --to … "+
+			"(it copies the events and moves these checkpoints); to start over on %s instead, move %s away "+
+			"(its process managers would then handle every event again)", err, data, h.where, views.Path())
+	}
+	return err
+}

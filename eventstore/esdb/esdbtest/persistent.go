@@ -7,8 +7,8 @@ import (
 type persistentSubs struct{ s *Server }
 
 func newPersistentSubs(s *Server) *persistentSubs { return &persistentSubs{s: s} }
-func (p *persistentSubs) disconnectAll()         {}
-func (p *persistentSubs) restart()               {}
+func (p *persistentSubs) disconnectAll()          {}
+func (p *persistentSubs) restart()                {}
 
 type persistentService struct {
 	persistent.UnimplementedPersistentSubscriptionsServer

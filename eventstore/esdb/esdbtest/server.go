@@ -196,6 +196,7 @@ func (s *Server) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.stopServing()
+	s.ps.close()
 	return nil
 }
 

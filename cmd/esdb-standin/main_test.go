@@ -63,7 +63,9 @@ func TestRun_PrintsConnStringServesUntilCancelled(t *testing.T) {
 	defer cancel()
 	out, errOut := &syncBuffer{}, &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "log.jsonl")}, out, errOut) }()
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "log.jsonl")}, out, errOut)
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "\n") {
 		if time.Now().After(deadline) {

@@ -127,8 +127,8 @@ type eventLog struct {
 	cache   *idCache
 	changed chan struct{}
 	now     func() time.Time
-	file    *os.File  // nil: memory only
-	fileErr error     // the first error writing file
+	file    *os.File // nil: memory only
+	fileErr error    // the first error writing file
 	enc     *json.Encoder
 }
 

@@ -522,7 +522,7 @@ func (g *group) removeLocked(c *consumer) {
 			park = append(park, p)
 		}
 	}
-	g.parkLocked(park, "Max retry count reached")
+	g.parkLocked(park, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	c.drop()
 }
 
@@ -560,7 +560,7 @@ func (g *group) ack(c *consumer, ids []*shared.UUID) {
 }
 
 func (g *group) nack(c *consumer, ids []*shared.UUID, action persistent.ReadReq_Nack_Action, reason string) {
-	var park []*pmsg
+	var park, exhausted []*pmsg
 	g.mu.Lock()
 	for _, pid := range ids {
 		id, err := fromProtoUUID(pid)
@@ -579,11 +579,12 @@ func (g *group) nack(c *consumer, ids []*shared.UUID, action persistent.ReadReq_
 			g.processed++
 		default: // Retry, Unknown
 			if p := g.retryLocked(m); p != nil {
-				park = append(park, p)
+				exhausted = append(exhausted, p)
 			}
 		}
 	}
 	g.parkLocked(park, reason)
+	g.parkLocked(exhausted, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	g.mu.Unlock()
 	g.wake()
 }
@@ -677,7 +678,7 @@ func (g *group) step() time.Duration {
 			}
 		}
 	}
-	g.parkLocked(park, "Max retry count reached")
+	g.parkLocked(park, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	g.dispatchLocked(now)
 	cp, cpOK := g.checkpointDueLocked(now)
 	sleep := maxTick

@@ -889,3 +889,37 @@ func (g *group) writeCheckpoint(seq int64) {
 	}
 	l.writeLocked(g.checkpointStream(), []proposed{{id: uuid.New(), eventType: checkpointEventType, contentType: "application/json", data: data}})
 }
+
+// PersistentConsumers is the number of consumers connected to a group (stream "$all" for a
+// group on $all); 0 for a missing group. Tests wait on it instead of sleeping.
+func (s *Server) PersistentConsumers(stream, group string) int {
+	g := s.ps.group(stream, group)
+	if g == nil {
+		return 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.consumers)
+}
+
+// PersistentOutstanding is the number of a group's events handed out and not yet acked,
+// skipped or parked, plus those waiting to be retried; 0 for a missing group.
+func (s *Server) PersistentOutstanding(stream, group string) int {
+	g := s.ps.group(stream, group)
+	if g == nil {
+		return 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := len(g.retries)
+	for _, ms := range g.inflight {
+		n += len(ms)
+	}
+	return n
+}
+
+func (p *persistentSubs) group(stream, name string) *group {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.groups[groupKey(stream, name)]
+}

@@ -282,6 +282,9 @@ func TestPersistent_ConsumerLeaves_UnackedGoToAnother(t *testing.T) {
 		t.Fatalf("first consumer got %s %s", name(a), name(b))
 	}
 	second := connectAll(t, c, "d", 10)
+	if srv.PersistentConsumers("$all", "d") != 2 || srv.PersistentOutstanding("$all", "d") != 2 {
+		t.Fatalf("consumers %d, outstanding %d; want 2 and 2", srv.PersistentConsumers("$all", "d"), srv.PersistentOutstanding("$all", "d"))
+	}
 	_ = first.Close() // nothing acked
 	got := []string{name(next(t, second)), name(next(t, second))}
 	if fmt.Sprint(got) != "[user-d/0#1 user-d/1#1]" {
@@ -289,6 +292,13 @@ func TestPersistent_ConsumerLeaves_UnackedGoToAnother(t *testing.T) {
 	}
 	if err := second.Ack(a.Event, b.Event); err != nil {
 		t.Fatal(err)
+	}
+	eventually(t, "acks processed", func() bool { return srv.PersistentOutstanding("$all", "d") == 0 })
+	if n := srv.PersistentConsumers("$all", "d"); n != 1 {
+		t.Fatalf("%d consumers after one left, want 1", n)
+	}
+	if srv.PersistentConsumers("$all", "missing") != 0 || srv.PersistentOutstanding("$all", "missing") != 0 {
+		t.Fatalf("a missing group reports consumers or outstanding events")
 	}
 }
 

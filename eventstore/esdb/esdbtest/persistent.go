@@ -390,7 +390,8 @@ func (ps *persistentService) Read(stream persistent.PersistentSubscriptions_Read
 
 	recvErr := make(chan error, 1)
 	go func() {
-		for i := 0; ; i++ {
+		// Ends when the client closes the stream or the call ends.
+		for {
 			req, err := stream.Recv()
 			if err != nil {
 				recvErr <- err

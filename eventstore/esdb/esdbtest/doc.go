@@ -48,10 +48,11 @@
 //   - Catch-up subscriptions to $all and to a stream: confirmation first, then the events
 //     strictly after the start (a stream's Start means from revision 0), caught_up when it
 //     first reaches the end, then live events. Filtered $all subscriptions (stream name or
-//     event type; prefixes or regex) never show $epoch-information or $persistentsubscription-
-//     streams (nor $persistentSubscriptionConfig), and send a checkpoint every window × multiplier events considered (window 32
-//     when the client sends none) plus one at the end of catch-up, at the position of the last
-//     event considered; unfiltered ones send no checkpoints. fell_behind is never sent.
+//     event type; prefixes or regex) never show $epoch-information,
+//     $persistentSubscriptionConfig or $persistentsubscription-* streams, and send a
+//     checkpoint every window × multiplier events considered (window 32 when the client sends
+//     none) plus one at the end of catch-up, at the position of the last event considered;
+//     unfiltered ones send no checkpoints. fell_behind is never sent.
 //   - Persistent subscriptions (Create, Delete, the bidi Read with Ack and Nack) to $all (with an
 //     optional filter) and to a stream: RoundRobin, DispatchToSingle, Pinned (1,024 buckets by
 //     source stream, a free bucket taken by the consumer owning the fewest, waiting if its owner

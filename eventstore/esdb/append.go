@@ -149,7 +149,7 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 	err := s.retry(ctx, func(ctx context.Context) error {
 		return s.call(ctx, func(ctx context.Context, c *kdb.Client) error {
 			var err error
-			wr, err = c.AppendToStream(ctx, stream, opts, data...)
+			wr, err = c.AppendToStream(ctx, s.serverName(stream), opts, data...)
 			return err
 		})
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	kdb "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
@@ -17,10 +18,10 @@ const allPage = 1024
 
 // toRecorded converts a recorded event: version = revision + 1, position =
 // commit position, RecordedAt = the server's created time.
-func toRecorded(e *kdb.RecordedEvent) domain.RecordedEvent {
+func (s *Store) toRecorded(e *kdb.RecordedEvent) domain.RecordedEvent {
 	r := domain.RecordedEvent{
 		Position:   e.Position.Commit,
-		Stream:     e.StreamID,
+		Stream:     strings.TrimPrefix(e.StreamID, s.opts.Namespace),
 		Version:    versionOf(e.EventNumber),
 		Type:       e.EventType,
 		RecordedAt: e.CreatedDate,
@@ -77,14 +78,14 @@ func (s *Store) readStream(ctx context.Context, stream string, from kdb.StreamPo
 		return nil, eventstore.ErrClosed
 	}
 	evs, err := s.readEvents(ctx, func(ctx context.Context, c *kdb.Client) (*kdb.ReadStream, error) {
-		return c.ReadStream(ctx, stream, kdb.ReadStreamOptions{Direction: dir, From: from}, count)
+		return c.ReadStream(ctx, s.serverName(stream), kdb.ReadStreamOptions{Direction: dir, From: from}, count)
 	})
 	if err != nil {
 		return nil, err
 	}
 	out := make([]domain.RecordedEvent, len(evs))
 	for i, e := range evs {
-		out[i] = toRecorded(e)
+		out[i] = s.toRecorded(e)
 	}
 	if len(out) > 0 && dir == kdb.Forwards {
 		s.rememberVersion(stream, out[len(out)-1].Version)
@@ -162,10 +163,10 @@ func (s *Store) ReadAll(ctx context.Context, after uint64, limit int) ([]domain.
 			return nil, fmt.Errorf("read all after %d: %w", after, err)
 		}
 		for _, e := range page {
-			if e.Position.Commit <= cursor || !s.ours(e.StreamID) || len(out) == limit {
+			if (cursor > 0 && e.Position.Commit <= cursor) || !s.ours(e.StreamID) || len(out) == limit {
 				continue
 			}
-			out = append(out, toRecorded(e))
+			out = append(out, s.toRecorded(e))
 		}
 		if uint64(len(page)) < count {
 			break // the end of $all

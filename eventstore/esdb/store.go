@@ -66,8 +66,13 @@ type Options struct {
 	// before it fails with ErrUnavailable. Default 10 s.
 	RetryTimeout time.Duration
 	// StreamPrefixes are the stream families ReadAll, Head, Subscribe and
-	// Changed see. Default domain.StreamPrefixes().
+	// Changed see (streams starting with $, the server's, never are).
+	// Default domain.StreamPrefixes(); []string{""} is every stream.
 	StreamPrefixes []string
+	// Namespace, when set, is put before every stream name on the server
+	// and taken off on the way back, so that several installations (or
+	// test runs) can share one server without seeing each other's events.
+	Namespace string
 	// Logger receives the adapter's and the client's diagnostics (the
 	// client's at debug level). Default: discard.
 	Logger *slog.Logger
@@ -378,14 +383,31 @@ func pause(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// ours reports whether stream belongs to the families this store reads back.
+// ours reports whether stream (a server name) belongs to the families
+// this store reads back.
 func (s *Store) ours(stream string) bool {
+	name, ok := strings.CutPrefix(stream, s.opts.Namespace)
+	if !ok || strings.HasPrefix(stream, "$") {
+		return false
+	}
 	for _, p := range s.opts.StreamPrefixes {
-		if strings.HasPrefix(stream, p) {
+		if strings.HasPrefix(name, p) {
 			return true
 		}
 	}
 	return false
+}
+
+// serverName is the server's name of a domain stream.
+func (s *Store) serverName(stream string) string { return s.opts.Namespace + stream }
+
+// filterPrefixes are the server-side subscription filter's stream prefixes.
+func (s *Store) filterPrefixes() []string {
+	out := make([]string, len(s.opts.StreamPrefixes))
+	for i, p := range s.opts.StreamPrefixes {
+		out[i] = s.opts.Namespace + p
+	}
+	return out
 }
 
 // knownRevision returns the last version seen of stream (0: none seen).

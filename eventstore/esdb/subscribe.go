@@ -134,7 +134,7 @@ func (s *Store) receive(sub *kdb.Subscription, last *uint64, started *bool, deli
 				continue
 			}
 			got = true
-			rec := toRecorded(e)
+			rec := s.toRecorded(e)
 			if (*started && rec.Position <= *last) || !s.ours(rec.Stream) {
 				continue // redelivered after a resubscription, or not ours
 			}
@@ -164,7 +164,7 @@ func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subsc
 	go func() {
 		sub, err := cl.c.SubscribeToAll(ctx, kdb.SubscribeToAllOptions{
 			From:   from,
-			Filter: &kdb.SubscriptionFilter{Type: kdb.StreamFilterType, Prefixes: s.opts.StreamPrefixes},
+			Filter: &kdb.SubscriptionFilter{Type: kdb.StreamFilterType, Prefixes: s.filterPrefixes()},
 		})
 		select {
 		case done <- result{sub, err}:

@@ -158,7 +158,7 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 			s.rememberVersion(stream, ce.Actual)
 			return domain.AppendResult{}, ce
 		}
-		if code, ok := codeOf(err); ok && code == kdb.ErrorCodeWrongExpectedVersion {
+		if classOf(err) == classConflict {
 			// The actual version was not in the answer: read it.
 			actual, _, rerr := s.lastVersion(ctx, stream)
 			if rerr != nil {

@@ -34,20 +34,47 @@ func codeOf(err error) (kdb.ErrorCode, bool) {
 	return e.Code(), true
 }
 
-// transient reports whether err is a transport failure worth retrying with
-// the same request.
-func transient(err error) bool {
-	code, ok := codeOf(err)
-	if !ok {
-		return false
-	}
+// errClass is what the adapter does with an error code of the client.
+type errClass int
+
+const (
+	// classFatal: report the error (wrapped) to the caller.
+	classFatal errClass = iota
+	// classTransient: a transport failure; retry the same request.
+	classTransient
+	// classConflict: wrong expected version; a *domain.ConcurrencyError.
+	classConflict
+	// classNotFound: the stream does not exist; a read yields no events.
+	classNotFound
+)
+
+// classify maps the client's error codes to what the adapter does.
+func classify(code kdb.ErrorCode) errClass {
 	switch code {
 	case kdb.ErrorUnavailable, kdb.ErrorCodeDeadlineExceeded, kdb.ErrorCodeConnectionClosed,
 		kdb.ErrorCodeNotLeader, kdb.ErrorAborted:
-		return true
+		return classTransient
+	case kdb.ErrorCodeWrongExpectedVersion:
+		return classConflict
+	case kdb.ErrorCodeResourceNotFound:
+		return classNotFound
 	}
-	return false
+	return classFatal
 }
+
+// classOf classifies err by the client's code in its chain; errors without
+// one are fatal.
+func classOf(err error) errClass {
+	code, ok := codeOf(err)
+	if !ok {
+		return classFatal
+	}
+	return classify(code)
+}
+
+// transient reports whether err is a transport failure worth retrying with
+// the same request.
+func transient(err error) bool { return classOf(err) == classTransient }
 
 func isEOF(err error) bool { return errors.Is(err, io.EOF) }
 
@@ -77,8 +104,7 @@ func actualVersion(err error) (uint64, bool) {
 // *domain.ConcurrencyError; ok is false for other errors or when the actual
 // version cannot be read from it.
 func conflict(stream string, expected domain.ExpectedVersion, err error) (*domain.ConcurrencyError, bool) {
-	code, isCode := codeOf(err)
-	if !isCode || code != kdb.ErrorCodeWrongExpectedVersion {
+	if classOf(err) != classConflict {
 		return nil, false
 	}
 	actual, ok := actualVersion(err)

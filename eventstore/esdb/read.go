@@ -61,7 +61,7 @@ func (s *Store) readEvents(ctx context.Context, open func(ctx context.Context, c
 			}
 		})
 	})
-	if code, ok := codeOf(err); ok && code == kdb.ErrorCodeResourceNotFound {
+	if classOf(err) == classNotFound {
 		return nil, nil
 	}
 	if err != nil && s.isClosed() && !errors.Is(err, context.Canceled) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	kdb "github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/usersync/usersync/domain"
 )
@@ -62,14 +64,30 @@ func classify(code kdb.ErrorCode) errClass {
 	return classFatal
 }
 
-// classOf classifies err by the client's code in its chain; errors without
-// one are fatal.
+// classOf classifies err by the client's code in its chain. Some calls
+// return gRPC's error unwrapped (a read whose stream cannot be opened): those
+// are classified by their gRPC code. Other errors are fatal.
 func classOf(err error) errClass {
-	code, ok := codeOf(err)
-	if !ok {
-		return classFatal
+	if code, ok := codeOf(err); ok {
+		return classify(code)
 	}
-	return classify(code)
+	if rawUnavailable(err) {
+		return classTransient
+	}
+	return classFatal
+}
+
+// rawUnavailable reports a gRPC Unavailable (or Aborted) error the client
+// passed on without translating it, and so without reconnecting.
+func rawUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	if _, ok := codeOf(err); ok {
+		return false
+	}
+	st, ok := status.FromError(err)
+	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.Aborted)
 }
 
 // transient reports whether err is a transport failure worth retrying with

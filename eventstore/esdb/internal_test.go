@@ -8,6 +8,8 @@ import (
 
 	kdb "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore"
@@ -225,5 +227,23 @@ func TestBackoff_GrowsAndIsCapped(t *testing.T) {
 			t.Fatalf("backoff(%d) = %v after %v", n, d, prev)
 		}
 		prev = d
+	}
+}
+
+func TestClassOf_RawGRPCErrors(t *testing.T) {
+	tests := []struct {
+		err  error
+		want errClass
+	}{
+		{status.Error(codes.Unavailable, "connection refused"), classTransient},
+		{fmt.Errorf("read: %w", status.Error(codes.Unavailable, "x")), classTransient},
+		{status.Error(codes.Aborted, "x"), classTransient},
+		{status.Error(codes.InvalidArgument, "maximum-append-size-exceeded"), classFatal},
+		{errors.New("plain"), classFatal},
+	}
+	for _, tc := range tests {
+		if got := classOf(tc.err); got != tc.want {
+			t.Errorf("classOf(%v) = %d, want %d", tc.err, got, tc.want)
+		}
 	}
 }

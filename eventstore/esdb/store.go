@@ -314,7 +314,10 @@ func (s *Store) call(ctx context.Context, fn func(ctx context.Context, c *kdb.Cl
 	}()
 	select {
 	case err := <-done:
-		if code, ok := codeOf(err); ok && code == kdb.ErrorCodeConnectionClosed {
+		// A client closed for good, or a gRPC error the client passed on
+		// untranslated (so it will not rediscover the server itself, and
+		// its connection may wait out gRPC's long backoff): use a new one.
+		if code, ok := codeOf(err); (ok && code == kdb.ErrorCodeConnectionClosed) || rawUnavailable(err) {
 			s.replace(cl)
 			if s.isClosed() {
 				return eventstore.ErrClosed

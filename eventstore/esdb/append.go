@@ -147,11 +147,11 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 	opts := kdb.AppendToStreamOptions{ExpectedRevision: expectedRevision(v)}
 	var wr *kdb.WriteResult
 	err := s.retry(ctx, func(ctx context.Context) error {
-		return s.call(ctx, func(ctx context.Context, c *kdb.Client) error {
-			var err error
-			wr, err = c.AppendToStream(ctx, s.serverName(stream), opts, data...)
-			return err
+		var err error
+		wr, err = call(ctx, s, func(ctx context.Context, c *kdb.Client) (*kdb.WriteResult, error) {
+			return c.AppendToStream(ctx, s.serverName(stream), opts, data...)
 		})
+		return err
 	})
 	if err != nil {
 		if ce, ok := conflict(stream, domain.ExactVersion(v), err); ok {

@@ -64,11 +64,18 @@ func classify(code kdb.ErrorCode) errClass {
 	return classFatal
 }
 
-// classOf classifies err by the client's code in its chain. Some calls
+// classOf classifies err by the client's code in its chain (an unknown
+// error over io.EOF is a closed connection). Some calls
 // return gRPC's error unwrapped (a read whose stream cannot be opened): those
 // are classified by their gRPC code. Other errors are fatal.
 func classOf(err error) errClass {
 	if code, ok := codeOf(err); ok {
+		if code == kdb.ErrorCodeUnknown && errors.Is(err, io.EOF) {
+			// The connection closed under an append's client stream (Send
+			// saw EOF): the request may or may not have landed, and
+			// retrying it is what the exact revision and the ids are for.
+			return classTransient
+		}
 		return classify(code)
 	}
 	if rawUnavailable(err) {

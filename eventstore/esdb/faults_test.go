@@ -424,3 +424,29 @@ func TestNamespace_KeepsInstallationsApart(t *testing.T) {
 		t.Fatalf("ReadAll of namespace one = %v, %v", evs, err)
 	}
 }
+
+// TestFollow_ReadAllAndChangedSurviveDrops drives eventstore.Follow, which
+// is how the pipeline reads (ReadAll after a position, then wait on
+// Changed), through dropped subscriptions and closed connections.
+func TestFollow_ReadAllAndChangedSurviveDrops(t *testing.T) {
+	t.Parallel()
+	srv := esdbtest.New(t)
+	s := openStore(t, srv.ConnString(), esdb.Options{})
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	sub := eventstore.Follow(ctx, s, 0)
+	faults := []func(){srv.DropSubscriptions, srv.CloseConnections, func() {}}
+	var got []domain.RecordedEvent
+	for round, fault := range faults {
+		for i := range 30 {
+			mustAppend(t, s, fmt.Sprintf("webhook-%d", i%3), domain.AnyVersion(), eventstoretest.Event("E", round*30+i))
+		}
+		got = append(got, receive(t, sub, 30)...)
+		fault()
+	}
+	for i := range got {
+		if string(got[i].Data) != string(eventstoretest.Event("E", i).Data) {
+			t.Fatalf("event %d is %s", i, got[i].Data)
+		}
+	}
+}

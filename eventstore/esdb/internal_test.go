@@ -3,6 +3,7 @@ package esdb
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -240,10 +241,18 @@ func TestClassOf_RawGRPCErrors(t *testing.T) {
 		{status.Error(codes.Aborted, "x"), classTransient},
 		{status.Error(codes.InvalidArgument, "maximum-append-size-exceeded"), classFatal},
 		{errors.New("plain"), classFatal},
+		{fmt.Errorf("could not send append request. Reason: %w", eofError()), classTransient},
 	}
 	for _, tc := range tests {
 		if got := classOf(tc.err); got != tc.want {
 			t.Errorf("classOf(%v) = %d, want %d", tc.err, got, tc.want)
 		}
 	}
+}
+
+// eofError is the client's error for a Send that saw the stream end:
+// code Unknown over io.EOF (FromError builds exactly that).
+func eofError() error {
+	e, _ := kdb.FromError(io.EOF)
+	return e
 }

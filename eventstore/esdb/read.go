@@ -40,26 +40,28 @@ func (s *Store) toRecorded(e *kdb.RecordedEvent) domain.RecordedEvent {
 func (s *Store) readEvents(ctx context.Context, open func(ctx context.Context, c *kdb.Client) (*kdb.ReadStream, error)) ([]*kdb.RecordedEvent, error) {
 	var out []*kdb.RecordedEvent
 	err := s.retry(ctx, func(ctx context.Context) error {
-		out = out[:0]
-		return s.call(ctx, func(ctx context.Context, c *kdb.Client) error {
+		var err error
+		out, err = call(ctx, s, func(ctx context.Context, c *kdb.Client) ([]*kdb.RecordedEvent, error) {
 			rs, err := open(ctx, c)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			defer rs.Close()
+			var evs []*kdb.RecordedEvent
 			for {
 				ev, err := rs.Recv()
 				if isEOF(err) {
-					return nil
+					return evs, nil
 				}
 				if err != nil {
-					return err
+					return nil, err
 				}
 				if e := ev.OriginalEvent(); e != nil {
-					out = append(out, e)
+					evs = append(evs, e)
 				}
 			}
 		})
+		return err
 	})
 	if classOf(err) == classNotFound {
 		return nil, nil

@@ -197,27 +197,27 @@ func (s *Store) Ping(ctx context.Context) error { return s.ping(ctx, "ping") }
 func (s *Store) ping(ctx context.Context, what string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
 	defer cancel()
-	err := s.call(ctx, func(ctx context.Context, c *kdb.Client) error {
+	_, err := call(ctx, s, func(ctx context.Context, c *kdb.Client) (struct{}, error) {
 		rs, err := c.ReadAll(ctx, kdb.ReadAllOptions{Direction: kdb.Backwards, From: kdb.End{}}, 1)
 		if err != nil {
-			return err
+			return struct{}{}, err
 		}
 		defer rs.Close()
 		_, err = rs.Recv()
 		if isEOF(err) {
-			return nil
+			return struct{}{}, nil
 		}
-		return err
+		return struct{}{}, err
 	})
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, eventstore.ErrClosed):
-		return fmt.Errorf("esdb %s %s: %w", what, s.addrs, err)
+		return fmt.Errorf("esdb: %s to %s: %w", what, s.addrs, err)
 	case ctx.Err() != nil:
-		return fmt.Errorf("esdb %s %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
+		return fmt.Errorf("esdb: %s to %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
 	default:
-		return fmt.Errorf("esdb %s %s: %w: %w", what, s.addrs, ErrUnavailable, err)
+		return fmt.Errorf("esdb: %s to %s: %w: %w", what, s.addrs, ErrUnavailable, err)
 	}
 }
 
@@ -297,35 +297,42 @@ func (s *Store) maybeCloseLocked(cl *client) {
 // call runs fn on the current client, returning when fn does or when ctx
 // ends, whichever is first: the client ignores contexts while it discovers
 // the server, so fn runs on its own goroutine and is abandoned (it still
-// releases the client when it returns). A client closed for good is
-// replaced for the next call.
-func (s *Store) call(ctx context.Context, fn func(ctx context.Context, c *kdb.Client) error) error {
+// releases the client when it returns). fn's result comes back through the
+// channel only, so an abandoned fn shares nothing with the caller. A client
+// closed for good is replaced for the next call.
+func call[T any](ctx context.Context, s *Store, fn func(ctx context.Context, c *kdb.Client) (T, error)) (T, error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return err
+		return zero, err
 	}
 	cl, err := s.acquire()
 	if err != nil {
-		return err
+		return zero, err
 	}
-	done := make(chan error, 1)
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
 		defer s.release(cl)
-		done <- fn(ctx, cl.c)
+		v, err := fn(ctx, cl.c)
+		done <- result{v, err}
 	}()
 	select {
-	case err := <-done:
+	case r := <-done:
 		// A client closed for good, or a gRPC error the client passed on
 		// untranslated (so it will not rediscover the server itself, and
 		// its connection may wait out gRPC's long backoff): use a new one.
-		if code, ok := codeOf(err); (ok && code == kdb.ErrorCodeConnectionClosed) || rawUnavailable(err) {
+		if code, ok := codeOf(r.err); (ok && code == kdb.ErrorCodeConnectionClosed) || rawUnavailable(r.err) {
 			s.replace(cl)
 			if s.isClosed() {
-				return eventstore.ErrClosed
+				return zero, eventstore.ErrClosed
 			}
 		}
-		return err
+		return r.v, r.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	}
 }
 

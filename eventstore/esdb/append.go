@@ -173,6 +173,15 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 	}
 	res := domain.AppendResult{Version: versionOf(wr.NextExpectedVersion), Position: wr.CommitPosition}
 	s.rememberVersion(stream, res.Version)
+	if res.Position == 0 {
+		// The answer had no position (a server may leave it out): read it
+		// from the last event appended.
+		evs, err := s.readStream(ctx, stream, kdb.Revision(revisionOf(res.Version)), kdb.Forwards, 1)
+		if err != nil || len(evs) != 1 {
+			return res, fmt.Errorf("append to %s: appended as version %d, but reading its position failed: %w", stream, res.Version, err)
+		}
+		res.Position = evs[0].Position
+	}
 	return res, nil
 }
 

@@ -153,13 +153,18 @@ func tryRecvPersistent(sub *esdb.PersistentSubscription, d time.Duration) (*esdb
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
+// eventually polls cond until it holds or the deadline passes; last, if given, says what was
+// seen last.
+func eventually(t *testing.T, what string, cond func() bool, last ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, waitFor)
+			seen := ""
+			for _, l := range last {
+				seen = " (last seen: " + l() + ")"
+			}
+			t.Fatalf("%s: not within %s%s", what, waitFor, seen)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -1,6 +1,12 @@
 package esdbtest
 
 import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -110,7 +116,9 @@ func (c *idCache) reset() {
 }
 
 // eventLog is the whole store, guarded by mu. changed is closed and replaced on every write,
-// so subscriptions wait on it.
+// so subscriptions wait on it. Every record goes through apply, which also derives the
+// streams' deleted state from the records themselves, so a log reloaded from a file is the
+// same log.
 type eventLog struct {
 	mu      sync.Mutex
 	all     []*record
@@ -119,25 +127,36 @@ type eventLog struct {
 	cache   *idCache
 	changed chan struct{}
 	now     func() time.Time
+	file    *os.File // nil: memory only
+	fileErr error    // the first error writing file
+	enc     *json.Encoder
 }
 
+// softDeleteMeta is the stream metadata a soft delete writes ($tb = long.MaxValue).
+var softDeleteMeta = fmt.Sprintf(`{"$tb":%d}`, deletedRevision)
+
 func newEventLog(cacheSize int) *eventLog {
-	l := &eventLog{
+	return &eventLog{
 		streams: make(map[string]*streamState),
 		next:    firstPosition,
 		cache:   newIDCache(cacheSize),
 		changed: make(chan struct{}),
 		now:     time.Now,
 	}
-	l.mu.Lock()
+}
+
+// writeEpochLocked records a new epoch, as a real node does when it starts.
+func (l *eventLog) writeEpochLocked() {
+	n := 0
+	if st := l.streams[epochStream]; st != nil {
+		n = len(st.events)
+	}
 	l.writeLocked(epochStream, []proposed{{
 		id:          uuid.New(),
 		eventType:   epochEventType,
 		contentType: "application/json",
-		data:        []byte(`{"epochNumber":0}`),
+		data:        fmt.Appendf(nil, `{"epochNumber":%d}`, n),
 	}})
-	l.mu.Unlock()
-	return l
 }
 
 // proposed is an event sent by a client, not yet written.
@@ -155,15 +174,19 @@ func (p proposed) size() int {
 	return len(p.data) + len(p.meta) + 2*len(p.eventType)
 }
 
+// logSize is the room a record takes in the imagined log: the next record's position is
+// this much further.
+func (r *record) logSize() uint64 {
+	return uint64(recordOverhead + len(r.stream) + len(r.eventType) + len(r.data) + len(r.meta))
+}
+
 // writeLocked appends events to a stream at the next revisions and wakes the subscribers.
 // Callers hold mu and have checked the expected version.
 func (l *eventLog) writeLocked(stream string, events []proposed) []*record {
-	st := l.streams[stream]
-	if st == nil {
-		st = &streamState{}
-		l.streams[stream] = st
+	rev := uint64(0)
+	if st := l.streams[stream]; st != nil {
+		rev = uint64(st.lastRevision() + 1)
 	}
-	rev := uint64(st.lastRevision() + 1)
 	ticks := l.now().UnixNano() / 100
 	out := make([]*record, 0, len(events))
 	for _, e := range events {
@@ -179,10 +202,8 @@ func (l *eventLog) writeLocked(stream string, events []proposed) []*record {
 			pos:         l.next,
 		}
 		rev++
-		l.next += uint64(recordOverhead + len(stream) + len(e.eventType) + len(e.data) + len(e.meta))
-		l.all = append(l.all, r)
-		st.events = append(st.events, r)
-		l.cache.add(r)
+		l.applyLocked(r)
+		l.persistLocked(r)
 		out = append(out, r)
 	}
 	if len(out) > 0 {
@@ -194,11 +215,6 @@ func (l *eventLog) writeLocked(stream string, events []proposed) []*record {
 
 // writeTombstoneLocked writes the $streamDeleted event at revision long.MaxValue.
 func (l *eventLog) writeTombstoneLocked(stream string) *record {
-	st := l.streams[stream]
-	if st == nil {
-		st = &streamState{}
-		l.streams[stream] = st
-	}
 	r := &record{
 		stream:      stream,
 		revision:    deletedRevision,
@@ -208,12 +224,129 @@ func (l *eventLog) writeTombstoneLocked(stream string) *record {
 		created:     l.now().UnixNano() / 100,
 		pos:         l.next,
 	}
-	l.next += uint64(recordOverhead + len(stream) + len(streamDeletedType))
-	l.all = append(l.all, r)
-	st.tombstoned = true
+	l.applyLocked(r)
+	l.persistLocked(r)
 	close(l.changed)
 	l.changed = make(chan struct{})
 	return r
+}
+
+// applyLocked adds a record to the log and its stream, and updates the stream's state: a
+// tombstone deletes it for good, a soft delete's metadata hides it, the next event after a
+// soft delete recreates it from that revision on.
+func (l *eventLog) applyLocked(r *record) {
+	st := l.streams[r.stream]
+	if st == nil {
+		st = &streamState{}
+		l.streams[r.stream] = st
+	}
+	l.all = append(l.all, r)
+	l.next = r.pos + r.logSize()
+	if r.revision == deletedRevision && r.eventType == streamDeletedType {
+		st.tombstoned = true
+		return
+	}
+	if st.softDeleted {
+		st.softDeleted = false
+		st.truncateBefore = r.revision
+	}
+	st.events = append(st.events, r)
+	l.cache.add(r)
+	if target, ok := strings.CutPrefix(r.stream, "$$"); ok && r.eventType == metadataEventType && string(r.data) == softDeleteMeta {
+		ts := l.streams[target]
+		if ts == nil {
+			ts = &streamState{}
+			l.streams[target] = ts
+		}
+		ts.softDeleted = true
+		ts.truncateBefore = uint64(ts.lastRevision() + 1)
+	}
+}
+
+// diskRecord is a record in the data file (one JSON object a line).
+type diskRecord struct {
+	Stream      string    `json:"stream"`
+	Revision    uint64    `json:"revision"`
+	ID          uuid.UUID `json:"id"`
+	Type        string    `json:"type"`
+	ContentType string    `json:"contentType"`
+	Created     int64     `json:"created"`
+	Data        []byte    `json:"data,omitempty"`
+	Meta        []byte    `json:"meta,omitempty"`
+	Pos         uint64    `json:"pos"`
+}
+
+// maxLine bounds one line of the data file (a 1 MiB event is about 1.4 MB in base64).
+const maxLine = 64 << 20
+
+// openFile loads the records in path (creating it if missing) and keeps appending to it. A
+// last line cut short by a crash is dropped.
+func (l *eventLog) openFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("esdbtest: open data file: %w", err)
+	}
+	var good int64
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	line := 0
+	for sc.Scan() {
+		line++
+		var d diskRecord
+		if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
+			// Only the last line may be damaged (a write cut short); anything else is not ours.
+			if !sc.Scan() {
+				break
+			}
+			_ = f.Close()
+			return fmt.Errorf("esdbtest: data file %s line %d: %v; it is not a stand-in data file, or it is damaged", path, line, err)
+		}
+		if d.Pos < l.next {
+			_ = f.Close()
+			return fmt.Errorf("esdbtest: data file %s line %d: position %d is not after %d; the file is damaged", path, line, d.Pos, l.next)
+		}
+		l.applyLocked(&record{stream: d.Stream, revision: d.Revision, id: d.ID, eventType: d.Type, contentType: d.ContentType,
+			created: d.Created, data: d.Data, meta: d.Meta, pos: d.Pos})
+		good += int64(len(sc.Bytes())) + 1
+	}
+	if err := sc.Err(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("esdbtest: read data file %s: %w", path, err)
+	}
+	if err := f.Truncate(good); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("esdbtest: data file %s: drop a damaged last line: %w", path, err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("esdbtest: data file %s: %w", path, err)
+	}
+	l.file = f
+	l.enc = json.NewEncoder(f)
+	return nil
+}
+
+func (l *eventLog) persistLocked(r *record) {
+	if l.enc == nil || l.fileErr != nil {
+		return
+	}
+	l.fileErr = l.enc.Encode(diskRecord{Stream: r.stream, Revision: r.revision, ID: r.id, Type: r.eventType,
+		ContentType: r.contentType, Created: r.created, Data: r.data, Meta: r.meta, Pos: r.pos})
+}
+
+// closeFile syncs and closes the data file and reports any error since it was opened.
+func (l *eventLog) closeFile() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.file == nil {
+		return nil
+	}
+	err := errors.Join(l.fileErr, l.file.Sync(), l.file.Close())
+	l.file, l.enc = nil, nil
+	if err != nil {
+		return fmt.Errorf("esdbtest: data file: %w", err)
+	}
+	return nil
 }
 
 // indexAfter is the index in all of the first record with position > pos (or >= when inclusive).

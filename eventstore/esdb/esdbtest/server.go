@@ -48,6 +48,9 @@ type Options struct {
 	IDCacheSize int
 	// AllowRemote permits a non-loopback Addr (the command's --allow-remote).
 	AllowRemote bool
+	// DataFile, if set, keeps the log in this append-only file (JSON lines) and reloads it at
+	// Start; persistent subscription groups and the id cache are not kept. Default: memory only.
+	DataFile string
 }
 
 // Server is a running stand-in. Its methods are safe for concurrent use.
@@ -97,8 +100,16 @@ func Start(opts Options) (*Server, error) {
 		drop:   make(chan struct{}),
 	}
 	s.ps = newPersistentSubs(s)
+	if opts.DataFile != "" {
+		if err := s.log.openFile(opts.DataFile); err != nil {
+			return nil, err
+		}
+	}
+	s.log.mu.Lock()
+	s.log.writeEpochLocked()
+	s.log.mu.Unlock()
 	if err := s.listen(opts.Addr); err != nil {
-		return nil, err
+		return nil, errors.Join(err, s.log.closeFile())
 	}
 	return s, nil
 }
@@ -196,7 +207,8 @@ func (s *Server) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.stopServing()
-	return nil
+	s.ps.close()
+	return s.log.closeFile()
 }
 
 // Stop stops listening and drops everything in flight; the data is kept for Restart.
@@ -241,6 +253,7 @@ func (s *Server) Restart() error {
 	}
 	s.log.mu.Lock()
 	s.log.cache.reset()
+	s.log.writeEpochLocked()
 	s.log.mu.Unlock()
 	s.ps.restart()
 	return s.listen(addr)

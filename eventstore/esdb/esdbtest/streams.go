@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"strconv"
 
@@ -159,10 +158,6 @@ func (l *eventLog) appendLocked(stream string, exp expectedVersion, events []pro
 }
 
 func (l *eventLog) write(stream string, events []proposed) appendResult {
-	if st := l.streams[stream]; st != nil && st.softDeleted {
-		st.softDeleted = false
-		st.truncateBefore = uint64(st.lastRevision() + 1)
-	}
 	recs := l.writeLocked(stream, events)
 	last := recs[len(recs)-1]
 	return appendResult{outcome: outcomeWritten, lastRevision: int64(last.revision), pos: last.pos, hasPos: true}
@@ -548,13 +543,7 @@ func (ss *streamsService) Delete(ctx context.Context, req *streams.DeleteReq) (*
 	if err := checkDeleteVersion(ctx, name, exp, st.lastRevision()); err != nil {
 		return nil, err
 	}
-	last := st.lastRevision()
-	meta := fmt.Sprintf(`{"$tb":%d}`, deletedRevision)
-	recs := s.log.writeLocked("$$"+name, []proposed{{id: uuid.New(), eventType: metadataEventType, contentType: "application/json", data: []byte(meta)}})
-	if st != nil {
-		st.softDeleted = true
-		st.truncateBefore = uint64(last + 1)
-	}
+	recs := s.log.writeLocked("$$"+name, []proposed{{id: uuid.New(), eventType: metadataEventType, contentType: "application/json", data: []byte(softDeleteMeta)}})
 	p := recs[0].pos
 	return &streams.DeleteResp{PositionOption: &streams.DeleteResp_Position_{Position: &streams.DeleteResp_Position{CommitPosition: p, PreparePosition: p}}}, nil
 }

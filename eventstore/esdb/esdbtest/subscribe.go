@@ -26,33 +26,42 @@ type filter struct {
 }
 
 func newFilter(fo *streams.ReadReq_Options_FilterOptions) (*filter, error) {
-	f := &filter{}
 	var expr *streams.ReadReq_Options_FilterOptions_Expression
+	onType := false
 	switch x := fo.Filter.(type) {
 	case *streams.ReadReq_Options_FilterOptions_EventType:
-		f.onType, expr = true, x.EventType
+		onType, expr = true, x.EventType
 	case *streams.ReadReq_Options_FilterOptions_StreamIdentifier:
 		expr = x.StreamIdentifier
 	default:
 		return nil, status.Error(codes.InvalidArgument, "esdb stand-in: filter without a stream or event type expression")
 	}
-	f.prefixes = expr.GetPrefix()
-	if expr.GetRegex() != "" {
-		re, err := regexp.Compile(expr.GetRegex())
+	var window uint32
+	if m, ok := fo.Window.(*streams.ReadReq_Options_FilterOptions_Max); ok {
+		window = m.Max
+	}
+	return makeFilter(onType, expr.GetPrefix(), expr.GetRegex(), window, fo.GetCheckpointIntervalMultiplier())
+}
+
+// makeFilter builds a filter; a zero window is the default one, a zero multiplier is 1.
+func makeFilter(onType bool, prefixes []string, regex string, window, mult uint32) (*filter, error) {
+	f := &filter{onType: onType, prefixes: prefixes}
+	if regex != "" {
+		re, err := regexp.Compile(regex)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "esdb stand-in: filter regex %q: %v", expr.GetRegex(), err)
+			return nil, status.Errorf(codes.InvalidArgument, "esdb stand-in: filter regex %q: %v", regex, err)
 		}
 		f.regex = re
 	}
-	window := defaultWindow
-	if m, ok := fo.Window.(*streams.ReadReq_Options_FilterOptions_Max); ok && m.Max > 0 {
-		window = int(m.Max)
+	w := defaultWindow
+	if window > 0 {
+		w = int(window)
 	}
-	mult := int(fo.GetCheckpointIntervalMultiplier())
-	if mult <= 0 {
-		mult = 1
+	m := int(mult)
+	if m <= 0 {
+		m = 1
 	}
-	f.interval = window * mult
+	f.interval = w * m
 	return f, nil
 }
 

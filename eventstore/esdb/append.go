@@ -155,7 +155,7 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 	})
 	if err != nil {
 		if ce, ok := conflict(stream, domain.ExactVersion(v), err); ok {
-			s.rememberVersion(stream, ce.Actual)
+			s.noteVersion(stream, ce.Actual, true)
 			return domain.AppendResult{}, ce
 		}
 		if classOf(err) == classConflict {
@@ -177,8 +177,11 @@ func (s *Store) appendAt(ctx context.Context, stream string, v uint64, events []
 		// The answer had no position (a server may leave it out): read it
 		// from the last event appended.
 		evs, err := s.readStream(ctx, stream, kdb.Revision(revisionOf(res.Version)), kdb.Forwards, 1)
-		if err != nil || len(evs) != 1 {
+		if err != nil {
 			return res, fmt.Errorf("append to %s: appended as version %d, but reading its position failed: %w", stream, res.Version, err)
+		}
+		if len(evs) != 1 {
+			return res, fmt.Errorf("append to %s: appended as version %d, but that version cannot be read back", stream, res.Version)
 		}
 		res.Position = evs[0].Position
 	}

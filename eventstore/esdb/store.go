@@ -420,20 +420,26 @@ func (s *Store) filterPrefixes() []string {
 	return out
 }
 
-// knownRevision returns the last version seen of stream (0: none seen).
+// knownVersion returns the last version seen of stream (0: none seen).
 func (s *Store) knownVersion(stream string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.revs[stream]
 }
 
-func (s *Store) rememberVersion(stream string, v uint64) {
+// rememberVersion notes that stream has reached version v (a later,
+// higher note wins).
+func (s *Store) rememberVersion(stream string, v uint64) { s.noteVersion(stream, v, false) }
+
+// noteVersion records v as stream's last known version; exact (the server
+// said so in a wrong-expected-version answer) overrides a higher guess.
+func (s *Store) noteVersion(stream string, v uint64, exact bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.revs) >= maxRevisionCache {
 		clear(s.revs)
 	}
-	if v > s.revs[stream] {
+	if exact || v > s.revs[stream] {
 		s.revs[stream] = v
 	}
 }

@@ -27,6 +27,13 @@
 // failed discovery) is replaced by a new one; every call is bounded by its
 // context even while the client discovers (which ignores contexts);
 // subscriptions resubscribe from the last event they delivered.
+//
+// Limits: the client's ReadAll has no server-side filter, so ReadAll and
+// Head read $all and filter here; on a server shared with busy foreign
+// streams they read those too (Subscribe and Changed filter on the server).
+// Reading $all needs a user the server lets read it ($admins by default).
+// Calls abandoned at their deadline while the client discovers a silent
+// server finish (and free their goroutine) only when the discovery ends.
 package esdb
 
 import (

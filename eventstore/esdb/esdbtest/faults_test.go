@@ -78,6 +78,20 @@ func TestNotLeader_ClientMovesAndNextCallSucceeds(t *testing.T) {
 			}
 			return err
 		}},
+		{"create persistent subscription", func() error {
+			err := c.CreatePersistentSubscriptionToAll(ctxFor(t), "nl", esdb.PersistentAllSubscriptionOptions{})
+			if errCode(err) == esdb.ErrorCodeResourceAlreadyExists {
+				return nil
+			}
+			return err
+		}},
+		{"connect to persistent subscription", func() error {
+			sub, err := c.SubscribeToPersistentSubscriptionToAll(ctxFor(t), "nl", esdb.SubscribeToPersistentSubscriptionOptions{})
+			if err == nil {
+				_ = sub.Close()
+			}
+			return err
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -390,7 +390,8 @@ func (ps *persistentService) Read(stream persistent.PersistentSubscriptions_Read
 
 	recvErr := make(chan error, 1)
 	go func() {
-		for i := 0; ; i++ {
+		// Ends when the client closes the stream or the call ends.
+		for {
 			req, err := stream.Recv()
 			if err != nil {
 				recvErr <- err
@@ -522,7 +523,7 @@ func (g *group) removeLocked(c *consumer) {
 			park = append(park, p)
 		}
 	}
-	g.parkLocked(park, "Max retry count reached")
+	g.parkLocked(park, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	c.drop()
 }
 
@@ -560,7 +561,7 @@ func (g *group) ack(c *consumer, ids []*shared.UUID) {
 }
 
 func (g *group) nack(c *consumer, ids []*shared.UUID, action persistent.ReadReq_Nack_Action, reason string) {
-	var park []*pmsg
+	var park, exhausted []*pmsg
 	g.mu.Lock()
 	for _, pid := range ids {
 		id, err := fromProtoUUID(pid)
@@ -579,11 +580,12 @@ func (g *group) nack(c *consumer, ids []*shared.UUID, action persistent.ReadReq_
 			g.processed++
 		default: // Retry, Unknown
 			if p := g.retryLocked(m); p != nil {
-				park = append(park, p)
+				exhausted = append(exhausted, p)
 			}
 		}
 	}
 	g.parkLocked(park, reason)
+	g.parkLocked(exhausted, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	g.mu.Unlock()
 	g.wake()
 }
@@ -677,7 +679,7 @@ func (g *group) step() time.Duration {
 			}
 		}
 	}
-	g.parkLocked(park, "Max retry count reached")
+	g.parkLocked(park, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	g.dispatchLocked(now)
 	cp, cpOK := g.checkpointDueLocked(now)
 	sleep := maxTick
@@ -887,4 +889,38 @@ func (g *group) writeCheckpoint(seq int64) {
 		data = fmt.Appendf(nil, "%d", seq)
 	}
 	l.writeLocked(g.checkpointStream(), []proposed{{id: uuid.New(), eventType: checkpointEventType, contentType: "application/json", data: data}})
+}
+
+// PersistentConsumers is the number of consumers connected to a group (stream "$all" for a
+// group on $all); 0 for a missing group. Tests wait on it instead of sleeping.
+func (s *Server) PersistentConsumers(stream, group string) int {
+	g := s.ps.group(stream, group)
+	if g == nil {
+		return 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.consumers)
+}
+
+// PersistentOutstanding is the number of a group's events handed out and not yet acked,
+// skipped or parked, plus those waiting to be retried; 0 for a missing group.
+func (s *Server) PersistentOutstanding(stream, group string) int {
+	g := s.ps.group(stream, group)
+	if g == nil {
+		return 0
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := len(g.retries)
+	for _, ms := range g.inflight {
+		n += len(ms)
+	}
+	return n
+}
+
+func (p *persistentSubs) group(stream, name string) *group {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.groups[groupKey(stream, name)]
 }

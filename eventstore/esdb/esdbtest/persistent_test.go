@@ -164,9 +164,11 @@ func TestPersistent_NackActions(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || len(parked) != 1 {
-				t.Fatalf("parked stream: %v, %d events; want 1", err, len(parked))
-			}
+			// the nack travels on the subscription's stream, the append on another call: wait
+			eventually(t, "parked", func() bool {
+				parked, err = readStream(t, c, "$persistentsubscription-$all::g-parked", esdb.ReadStreamOptions{ResolveLinkTos: true}, 10)
+				return err == nil && len(parked) == 1
+			}, func() string { return fmt.Sprintf("%v, %d events", err, len(parked)) })
 			if p := parked[0]; p.Link == nil || p.Event.StreamID != "user-a" || p.Link.EventType != "$>" {
 				t.Fatalf("parked %+v, want a link to user-a/0", p)
 			}
@@ -279,14 +281,24 @@ func TestPersistent_ConsumerLeaves_UnackedGoToAnother(t *testing.T) {
 	if name(a) != "user-d/0#0" || name(b) != "user-d/1#0" {
 		t.Fatalf("first consumer got %s %s", name(a), name(b))
 	}
-	if err := first.Ack(a.Event); err != nil {
+	second := connectAll(t, c, "d", 10)
+	if srv.PersistentConsumers("$all", "d") != 2 || srv.PersistentOutstanding("$all", "d") != 2 {
+		t.Fatalf("consumers %d, outstanding %d; want 2 and 2", srv.PersistentConsumers("$all", "d"), srv.PersistentOutstanding("$all", "d"))
+	}
+	_ = first.Close() // nothing acked
+	got := []string{name(next(t, second)), name(next(t, second))}
+	if fmt.Sprint(got) != "[user-d/0#1 user-d/1#1]" {
+		t.Fatalf("second consumer got %v, want both events again, in order, with retry count 1", got)
+	}
+	if err := second.Ack(a.Event, b.Event); err != nil {
 		t.Fatal(err)
 	}
-	second := connectAll(t, c, "d", 10)
-	_ = first.Close()
-	got := next(t, second)
-	if name(got) != "user-d/1#1" {
-		t.Fatalf("second consumer got %s, want the unacked user-d/1 with retry count 1", name(got))
+	eventually(t, "acks processed", func() bool { return srv.PersistentOutstanding("$all", "d") == 0 })
+	if n := srv.PersistentConsumers("$all", "d"); n != 1 {
+		t.Fatalf("%d consumers after one left, want 1", n)
+	}
+	if srv.PersistentConsumers("$all", "missing") != 0 || srv.PersistentOutstanding("$all", "missing") != 0 {
+		t.Fatalf("a missing group reports consumers or outstanding events")
 	}
 }
 

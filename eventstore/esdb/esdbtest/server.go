@@ -38,7 +38,7 @@ type Options struct {
 	// Addr is where to listen; default "127.0.0.1:0" (a free port). Only loopback addresses
 	// are accepted unless AllowRemote is set.
 	Addr string
-	// Logger receives one line per call; default: discard.
+	// Logger receives a debug line per call and an info line when listening; default: discard.
 	Logger *slog.Logger
 	// MaxAppendSize is the server's append size limit; default 1 MiB like the real server.
 	MaxAppendSize int
@@ -156,6 +156,9 @@ func (s *Server) listen(addr string) error {
 	}
 	gs := grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(KeepalivePolicy()),
+		// Room for one message bigger than the append limit, so that it is refused by the
+		// limit (as the real server does) and not by the transport.
+		grpc.MaxRecvMsgSize(max(16<<20, 2*s.opts.MaxAppendSize)),
 		grpc.UnaryInterceptor(s.unaryFaults),
 		grpc.StreamInterceptor(s.streamFaults),
 	)
@@ -410,10 +413,12 @@ func (s *Server) unaryFaults(ctx context.Context, req any, info *grpc.UnaryServe
 		if status.Code(err) == codes.NotFound {
 			_ = grpc.SetTrailer(ctx, s.notLeaderTrailer())
 		}
-		s.logger.Debug("esdb stand-in fault", "method", info.FullMethod, "err", err)
+		s.logger.Debug("esdb stand-in call", "method", info.FullMethod, "fault", err)
 		return nil, err
 	}
-	return handler(ctx, req)
+	resp, err := handler(ctx, req)
+	s.logger.Debug("esdb stand-in call", "method", info.FullMethod, "code", status.Code(err).String())
+	return resp, err
 }
 
 func (s *Server) streamFaults(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -422,7 +427,9 @@ func (s *Server) streamFaults(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 		return werr
 	}
 	if err == nil {
-		return handler(srv, ss)
+		err := handler(srv, ss)
+		s.logger.Debug("esdb stand-in call", "method", info.FullMethod, "code", status.Code(err).String())
+		return err
 	}
 	// Read what the client sends before answering, as the real server does: a server that
 	// answers before reading the client's stream makes the client see EOF without trailers.
@@ -439,7 +446,7 @@ func (s *Server) streamFaults(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 	if status.Code(err) == codes.NotFound {
 		ss.SetTrailer(s.notLeaderTrailer())
 	}
-	s.logger.Debug("esdb stand-in fault", "method", info.FullMethod, "err", err)
+	s.logger.Debug("esdb stand-in call", "method", info.FullMethod, "fault", err)
 	return err
 }
 

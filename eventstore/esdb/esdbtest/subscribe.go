@@ -144,7 +144,12 @@ func (s *Server) subscribe(opts *streams.ReadReq_Options, stream streams.Streams
 			s.log.mu.Lock()
 			defer s.log.mu.Unlock()
 			st := s.log.streams[name]
-			if st == nil || from >= int64(len(st.events)) {
+			if st == nil {
+				return nil, s.log.changed
+			}
+			// Events before a soft delete are not read again (the stream's $tb).
+			from = max(from, int64(st.truncateBefore))
+			if st.softDeleted || from >= int64(len(st.events)) {
 				return nil, s.log.changed
 			}
 			end := min(int64(len(st.events)), from+subscriptionBatch)

@@ -78,7 +78,7 @@ func classOf(err error) errClass {
 		}
 		return classify(code)
 	}
-	if rawUnavailable(err) {
+	if rawUnavailable(err) || errors.Is(err, errRetired) {
 		return classTransient
 	}
 	return classFatal

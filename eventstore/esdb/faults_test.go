@@ -1,9 +1,11 @@
 package esdb_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -235,24 +237,52 @@ func TestSubscribe_SurvivesClosedConnections(t *testing.T) {
 
 func TestSubscribe_SurvivesAServerRestart(t *testing.T) {
 	t.Parallel()
-	// A stopped server makes the client's discovery fail: it closes itself
-	// for good and the store must build a new one.
+	// A stopped server makes the client's discovery fail: the client closes
+	// itself for good and the store must build a new one.
 	srv := esdbtest.New(t)
-	s := openStore(t, srv.ConnString(), esdb.Options{RetryTimeout: 30 * time.Second})
+	var logs lockedBuffer
+	s := openStore(t, srv.ConnString(), esdb.Options{ConnectTimeout: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	subscribeThrough(t, srv, s, 20, func() {
 		if err := srv.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		// Appends are refused meanwhile (the server is gone), and come
-		// through once it is back.
-		s2 := s // the same store keeps working
-		if _, err := s2.Head(shortContext(t, 200*time.Millisecond)); err == nil {
-			t.Fatal("Head succeeded while the server was stopped")
+		// Calls while the server is gone fail: the first makes the client
+		// rediscover, the discovery gives up and closes the client for
+		// good, and the store replaces it.
+		for i := 0; !strings.Contains(logs.String(), "using a new one"); i++ {
+			if i == 5 {
+				t.Fatalf("the store never replaced its client; log:\n%s", logs.String())
+			}
+			if err := s.Ping(testContext(t)); !errors.Is(err, esdb.ErrUnavailable) {
+				t.Fatalf("Ping while the server is stopped: %v, want ErrUnavailable", err)
+			}
 		}
 		if err := srv.Restart(); err != nil {
 			t.Fatal(err)
 		}
+		// ...and once it is back, a new client gets through.
+		if err := s.Ping(testContext(t)); err != nil {
+			t.Fatalf("Ping after the restart: %v", err)
+		}
 	})
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func shortContext(t *testing.T, d time.Duration) context.Context {

@@ -137,7 +137,14 @@ type client struct {
 	refs    int
 	retired bool
 	closed  bool
+	gone    chan struct{} // closed when retired: calls waiting on it give up
 }
+
+func newClient(c *kdb.Client) *client { return &client{c: c, gone: make(chan struct{})} }
+
+// errRetired ends a call whose client was replaced (or the store closed)
+// while it waited: it is retried on the new client.
+var errRetired = errors.New("esdb client replaced while the call waited")
 
 // maxRevisionCache bounds the map of last known revisions used by
 // AnyVersion appends; it is emptied when full (a miss costs one round trip).
@@ -170,9 +177,9 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	if err != nil {
 		return nil, fmt.Errorf("esdb: %s: %s", s.addrs, scrub(err.Error(), connString))
 	}
-	s.cur = &client{c: c}
+	s.cur = newClient(c)
 	s.life, s.stopLife = context.WithCancel(context.Background())
-	if err := s.ping(ctx, "connect"); err != nil {
+	if err := s.ping(ctx, "connect", false); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -198,12 +205,37 @@ func (s *Store) String() string { return "esdb(" + s.addrs + ")" }
 func (s *Store) Kind() string { return "esdb" }
 
 // Ping checks that the server answers a cheap read ($all backwards, one
-// event), within ctx and Options.ConnectTimeout.
-func (s *Store) Ping(ctx context.Context) error { return s.ping(ctx, "ping") }
+// event), within ctx and Options.ConnectTimeout, retrying transport errors
+// meanwhile (a connection broken by a server restart is not an outage).
+func (s *Store) Ping(ctx context.Context) error { return s.ping(ctx, "ping", true) }
 
-func (s *Store) ping(ctx context.Context, what string) error {
+// ping reads once, or with retries; Open reads once, so that a server that
+// refuses connections fails it at once.
+func (s *Store) ping(ctx context.Context, what string, retry bool) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.ConnectTimeout)
 	defer cancel()
+	var err error
+	if retry {
+		err = s.retry(ctx, func(ctx context.Context) error { return s.readOne(ctx) })
+	} else {
+		err = s.readOne(ctx)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, eventstore.ErrClosed):
+		return fmt.Errorf("esdb: %s to %s: %w", what, s.addrs, err)
+	case errors.Is(err, ErrUnavailable):
+		return fmt.Errorf("esdb: %s to %s: %w", what, s.addrs, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("esdb: %s to %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
+	default:
+		return fmt.Errorf("esdb: %s to %s: %w: %w", what, s.addrs, ErrUnavailable, err)
+	}
+}
+
+// readOne reads the last event of $all.
+func (s *Store) readOne(ctx context.Context) error {
 	_, err := call(ctx, s, func(ctx context.Context, c *kdb.Client) (struct{}, error) {
 		rs, err := c.ReadAll(ctx, kdb.ReadAllOptions{Direction: kdb.Backwards, From: kdb.End{}}, 1)
 		if err != nil {
@@ -216,16 +248,7 @@ func (s *Store) ping(ctx context.Context, what string) error {
 		}
 		return struct{}{}, err
 	})
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, eventstore.ErrClosed):
-		return fmt.Errorf("esdb: %s to %s: %w", what, s.addrs, err)
-	case ctx.Err() != nil:
-		return fmt.Errorf("esdb: %s to %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
-	default:
-		return fmt.Errorf("esdb: %s to %s: %w: %w", what, s.addrs, ErrUnavailable, err)
-	}
+	return err
 }
 
 // Close ends the subscriptions and releases the client. Operations after
@@ -286,11 +309,14 @@ func (s *Store) replace(cl *client) {
 	}
 	s.log.Info("esdb: the client was closed; using a new one", "addr", s.addrs)
 	s.retireLocked(cl)
-	s.cur = &client{c: c}
+	s.cur = newClient(c)
 }
 
 func (s *Store) retireLocked(cl *client) {
-	cl.retired = true
+	if !cl.retired {
+		cl.retired = true
+		close(cl.gone)
+	}
 	s.maybeCloseLocked(cl)
 }
 
@@ -340,6 +366,10 @@ func call[T any](ctx context.Context, s *Store, fn func(ctx context.Context, c *
 		return r.v, r.err
 	case <-ctx.Done():
 		return zero, ctx.Err()
+	case <-cl.gone:
+		// The call may hang on a client closed for good (its discovery
+		// failed while the call queued); the store has a new one.
+		return zero, errRetired
 	}
 }
 

@@ -2,7 +2,9 @@ package esdb
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"time"
 
 	kdb "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 
@@ -159,6 +161,8 @@ func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subsc
 		sub *kdb.Subscription
 		err error
 	}
+	timeout := time.NewTimer(s.opts.ConnectTimeout)
+	defer timeout.Stop()
 	done := make(chan result) // unbuffered: a result nobody takes is cleaned up
 	quit := make(chan struct{})
 	go func() {
@@ -188,6 +192,12 @@ func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subsc
 	case <-ctx.Done():
 		close(quit) // the client may ignore ctx while it discovers
 		return nil, nil, ctx.Err()
+	case <-cl.gone:
+		close(quit)
+		return nil, nil, errRetired
+	case <-timeout.C:
+		close(quit)
+		return nil, nil, fmt.Errorf("subscribe to %s: no confirmation within %s", s.addrs, s.opts.ConnectTimeout)
 	}
 }
 

@@ -480,3 +480,24 @@ func TestFollow_ReadAllAndChangedSurviveDrops(t *testing.T) {
 		}
 	}
 }
+
+func TestAppend_SlowServer_TimesOutThenRetryLandsOnce(t *testing.T) {
+	t.Parallel()
+	// Given a server slower than the store's retry bound
+	srv := esdbtest.New(t)
+	s := openStore(t, srv.ConnString(), esdb.Options{RetryTimeout: 200 * time.Millisecond})
+	srv.SetLatency(time.Second)
+	// When an append gives up
+	_, err := s.Append(testContext(t), "contact-1", domain.NoStream(), eventstoretest.Event("E", 1))
+	if !errors.Is(err, esdb.ErrUnavailable) {
+		t.Fatalf("append to a slow server: %v, want ErrUnavailable", err)
+	}
+	// Then the caller's retry at the same expected version lands once,
+	// whether or not the first attempt did
+	srv.SetLatency(0)
+	res := mustAppend(t, s, "contact-1", domain.NoStream(), eventstoretest.Event("E", 1))
+	if res.Version != 1 {
+		t.Fatalf("retry = %+v, want version 1", res)
+	}
+	assertEachOnce(t, srv, s, "contact-1", 1)
+}

@@ -35,7 +35,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("esdb-standin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:2113", "address to listen on (loopback only unless --allow-remote)")
-	data := fs.String("data", "", "append-only file to keep the log in and reload at start (default: memory only)")
+	data := fs.String("data", "", "append-only file to keep the log (with the persistent subscription groups) in, reloaded at start (default: memory only)")
 	maxAppend := fs.Int("max-append-size", esdbtest.DefaultMaxAppendSize, "append size limit in bytes, like the server's MaxAppendSize")
 	allowRemote := fs.Bool("allow-remote", false, "allow a non-loopback --addr (the stand-in has no authentication)")
 	verbose := fs.Bool("v", false, "log every call to standard error")

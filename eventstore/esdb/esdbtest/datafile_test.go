@@ -1,6 +1,7 @@
 package esdbtest_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,5 +85,52 @@ func TestDataFile_NotOurs_ClearError(t *testing.T) {
 	_, err := esdbtest.Start(esdbtest.Options{DataFile: path})
 	if err == nil || !strings.Contains(err.Error(), "not a stand-in data file") {
 		t.Fatalf("err = %v, want a clear error", err)
+	}
+}
+
+func TestDataFile_PersistentGroupsComeBackAfterTheirCheckpoint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "standin.jsonl")
+	srv := startWithFile(t, path)
+	c := newClient(t, srv)
+	createAll(t, c, "kept", func(s *esdb.PersistentSubscriptionSettings) {
+		s.CheckpointLowerBound, s.CheckpointAfter, s.ConsumerStrategyName = 1, 1, esdb.ConsumerStrategyPinned
+	})
+	createAll(t, c, "gone", nil)
+	if err := c.DeletePersistentSubscriptionToAll(ctxFor(t), "gone", esdb.DeletePersistentSubscriptionOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sub := connectAll(t, c, "kept", 10)
+	acked := mustAppend(t, c, "user-1", esdb.NoStream{}, events("A", 2)...).CommitPosition
+	for i := 0; i < 2; i++ {
+		if err := sub.Ack(next(t, sub).Event); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "acks processed", func() bool { return srv.PersistentOutstanding("$all", "kept") == 0 })
+	mustAppend(t, c, "user-1", esdb.Revision(1), event("B")) // delivered, not acked
+	if got := name(next(t, sub)); got != "user-1/2#0" {
+		t.Fatalf("got %s", got)
+	}
+	want := fmt.Sprintf(`"C:%d/P:%d"`, acked, acked)
+	eventually(t, "checkpoint at the last acked event", func() bool {
+		evs, err := readStream(t, c, "$persistentsubscription-$all::kept-checkpoint", esdb.ReadStreamOptions{Direction: esdb.Backwards, From: esdb.End{}}, 1)
+		return err == nil && len(evs) == 1 && string(evs[0].Event.Data) == want
+	})
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	again := startWithFile(t, path)
+	defer again.Close()
+	c2 := newClient(t, again)
+	if err := c2.CreatePersistentSubscriptionToAll(ctxFor(t), "kept", esdb.PersistentAllSubscriptionOptions{}); errCode(err) != esdb.ErrorCodeResourceAlreadyExists {
+		t.Fatalf("re-create after reload: %v, want already exists", err)
+	}
+	if _, err := c2.SubscribeToPersistentSubscriptionToAll(ctxFor(t), "gone", esdb.SubscribeToPersistentSubscriptionOptions{}); errCode(err) != esdb.ErrorCodeResourceNotFound {
+		t.Fatalf("connect to the deleted group after reload: %v, want not found", err)
+	}
+	sub2 := connectAll(t, c2, "kept", 10)
+	if got := name(next(t, sub2)); got != "user-1/2#0" {
+		t.Fatalf("after reload the group delivered %s first, want user-1/2 (the first event after its checkpoint)", got)
 	}
 }

@@ -48,10 +48,11 @@
 //   - Catch-up subscriptions to $all and to a stream: confirmation first, then the events
 //     strictly after the start (a stream's Start means from revision 0), caught_up when it
 //     first reaches the end, then live events. Filtered $all subscriptions (stream name or
-//     event type; prefixes or regex) never show $epoch-information or $persistentsubscription-
-//     streams, and send a checkpoint every window × multiplier events considered (window 32
-//     when the client sends none) plus one at the end of catch-up, at the position of the last
-//     event considered; unfiltered ones send no checkpoints. fell_behind is never sent.
+//     event type; prefixes or regex) never show $epoch-information,
+//     $persistentSubscriptionConfig or $persistentsubscription-* streams, and send a
+//     checkpoint every window × multiplier events considered (window 32 when the client sends
+//     none) plus one at the end of catch-up, at the position of the last event considered;
+//     unfiltered ones send no checkpoints. fell_behind is never sent.
 //   - Persistent subscriptions (Create, Delete, the bidi Read with Ack and Nack) to $all (with an
 //     optional filter) and to a stream: RoundRobin, DispatchToSingle, Pinned (1,024 buckets by
 //     source stream, a free bucket taken by the consumer owning the fewest, waiting if its owner
@@ -71,7 +72,9 @@
 //     CloseConnections, LoseAppendAnswers, Stop/Restart; ForgetEventIDs. Inspection for
 //     tests: Head, StreamLen, Appends, PersistentConsumers, PersistentOutstanding.
 //   - Options.DataFile (the command's --data): the log in an append-only JSON-lines file,
-//     reloaded at Start; a last line cut short by a crash is dropped.
+//     reloaded at Start; a last line cut short by a crash is dropped. Persistent subscription
+//     groups are events too (the set of groups in $persistentSubscriptionConfig, checkpoints
+//     in their streams), so they come back with the log and resume after their checkpoints.
 //
 // # What it does not implement
 //
@@ -94,7 +97,9 @@
 //     checkpoints are only for filtered $all subscriptions; SetLatency delays the start of a
 //     call, not each message of a stream.
 //   - Persistent subscriptions: no statistics, no live/history buffer or read batch sizes, no
-//     extra statistics; ResolveLinkTos only for "$>" links; groups are not kept in the data
-//     file (re-create them after a process restart) and their in-memory state is lost at
-//     Restart like a leader change (resuming from the last checkpoint).
+//     extra statistics; ResolveLinkTos only for "$>" links; the config event's JSON is the
+//     stand-in's own (not the server's PersistentConfig1 format); in-flight state is lost at
+//     Restart like at a leader change (resuming after the last checkpoint). A checkpoint on
+//     $all never points at a system event ($epoch-information, $persistentSubscriptionConfig,
+//     $persistentsubscription-*), which groups on $all pass over without delivering.
 package esdbtest

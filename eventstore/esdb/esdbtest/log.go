@@ -367,5 +367,5 @@ func (l *eventLog) indexAfter(pos uint64, inclusive bool) int {
 // isSystemStream reports the streams the real server hides from filtered $all subscriptions
 // whatever the filter: the epoch stream and the persistent subscriptions' own streams.
 func isHiddenFromFilters(stream string) bool {
-	return stream == epochStream || strings.HasPrefix(stream, "$persistentsubscription-")
+	return stream == epochStream || stream == configStream || strings.HasPrefix(stream, "$persistentsubscription-")
 }

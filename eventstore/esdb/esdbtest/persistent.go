@@ -85,6 +85,8 @@ type group struct {
 	name     string
 	settings groupSettings
 	filter   *filter // $all only; nil: every event but the hidden streams
+	// filterSpec is the filter as created, kept in the config event.
+	filterSpec *filterConfig
 
 	mu          sync.Mutex
 	start       int64 // first seq to read when there is no checkpoint
@@ -163,6 +165,13 @@ func (p *persistentSubs) restart() {
 
 func groupKey(stream, name string) string { return stream + "::" + name }
 
+// newGroup is a group with no consumers and no checkpoint; callers set its start and cursor.
+func newGroup(p *persistentSubs, stream, name string, settings groupSettings) *group {
+	return &group{ps: p, stream: stream, name: name, key: groupKey(stream, name), settings: settings,
+		checkpoint: -1, lastCP: time.Now(), inflight: make(map[uuid.UUID][]*pmsg),
+		kick: make(chan struct{}, 1), deleted: make(chan struct{})}
+}
+
 type persistentService struct {
 	persistent.UnimplementedPersistentSubscriptionsServer
 	s *Server
@@ -179,8 +188,7 @@ func (ps *persistentService) Create(ctx context.Context, req *persistent.CreateR
 	if err != nil {
 		return nil, err
 	}
-	g := &group{ps: p, name: o.GetGroupName(), settings: settings, checkpoint: -1,
-		inflight: make(map[uuid.UUID][]*pmsg), kick: make(chan struct{}, 1), deleted: make(chan struct{})}
+	g := newGroup(p, "", o.GetGroupName(), settings)
 
 	l := ps.s.log
 	l.mu.Lock()
@@ -206,6 +214,7 @@ func (ps *persistentService) Create(ctx context.Context, req *persistent.CreateR
 				l.mu.Unlock()
 				return nil, err
 			}
+			g.filterSpec = &filterConfig{OnEventType: onType, Prefixes: expr.GetPrefix(), Regex: expr.GetRegex()}
 		}
 	default:
 		var name string
@@ -235,7 +244,6 @@ func (ps *persistentService) Create(ctx context.Context, req *persistent.CreateR
 	l.mu.Unlock()
 	g.cursor = g.start
 	g.key = groupKey(g.stream, g.name)
-	g.lastCP = time.Now()
 
 	p.mu.Lock()
 	if _, ok := p.groups[g.key]; ok {
@@ -243,6 +251,7 @@ func (ps *persistentService) Create(ctx context.Context, req *persistent.CreateR
 		return nil, status.Errorf(codes.AlreadyExists, "Subscription group %s on stream %s already exists.", g.name, g.stream)
 	}
 	p.groups[g.key] = g
+	p.writeConfigLocked()
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go g.run(p.ctx)
@@ -311,7 +320,10 @@ func (ps *persistentService) Delete(ctx context.Context, req *persistent.DeleteR
 	key := groupKey(stream, o.GetGroupName())
 	p.mu.Lock()
 	g, ok := p.groups[key]
-	delete(p.groups, key)
+	if ok {
+		delete(p.groups, key)
+		p.writeConfigLocked()
+	}
 	p.mu.Unlock()
 	if !ok {
 		return nil, notExists(ctx, nil, stream, o.GetGroupName())
@@ -881,6 +893,14 @@ func (g *group) writeCheckpoint(seq int64) {
 	var data []byte
 	if g.stream == allStreamName {
 		if seq >= int64(len(l.all)) {
+			return
+		}
+		// Point at the last event the group could deliver, not at a system event passed over
+		// (such as its own checkpoints): resuming after it is the same.
+		for k := 0; k < 100_000 && seq >= g.start && isHiddenFromFilters(l.all[seq].stream); k++ {
+			seq--
+		}
+		if seq < g.start || isHiddenFromFilters(l.all[seq].stream) {
 			return
 		}
 		p := l.all[seq].pos

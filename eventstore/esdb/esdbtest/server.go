@@ -49,7 +49,8 @@ type Options struct {
 	// AllowRemote permits a non-loopback Addr (the command's --allow-remote).
 	AllowRemote bool
 	// DataFile, if set, keeps the log in this append-only file (JSON lines) and reloads it at
-	// Start; persistent subscription groups and the id cache are not kept. Default: memory only.
+	// Start, with the persistent subscription groups (resuming after their checkpoints); the
+	// id cache starts empty, as after a real node's restart. Default: memory only.
 	DataFile string
 }
 
@@ -104,11 +105,16 @@ func Start(opts Options) (*Server, error) {
 		if err := s.log.openFile(opts.DataFile); err != nil {
 			return nil, err
 		}
+		if err := s.ps.load(); err != nil {
+			s.ps.close()
+			return nil, errors.Join(err, s.log.closeFile())
+		}
 	}
 	s.log.mu.Lock()
 	s.log.writeEpochLocked()
 	s.log.mu.Unlock()
 	if err := s.listen(opts.Addr); err != nil {
+		s.ps.close()
 		return nil, errors.Join(err, s.log.closeFile())
 	}
 	return s, nil

@@ -2,6 +2,7 @@ package esdbtest_test
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -323,5 +324,36 @@ func TestReadStream_NotFoundAndDeleted(t *testing.T) {
 	}
 	if _, err := c.AppendToStream(ctxFor(t), "hard", esdb.AppendToStreamOptions{}, event("H")); errCode(err) != esdb.ErrorCodeStreamDeleted {
 		t.Fatalf("append to tombstoned stream: %v, want stream deleted", err)
+	}
+}
+
+func TestAppend_AnyRetry_PartlyWrittenBatch_IsRefused(t *testing.T) {
+	srv := esdbtest.New(t)
+	c := newClient(t, srv)
+	batch := events("B", 2)
+	mustAppend(t, c, "partial", esdb.Any{}, batch...)
+	changed := []esdb.EventData{batch[0], event("B")}
+	_, err := c.AppendToStream(ctxFor(t), "partial", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Any{}}, changed...)
+	if errCode(err) != esdb.ErrorCodeWrongExpectedVersion || srv.StreamLen("partial") != 2 {
+		t.Fatalf("retry with the first id known and the second new: %v, %d events; want wrong expected version and 2", err, srv.StreamLen("partial"))
+	}
+}
+
+func TestSubscribeToStream_AfterSoftDelete_OnlyTheRecreatedEvents(t *testing.T) {
+	srv := esdbtest.New(t)
+	c := newClient(t, srv)
+	mustAppend(t, c, "re", esdb.NoStream{}, events("Old", 2)...)
+	if _, err := c.DeleteStream(ctxFor(t), "re", esdb.DeleteStreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, c, "re", esdb.NoStream{}, event("New"))
+	sub, err := c.SubscribeToStream(ctxFor(t), "re", esdb.SubscribeToStreamOptions{From: esdb.Start{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	got := collect(t, sub, caughtUp)
+	if fmt.Sprint(got.items) != "[E:re/2 U]" {
+		t.Fatalf("delivered %v, want only re/2", got.items)
 	}
 }

@@ -43,6 +43,11 @@ func ContactIDFromStream(stream string) (ContactID, bool) {
 // WebhookStream names the stream of a webhook that names no valid contact.
 func WebhookStream(webhookID string) string { return "webhook-" + webhookID }
 
+// StreamPrefixes lists the name prefixes of every stream usersync writes
+// (contact-, webhook-, email-, login-): an event store shared with other
+// applications reads back only the streams that start with one of them.
+func StreamPrefixes() []string { return []string{"contact-", "webhook-", "email-", "login-"} }
+
 // EmailStream names the reservation stream that keeps an email address
 // unique across users. The key is the address in lower case.
 func EmailStream(email string) string { return "email-" + EmailKey(email) }

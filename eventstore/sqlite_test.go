@@ -37,21 +37,21 @@ func openAt(t *testing.T, path string, opts ...eventstore.Option) *eventstore.SQ
 
 func TestSQLiteConformance(t *testing.T) {
 	t.Parallel()
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+	eventstoretest.Run(t, eventstoretest.Features{DensePositions: true}, func(t *testing.T) eventstore.Store {
 		return openAt(t, filepath.Join(t.TempDir(), "events.db"))
 	})
 }
 
 func TestSQLiteConformanceSQLiteSync(t *testing.T) {
 	t.Parallel()
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+	eventstoretest.Run(t, eventstoretest.Features{DensePositions: true}, func(t *testing.T) eventstore.Store {
 		return openAt(t, filepath.Join(t.TempDir(), "events.db"), eventstore.WithSQLiteSync())
 	})
 }
 
 func TestSQLiteRestart(t *testing.T) {
 	t.Parallel()
-	eventstoretest.RunRestart(t, func(t *testing.T, dir string) eventstore.Store {
+	eventstoretest.RunRestart(t, eventstoretest.Features{DensePositions: true}, func(t *testing.T, dir string) eventstore.Store {
 		return openAt(t, filepath.Join(dir, "DATA", "events.db"))
 	})
 }

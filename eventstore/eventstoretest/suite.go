@@ -3,7 +3,9 @@
 // what survives closing and reopening a store.
 //
 // Positions must be strictly increasing; the suite does not require them to
-// be dense (an adapter may leave gaps).
+// be dense (an adapter may leave gaps): unless Features.DensePositions says
+// so, a position is only an ordered, opaque checkpoint that the suite gets
+// from the store and hands back, never one it computes.
 package eventstoretest
 
 import (
@@ -21,10 +23,24 @@ import (
 // timeout bounds every wait of the suite; nothing should come near it.
 const timeout = 20 * time.Second
 
+// Features says what differs between adapters, so that every check holds
+// for each (Watermill's pubsub/tests style).
+type Features struct {
+	// DensePositions: positions are 1, 2, 3, … without gaps (the embedded
+	// and the in-memory stores). When false the suite passes the store only
+	// positions it returned (or 0), and checks order, not arithmetic.
+	DensePositions bool
+	// Restart, when set, is called by RunRestart between closing a store
+	// and opening it again, for adapters over a server: it restarts the
+	// server (keeping its data), so that what survives is checked across a
+	// server restart too, not only a new client.
+	Restart func(t *testing.T)
+}
+
 // Run runs the conformance suite. open must return a fresh, empty store
 // for each call; the suite closes it (and open may register a cleanup that
 // closes it again: Close must be idempotent).
-func Run(t *testing.T, open func(t *testing.T) eventstore.Store) {
+func Run(t *testing.T, f Features, open func(t *testing.T) eventstore.Store) {
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s eventstore.Store)
@@ -38,9 +54,9 @@ func Run(t *testing.T, open func(t *testing.T) eventstore.Store) {
 		{"ReadStreamFrom", testReadStreamFrom},
 		{"ReadStreamFromAfterAppend", testReadStreamFromAfterAppend},
 		{"ReadStreamFromClosedOrCancelled", testReadStreamFromClosedOrCancelled},
-		{"ReadAllPaging", testReadAllPaging},
+		{"ReadAllPaging", func(t *testing.T, s eventstore.Store) { testReadAllPaging(t, s, f) }},
 		{"Head", testHead},
-		{"ReadAfterWrite", testReadAfterWrite},
+		{"ReadAfterWrite", func(t *testing.T, s eventstore.Store) { testReadAfterWrite(t, s, f) }},
 		{"ConcurrentSameExpectedVersion", testConcurrentSameVersion},
 		{"ConcurrentStreams", testConcurrentStreams},
 		{"SubscribeCatchUpThenLive", testSubscribeCatchUpLive},
@@ -67,7 +83,7 @@ func Run(t *testing.T, open func(t *testing.T) eventstore.Store) {
 // RunRestart checks that a store keeps its events across Close and a new
 // open of the same dir: open(t, dir) opens the store kept in dir (creating
 // it when dir is empty).
-func RunRestart(t *testing.T, open func(t *testing.T, dir string) eventstore.Store) {
+func RunRestart(t *testing.T, f Features, open func(t *testing.T, dir string) eventstore.Store) {
 	t.Run("PositionsAndVersionsSurvive", func(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
@@ -85,6 +101,9 @@ func RunRestart(t *testing.T, open func(t *testing.T, dir string) eventstore.Sto
 		}
 		if err := s.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
+		}
+		if f.Restart != nil {
+			f.Restart(t)
 		}
 
 		s = open(t, dir)
@@ -121,6 +140,9 @@ func RunRestart(t *testing.T, open func(t *testing.T, dir string) eventstore.Sto
 		s := open(t, dir)
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
+		}
+		if f.Restart != nil {
+			f.Restart(t)
 		}
 		s = open(t, dir)
 		defer s.Close()

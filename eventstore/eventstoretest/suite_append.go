@@ -195,7 +195,7 @@ func testMissingStream(t *testing.T, s eventstore.Store) {
 	}
 }
 
-func testReadAllPaging(t *testing.T, s eventstore.Store) {
+func testReadAllPaging(t *testing.T, s eventstore.Store, f Features) {
 	ctx := testContext(t)
 	if evs, err := s.ReadAll(ctx, 0, 10); err != nil || len(evs) != 0 {
 		t.Fatalf("ReadAll on an empty store = %v, %v", evs, err)
@@ -223,8 +223,11 @@ func testReadAllPaging(t *testing.T, s eventstore.Store) {
 	if evs, err := s.ReadAll(ctx, last, 10); err != nil || len(evs) != 0 {
 		t.Fatalf("ReadAll after the last position = %v, %v", evs, err)
 	}
-	if evs, err := s.ReadAll(ctx, last+1000, 10); err != nil || len(evs) != 0 {
-		t.Fatalf("ReadAll past the end = %v, %v", evs, err)
+	if f.DensePositions {
+		// Only a dense store knows that last+1000 is past its end.
+		if evs, err := s.ReadAll(ctx, last+1000, 10); err != nil || len(evs) != 0 {
+			t.Fatalf("ReadAll past the end = %v, %v", evs, err)
+		}
 	}
 	// Large pages work too.
 	big, err := s.ReadAll(ctx, 0, 1<<20)
@@ -248,13 +251,14 @@ func testHead(t *testing.T, s eventstore.Store) {
 	}
 }
 
-func testReadAfterWrite(t *testing.T, s eventstore.Store) {
+func testReadAfterWrite(t *testing.T, s eventstore.Store, f Features) {
 	ctx := testContext(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for w := range 8 {
 		wg.Go(func() {
 			stream := fmt.Sprintf("raw-%d", w)
+			var prev uint64 // this writer's previous position
 			for i := range 12 {
 				res, err := s.Append(ctx, stream, domain.ExactVersion(uint64(i)), Event("E", i))
 				if err != nil {
@@ -270,15 +274,29 @@ func testReadAfterWrite(t *testing.T, s eventstore.Store) {
 					errs <- fmt.Errorf("%s: after append %+v ReadStream has %d events", stream, res, len(evs))
 					return
 				}
-				page, err := s.ReadAll(ctx, res.Position-1, 1)
+				if f.DensePositions {
+					page, err := s.ReadAll(ctx, res.Position-1, 1)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if len(page) != 1 || page[0].Position != res.Position || page[0].Stream != stream {
+						errs <- fmt.Errorf("%s: after append %+v ReadAll returned %v", stream, res, page)
+						return
+					}
+				}
+				// Whatever the positions, the event is in the log after this
+				// writer's previous one.
+				page, err := s.ReadAll(ctx, prev, 1000)
 				if err != nil {
 					errs <- err
 					return
 				}
-				if len(page) != 1 || page[0].Position != res.Position || page[0].Stream != stream {
-					errs <- fmt.Errorf("%s: after append %+v ReadAll returned %v", stream, res, page)
+				if !containsAt(page, stream, res.Position) {
+					errs <- fmt.Errorf("%s: after append %+v ReadAll(%d) does not hold it (%d events)", stream, res, prev, len(page))
 					return
 				}
+				prev = res.Position
 				h, err := s.Head(ctx)
 				if err != nil || h < res.Position {
 					errs <- fmt.Errorf("Head = %d, %v after an append at %d", h, err, res.Position)
@@ -408,4 +426,14 @@ func testCancelledContext(t *testing.T, s eventstore.Store) {
 	if all := readAll(t, s, 0); len(all) != 0 {
 		t.Fatalf("cancelled append wrote %d events", len(all))
 	}
+}
+
+// containsAt reports whether evs holds an event of stream at position pos.
+func containsAt(evs []domain.RecordedEvent, stream string, pos uint64) bool {
+	for _, e := range evs {
+		if e.Position == pos && e.Stream == stream {
+			return true
+		}
+	}
+	return false
 }

@@ -20,7 +20,7 @@ func testContext(t *testing.T) context.Context {
 
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+	eventstoretest.Run(t, eventstoretest.Features{DensePositions: true}, func(t *testing.T) eventstore.Store {
 		s := memory.New()
 		t.Cleanup(func() { s.Close() })
 		return s

@@ -92,6 +92,13 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	}
 	notRecorded := func(err error) {
 		rep.Outcome, rep.Err = outcomeFailed, err
+		if errors.Is(err, domain.ErrStorageUnavailable) {
+			// The event store is unreachable or its disk is full: it
+			// passes, so the sender is told to come back.
+			w.Header().Set("Retry-After", "30")
+			reply(nethttp.StatusServiceUnavailable, webhookAnswer{Message: "the event store cannot record webhooks right now, this one was not recorded; FunnelKit should send it again", WebhookID: id})
+			return
+		}
 		reply(nethttp.StatusInternalServerError, webhookAnswer{Message: "could not record the webhook; FunnelKit should send it again", WebhookID: id})
 	}
 	// Answers decided here, before processing, are recorded with the webhook.

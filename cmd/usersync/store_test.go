@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,29 +137,69 @@ func TestServe_StoreFlag(t *testing.T) {
 	})
 }
 
-// TestServe_ESDBNotBuilt: until the adapter is wired in, --store esdb://
-// refuses to start with a clear error naming the address, not the
-// password; nothing pretends to work.
-func TestServe_ESDBNotBuilt(t *testing.T) {
-	sim, u := newSim(t)
-	_ = sim
-	cfg := testConfig(t.TempDir(), u)
-	cfg.Store = "esdb://admin:hunter2@127.0.0.1:1?tls=false"
-	a, err := startApp(context.Background(), cfg, newLogger("json", "info", io.Discard), io.Discard)
-	if err == nil {
-		_ = a.shutdown()
-		t.Fatal("serve started on a store that is not built in")
+// TestServe_ESDBUnreachable: serve on an EventStoreDB that refuses
+// connections, or that accepts them and never answers (the client's own
+// discovery would wait ~51 s there, ignoring the context), fails its start
+// within 15 s with an error naming the address, never the password.
+func TestServe_ESDBUnreachable(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	msg := err.Error()
-	if !errors.Is(err, errESDBNotBuilt) || !strings.Contains(msg, "127.0.0.1:1") || strings.Contains(msg, "hunter2") {
-		t.Fatalf("startApp: %v", err)
+	t.Cleanup(func() { silent.Close() })
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for _, addr := range []string{"127.0.0.1:1", silent.Addr().String()} {
+		t.Run(addr, func(t *testing.T) {
+			t.Parallel()
+			_, u := newSim(t)
+			cfg := testConfig(t.TempDir(), u)
+			cfg.Store = "esdb://admin:hunter2@" + addr + "?tls=false"
+			done := make(chan error, 1)
+			go func() {
+				a, err := startApp(context.Background(), cfg, newLogger("json", "info", io.Discard), io.Discard)
+				if err == nil {
+					_ = a.shutdown()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("serve started on an unreachable store")
+				}
+				if msg := err.Error(); !strings.Contains(msg, addr) || strings.Contains(msg, "hunter2") {
+					t.Fatalf("startApp: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("serve did not give up on an unreachable store within 15 s")
+			}
+		})
 	}
 }
 
 // TestRebuildAndParked_TakeStore: rebuild and parked take --store as
 // serve does: a bad value is refused naming the flag; an EventStoreDB
 // store needs no events.db under --data (parked reads only views.db), and
-// rebuild on it says the store is not built in.
+// rebuild on one that is unreachable names it.
 func TestRebuildAndParked_TakeStore(t *testing.T) {
 	dir := t.TempDir()
 	views, err := projections.Open(context.Background(), filepath.Join(dir, "views.db"))
@@ -174,7 +216,7 @@ func TestRebuildAndParked_TakeStore(t *testing.T) {
 		{[]string{"parked", "--data", dir, "--store", "redis://:hunter2@h"}, 1, "unknown scheme"},
 		{[]string{"parked", "--data", dir, "--store", "esdb://admin:hunter2@127.0.0.1:1"}, 0, "no parked events"},
 		{[]string{"parked", "--data", t.TempDir(), "--store", "esdb://127.0.0.1:1"}, 1, "no views.db"},
-		{[]string{"rebuild", "--data", dir, "--store", "esdb://admin:hunter2@127.0.0.1:1"}, 1, "store esdb is not built into this binary"},
+		{[]string{"rebuild", "--data", dir, "--store", "esdb://admin:hunter2@127.0.0.1:1?tls=false"}, 1, "127.0.0.1:1"},
 	} {
 		t.Run(strings.Join(tt.args[:1], " ")+" "+tt.mentions, func(t *testing.T) {
 			var out, errb bytes.Buffer

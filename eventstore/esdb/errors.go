@@ -19,8 +19,11 @@ var (
 	// could not reach the server: it did not answer within the connect
 	// timeout, or transport errors went on for Options.RetryTimeout. The
 	// call may be tried again later; an append may or may not have landed
-	// (retrying it at the same expected version is safe).
-	ErrUnavailable = errors.New("event store unavailable")
+	// (retrying it at the same expected version is safe). It also matches
+	// domain.ErrStorageUnavailable, so that usersync treats it as the
+	// embedded store's full disk: a webhook it stops is answered 503, and a
+	// process manager retries it rather than parking the event.
+	ErrUnavailable error = unavailableError{}
 	// ErrTooLarge is matched by the error of an append over
 	// Options.MaxAppendSize; it also matches eventstore.ErrInvalid.
 	ErrTooLarge = errors.New("append too large for the server")
@@ -190,3 +193,10 @@ func password(connString string) string {
 	_, pw, _ := strings.Cut(authority[:at], ":")
 	return pw
 }
+
+// unavailableError is ErrUnavailable: its own sentinel, that also matches
+// domain.ErrStorageUnavailable.
+type unavailableError struct{}
+
+func (unavailableError) Error() string        { return "event store unavailable" }
+func (unavailableError) Is(target error) bool { return target == domain.ErrStorageUnavailable }

@@ -98,6 +98,7 @@ func testConfig(dir, simURL string) *serveConfig {
 func start(t *testing.T, dir string, sim *simulator.Simulator, simURL string, change ...func(*serveConfig)) *harness {
 	t.Helper()
 	cfg := testConfig(dir, simURL)
+	cfg.Store = testStore(t, dir)
 	for _, f := range change {
 		f(cfg)
 	}

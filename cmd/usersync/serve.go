@@ -478,7 +478,7 @@ func (a *app) recoverOnce(ctx context.Context) error {
 // has its reserve, and the views are close to the head. FunnelKit being
 // down does not make it unready: webhooks are still recorded.
 func (a *app) ready(ctx context.Context) error {
-	if err := a.store.ping(ctx); err != nil {
+	if err := a.store.checkPing(ctx); err != nil {
 		return fmt.Errorf("event store unreachable: %w", a.store.redact(err))
 	}
 	if err := a.disk.check(ctx); err != nil {

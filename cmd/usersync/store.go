@@ -206,7 +206,7 @@ type storeHandle struct {
 
 // up is nil when the store answers and can take appends.
 func (h storeHandle) up(ctx context.Context) error {
-	if err := h.ping(ctx); err != nil {
+	if err := h.checkPing(ctx); err != nil {
 		return fmt.Errorf("event store unreachable: %w", h.redact(err))
 	}
 	if h.writable != nil {
@@ -215,6 +215,17 @@ func (h storeHandle) up(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// pingTimeout bounds the store check of /readyz and of the metrics, so
+// that a probe gets its answer in time (a load balancer's is often 2–5 s).
+const pingTimeout = 2 * time.Second
+
+// checkPing is ping within pingTimeout.
+func (h storeHandle) checkPing(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	return h.ping(ctx)
 }
 
 // redact takes the connection string's secrets out of err.

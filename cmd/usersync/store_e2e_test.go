@@ -207,3 +207,42 @@ func readyzWithin(t *testing.T, base string) (int, string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestESDB_LostWhileRunning: EventStoreDB goes away under a running
+// usersync: a webhook that cannot be recorded is answered 503 with a
+// message (never 200), /readyz says the store is unreachable; once it is
+// back, webhooks are recorded and processed again and the one acknowledged
+// before the loss is there.
+func TestESDB_LostWhileRunning(t *testing.T) {
+	if os.Getenv(testStoreEnv) != "" {
+		t.Skip("starts its own stand-in")
+	}
+	t.Parallel()
+	sim, u := newSim(t)
+	srv := esdbtest.New(t)
+	h := start(t, t.TempDir(), sim, u, func(c *serveConfig) { c.Store = srv.ConnString() })
+	before := h.send("get", hook("add", "1"))
+	if before.Code != 200 {
+		t.Fatalf("add before the loss: %+v", before)
+	}
+
+	srv.SetUnavailable(true)
+	a := h.send("get", hook("update_tags", "1"))
+	if a.Code != 503 || a.Success || !strings.Contains(a.Message, "not recorded") {
+		t.Fatalf("a webhook while the store is unreachable: %+v", a)
+	}
+	if code, reason := readyz(t, h.base); code != 503 || !strings.Contains(reason, "event store unreachable") || !strings.Contains(reason, srv.Addr()) {
+		t.Fatalf("/readyz while the store is unreachable: %d %q", code, reason)
+	}
+
+	srv.SetUnavailable(false)
+	if code, reason := readyzWithin(t, h.base); code != 200 {
+		t.Fatalf("/readyz once the store is back: %d %q", code, reason)
+	}
+	if a := h.send("form", hook("update_tags", "1")); a.Code != 200 {
+		t.Fatalf("a webhook once the store is back: %+v", a)
+	}
+	if r := h.receipt(before.WebhookID); r.Status != "processed" {
+		t.Fatalf("the webhook acknowledged before the loss: %+v", r)
+	}
+}

@@ -164,8 +164,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	// The views apply events in batches, all four in one transaction.
-	views := []pipeline.BatchConsumer{a.views.Batch()}
+	// The views apply events in batches, all four in one transaction; far
+	// behind the log at the start (no views.db), they are first built aside
+	// at rebuild speed and swapped in.
+	views := []pipeline.BatchConsumer{a.views.CatchUpBatch(projections.CatchUp{Log: a.store})}
 	if cfg.wrapViews != nil {
 		for i, v := range views {
 			views[i] = cfg.wrapViews(v)

@@ -40,6 +40,17 @@ type catchUp struct {
 	cfg     CatchUp
 	mu      sync.Mutex
 	decided bool
+	// done is closed once decided is set.
+	done chan struct{}
+}
+
+// decide records that the first batch was decided (and any rebuild aside
+// ended).
+func (c *catchUp) decide() {
+	if !c.decided {
+		c.decided = true
+		close(c.done)
+	}
 }
 
 // CatchUpBatch is Batch with cu: the first batch it is handed decides
@@ -51,7 +62,7 @@ func (v *Views) CatchUpBatch(cu CatchUp) BatchConsumer {
 	if cu.ProgressEvery <= 0 {
 		cu.ProgressEvery = 5 * time.Second
 	}
-	return BatchConsumer{v: v, cu: &catchUp{cfg: cu}}
+	return BatchConsumer{v: v, cu: &catchUp{cfg: cu, done: make(chan struct{})}}
 }
 
 // farBehind reports whether views at from are to be rebuilt aside to catch
@@ -81,7 +92,7 @@ func (c *catchUp) before(ctx context.Context, v *Views) error {
 		return fmt.Errorf("views: read the log's head: %w", err)
 	}
 	if !farBehind(from, head, c.cfg.MinBehind) {
-		c.decided = true
+		c.decide()
 		return nil
 	}
 	v.log.Info("views far behind the event log: building them aside at rebuild speed; the current views serve reads until they are swapped in",
@@ -103,11 +114,11 @@ func (c *catchUp) before(ctx context.Context, v *Views) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("views: build aside: %w", ctx.Err())
 		}
-		c.decided = true
+		c.decide()
 		v.log.Warn("building the views aside failed: they catch up batch by batch instead", "err", err)
 		return nil
 	}
-	c.decided = true
+	c.decide()
 	v.log.Info("views built aside and swapped in; they follow the log from here",
 		"position", st.Position, "events", st.Events, "parked", st.Parked, "took", st.Duration.Round(time.Millisecond).String(),
 		"events_per_second", int64(float64(st.Events)/st.Duration.Seconds()))
@@ -122,4 +133,35 @@ func (c *catchUp) before(ctx context.Context, v *Views) error {
 			"process", m.Name, "position", m.From, "resumes_from", m.To)
 	}
 	return nil
+}
+
+// WaitAside waits while the views are being built aside, or are far
+// enough behind to be once their first batch comes (see CatchUp), until
+// that is over or ctx is done. It returns at once for views that are not,
+// and for a BatchConsumer made by Batch. A process manager that is far
+// behind the log too waits on it, so that the two catch-ups do not share
+// the cores: the views' decides when usersync is ready.
+func (c BatchConsumer) WaitAside(ctx context.Context) error {
+	if c.cu == nil {
+		return nil
+	}
+	select {
+	case <-c.cu.done:
+		return nil
+	default:
+	}
+	from, _ := c.v.LowestPosition(ctx)
+	head, err := c.cu.cfg.Log.Head(ctx)
+	if err != nil {
+		return fmt.Errorf("views: read the log's head: %w", err)
+	}
+	if !farBehind(from, head, c.cu.cfg.MinBehind) {
+		return nil
+	}
+	select {
+	case <-c.cu.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -365,3 +365,58 @@ func TestCatchUpBatch_KilledWhileBuildingAside_TheNextStartCompletesThem(t *test
 		})
 	}
 }
+
+func TestWaitAside_WaitsOnlyWhileFarBehindViewsAreBuiltAside(t *testing.T) {
+	// Given a store whose views file was lost, and views far behind it.
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, head := catchUpStore(t, dir)
+	store := storeAt(t, dir)
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer views.Close()
+	c := views.CatchUpBatch(projections.CatchUp{Log: store, MinBehind: 1})
+
+	// When a process manager waits on them.
+	waited := make(chan error, 1)
+	go func() { waited <- c.WaitAside(ctx) }()
+
+	// Then it waits until their first batch has built them aside.
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitAside returned (%v) before the views were built", err)
+	default:
+	}
+	first, err := store.ReadAll(ctx, 0, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.HandleBatch(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	deadline, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-deadline.Done():
+		t.Fatal("WaitAside still waiting after the views were built")
+	}
+	if pos, _ := c.Position(ctx); pos != head {
+		t.Fatalf("views at %d, want %d", pos, head)
+	}
+
+	// And views near the head, or fed by Batch, never make it wait.
+	for name, bc := range map[string]projections.BatchConsumer{
+		"caught up": views.CatchUpBatch(projections.CatchUp{Log: store, MinBehind: 1}),
+		"Batch":     views.Batch(),
+	} {
+		if err := bc.WaitAside(deadline); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -55,6 +55,22 @@ func readyz(t *testing.T, base string) (int, string) {
 }
 
 func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) {
+	tests := []struct {
+		name string
+		// minBehind is how far behind the views are built aside (0: the
+		// default, far more than this store has).
+		minBehind uint64
+		aside     bool
+	}{
+		{name: "batch by batch"},
+		{name: "built aside", minBehind: 1, aside: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { startOverMissingViews(t, tt.minBehind, tt.aside) })
+	}
+}
+
+func startOverMissingViews(t *testing.T, minBehind uint64, aside bool) {
 	// Given a store with a user and a few thousand events, and no views.
 	sim, u := newSim(t)
 	dir := t.TempDir()
@@ -101,6 +117,7 @@ func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) 
 	release := make(chan struct{})
 	h = start(t, dir, sim, u, func(c *serveConfig) {
 		c.wrapViews = func(b pipeline.BatchConsumer) pipeline.BatchConsumer { return heldViews{b, release} }
+		c.catchUpMinBehind = minBehind
 	})
 
 	// Then it has started, answers not ready with how far behind, and
@@ -124,6 +141,11 @@ func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) 
 	h.eventually("the webhook recorded while catching up to be processed", func() bool {
 		return h.receipt(a.WebhookID).Status == projections.WebhookProcessed
 	})
+	if aside {
+		h.eventually("the views built aside", func() bool { return strings.Contains(h.logs.String(), "views built aside and swapped in") })
+	} else if strings.Contains(h.logs.String(), "building them aside") {
+		t.Error("built aside a store this small")
+	}
 }
 
 // gate is the views as afterViews sees them: WaitAside blocks until open

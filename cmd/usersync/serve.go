@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -167,7 +168,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	// The views apply events in batches, all four in one transaction; far
 	// behind the log at the start (no views.db), they are first built aside
 	// at rebuild speed and swapped in.
-	viewsBatch := a.views.CatchUpBatch(projections.CatchUp{Log: a.store})
+	minBehind := cmp.Or(cfg.catchUpMinBehind, projections.DefaultCatchUpMinBehind)
+	viewsBatch := a.views.CatchUpBatch(projections.CatchUp{Log: a.store, MinBehind: minBehind})
 	views := []pipeline.BatchConsumer{viewsBatch}
 	if cfg.wrapViews != nil {
 		for i, v := range views {
@@ -183,7 +185,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	// A process manager as far behind as the views waits while they are
 	// built aside (afterViews).
 	held := func(c pipeline.Consumer) pipeline.Consumer {
-		return &afterViews{Consumer: c, views: viewsBatch, head: a.store.Head, minBehind: projections.DefaultCatchUpMinBehind}
+		return &afterViews{Consumer: c, views: viewsBatch, head: a.store.Head, minBehind: minBehind}
 	}
 	consumers, processes[welcomer.Name()] = append(consumers, acting{held(welcomer), domain.TypeUserCreated}), welcomer
 	if policy.PasswordField != "" {

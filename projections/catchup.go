@@ -17,17 +17,19 @@ const DefaultCatchUpMinBehind = 100_000
 // speed (Rebuild: bulk settings, readers' indexes made after the load) and
 // swapped in, instead of being brought up batch by batch through the live
 // file (write-ahead log, every index kept up to date row by row, a
-// transaction per batch), which is two to three times slower. Readers keep
-// the old views until the swap; the process managers go on meanwhile from
-// their own checkpoints (Rebuild carries them over at the swap).
+// transaction per batch), which is about half as fast. Readers keep the
+// old views until the swap. The process managers keep their own
+// checkpoints (Rebuild carries them over at the swap); one as far behind
+// as the views may wait for the swap (WaitAside) rather than share the
+// cores with the rebuild.
 type CatchUp struct {
 	// Log is the event log a rebuild reads. Required.
 	Log EventLog
 	// MinBehind is how many events the views must be behind the head for
 	// a rebuild aside; 0 means DefaultCatchUpMinBehind. They must also be
 	// behind by at least half the log: a rebuild reads the whole log, the
-	// live path only what is missing, and the rebuild is less than twice
-	// as fast as that.
+	// live path only what is missing, and the rebuild is about twice as
+	// fast (2.2× in docs/benchmarks.md).
 	MinBehind uint64
 	// ProgressEvery is how often the rebuild's progress is logged (to
 	// WithLogger's logger); 0 means 5 s.
@@ -138,9 +140,9 @@ func (c *catchUp) before(ctx context.Context, v *Views) error {
 // WaitAside waits while the views are being built aside, or are far
 // enough behind to be once their first batch comes (see CatchUp), until
 // that is over or ctx is done. It returns at once for views that are not,
-// and for a BatchConsumer made by Batch. A process manager that is far
-// behind the log too waits on it, so that the two catch-ups do not share
-// the cores: the views' decides when usersync is ready.
+// and for a BatchConsumer made by Batch. serve has a process manager that
+// is far behind too wait on it, so that the two catch-ups do not share
+// the cores: the views' catch-up is what /readyz waits for.
 func (c BatchConsumer) WaitAside(ctx context.Context) error {
 	if c.cu == nil {
 		return nil

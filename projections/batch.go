@@ -265,10 +265,15 @@ func (v *Views) LowestPosition(context.Context) (uint64, error) {
 // BatchConsumer is the views as one consumer of the log, fed in batches:
 // Name, Position and HandleBatch. (Views itself keeps Position(name), the
 // checkpoint of one view.)
-type BatchConsumer struct{ v *Views }
+type BatchConsumer struct {
+	v *Views
+	// cu, when set, may rebuild the views aside before the first batch
+	// (CatchUpBatch).
+	cu *catchUp
+}
 
 // Batch returns the views as a batch consumer of the log.
-func (v *Views) Batch() BatchConsumer { return BatchConsumer{v} }
+func (v *Views) Batch() BatchConsumer { return BatchConsumer{v: v} }
 
 // Name is "views".
 func (c BatchConsumer) Name() string { return c.v.Name() }
@@ -280,8 +285,15 @@ func (c BatchConsumer) Names() []string { return c.v.Names() }
 // Position is the lowest checkpoint of the views.
 func (c BatchConsumer) Position(ctx context.Context) (uint64, error) { return c.v.LowestPosition(ctx) }
 
-// HandleBatch is Views.HandleBatch.
+// HandleBatch is Views.HandleBatch; from CatchUpBatch, the first batch is
+// preceded by a rebuild aside if the views are far behind (the batch's
+// events it covers are then skipped, and Position is beyond the batch).
 func (c BatchConsumer) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
+	if c.cu != nil {
+		if err := c.cu.before(ctx, c.v); err != nil {
+			return nil, err
+		}
+	}
 	return c.v.HandleBatch(ctx, recs)
 }
 

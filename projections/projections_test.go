@@ -45,6 +45,13 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // feeds the views.
 func start(t *testing.T, dir string, opts ...projections.Option) *env {
 	t.Helper()
+	return startWith(t, dir, func(v *projections.Views, _ *eventstore.SQLite) projections.BatchConsumer { return v.Batch() }, opts...)
+}
+
+// startWith is start with the views fed as consumer makes them a consumer
+// of the log.
+func startWith(t *testing.T, dir string, consumer func(*projections.Views, *eventstore.SQLite) projections.BatchConsumer, opts ...projections.Option) *env {
+	t.Helper()
 	ctx := context.Background()
 	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
 	if err != nil {
@@ -56,7 +63,7 @@ func start(t *testing.T, dir string, opts ...projections.Option) *env {
 	}
 	pipe, err := pipeline.New(pipeline.Config{Store: store, Parker: views, Log: quietLog(),
 		Retry: domain.Backoff{Initial: time.Millisecond, Max: 2 * time.Millisecond}, MaxRetries: 2,
-		Batch: []pipeline.BatchConsumer{views.Batch()}})
+		Batch: []pipeline.BatchConsumer{consumer(views, store)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,6 +92,9 @@ type decodedBatch struct {
 // cannot be decoded are parked, not skipped silently. progress, if not nil,
 // is called every batch.
 func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progress)) (RebuildStats, error) {
+	// One rebuild at a time: they share views.db.rebuild.
+	v.rebuildMu.Lock()
+	defer v.rebuildMu.Unlock()
 	start := time.Now()
 	head, err := log.Head(ctx)
 	if err != nil {

@@ -80,6 +80,9 @@ type Views struct {
 	// applyMu makes batches (and a rebuild's catch-up and swap) wait for
 	// one another: the views have one writer at a time.
 	applyMu sync.Mutex
+	// rebuildMu makes rebuilds wait for one another (an operator's and
+	// a catch-up's).
+	rebuildMu sync.Mutex
 
 	Users     *Users
 	Tags      *Tags

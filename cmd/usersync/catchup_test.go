@@ -55,6 +55,22 @@ func readyz(t *testing.T, base string) (int, string) {
 }
 
 func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) {
+	tests := []struct {
+		name string
+		// minBehind is how far behind the views are built aside (0: the
+		// default, far more than this store has).
+		minBehind uint64
+		aside     bool
+	}{
+		{name: "batch by batch"},
+		{name: "built aside", minBehind: 1, aside: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { startOverMissingViews(t, tt.minBehind, tt.aside) })
+	}
+}
+
+func startOverMissingViews(t *testing.T, minBehind uint64, aside bool) {
 	// Given a store with a user and a few thousand events, and no views.
 	sim, u := newSim(t)
 	dir := t.TempDir()
@@ -101,6 +117,7 @@ func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) 
 	release := make(chan struct{})
 	h = start(t, dir, sim, u, func(c *serveConfig) {
 		c.wrapViews = func(b pipeline.BatchConsumer) pipeline.BatchConsumer { return heldViews{b, release} }
+		c.catchUpMinBehind = minBehind
 	})
 
 	// Then it has started, answers not ready with how far behind, and
@@ -124,4 +141,125 @@ func TestServe_StartsOverAStoreWithoutViews_NotReadyUntilCaughtUp(t *testing.T) 
 	h.eventually("the webhook recorded while catching up to be processed", func() bool {
 		return h.receipt(a.WebhookID).Status == projections.WebhookProcessed
 	})
+	if aside {
+		h.eventually("the views built aside", func() bool { return strings.Contains(h.logs.String(), "views built aside and swapped in") })
+	} else if strings.Contains(h.logs.String(), "building them aside") {
+		t.Error("built aside a store this small")
+	}
+}
+
+// gate is the views as afterViews sees them: WaitAside blocks until open
+// is closed.
+type gate struct {
+	open  chan struct{}
+	asked chan struct{}
+}
+
+func (g gate) WaitAside(ctx context.Context) error {
+	select {
+	case g.asked <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// handled is a process manager that records the positions it handled.
+type handled struct {
+	pipeline.Consumer
+	got chan uint64
+}
+
+func (h handled) Handle(_ context.Context, rec domain.RecordedEvent) error {
+	h.got <- rec.Position
+	return nil
+}
+
+func TestAfterViews_AProcessFarBehindWaitsWhileTheViewsAreBuiltAside(t *testing.T) {
+	tests := []struct {
+		name string
+		// head is the log's head; first the position of the process's
+		// first event.
+		head, first uint64
+		wantWait    bool
+	}{
+		{name: "far behind: waits for the views", head: 500_000, first: 1, wantWait: true},
+		{name: "at the threshold: waits", head: 100_001, first: 1, wantWait: true},
+		{name: "near the head: goes on at once", head: 500_000, first: 499_000, wantWait: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given views being built aside (the gate shut) and a process
+			// manager tt.head-tt.first events behind.
+			g := gate{open: make(chan struct{}), asked: make(chan struct{}, 1)}
+			h := handled{got: make(chan uint64, 2)}
+			a := &afterViews{Consumer: h, views: g, minBehind: 100_000,
+				head: func(context.Context) (uint64, error) { return tt.head, nil }}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+
+			// When it is handed its first event.
+			errc := make(chan error, 1)
+			go func() { errc <- a.Handle(ctx, domain.RecordedEvent{Position: tt.first}) }()
+
+			// Then it waits for the views only if far behind.
+			if tt.wantWait {
+				select {
+				case <-g.asked:
+				case <-ctx.Done():
+					t.Fatal("did not ask the views")
+				}
+				select {
+				case pos := <-h.got:
+					t.Fatalf("handled %d while the views were built aside", pos)
+				default:
+				}
+				close(g.open)
+			}
+			select {
+			case <-h.got:
+			case <-ctx.Done():
+				t.Fatal("not handled")
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			// And it never waits again.
+			if err := a.Handle(ctx, domain.RecordedEvent{Position: tt.first + 1}); err != nil {
+				t.Fatal(err)
+			}
+			<-h.got
+			if !tt.wantWait && len(g.asked) > 0 {
+				t.Error("asked the views though near the head")
+			}
+		})
+	}
+}
+
+func TestAfterViews_StoppedWhileWaiting_HandlesNothing(t *testing.T) {
+	// Given a process far behind waiting for the views.
+	g := gate{open: make(chan struct{}), asked: make(chan struct{}, 1)}
+	h := handled{got: make(chan uint64, 1)}
+	a := &afterViews{Consumer: h, views: g, minBehind: 10,
+		head: func(context.Context) (uint64, error) { return 1000, nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- a.Handle(ctx, domain.RecordedEvent{Position: 1}) }()
+	<-g.asked
+
+	// When usersync stops.
+	cancel()
+
+	// Then the event is not handled (it is delivered again at the next
+	// start, from the checkpoint).
+	if err := <-errc; err == nil {
+		t.Fatal("Handle returned no error when stopped while waiting")
+	}
+	if len(h.got) > 0 {
+		t.Fatal("handled while stopping")
+	}
 }

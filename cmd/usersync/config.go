@@ -76,6 +76,10 @@ type serveConfig struct {
 	// wrapViews, set by tests only, wraps the views' pipeline consumers
 	// (to hold their catch-up).
 	wrapViews func(pipeline.BatchConsumer) pipeline.BatchConsumer
+	// catchUpMinBehind, set by tests only, replaces
+	// projections.DefaultCatchUpMinBehind: how far behind the views must be
+	// at the start to be built aside.
+	catchUpMinBehind uint64
 }
 
 // envName is the environment variable that sets a flag.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -170,8 +171,12 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	// The views apply events in batches, all four in one transaction.
-	views := []pipeline.BatchConsumer{a.views.Batch()}
+	// The views apply events in batches, all four in one transaction; far
+	// behind the log at the start (no views.db), they are first built aside
+	// at rebuild speed and swapped in.
+	minBehind := cmp.Or(cfg.catchUpMinBehind, projections.DefaultCatchUpMinBehind)
+	viewsBatch := a.views.CatchUpBatch(projections.CatchUp{Log: a.store, MinBehind: minBehind})
+	views := []pipeline.BatchConsumer{viewsBatch}
 	if cfg.wrapViews != nil {
 		for i, v := range views {
 			views[i] = cfg.wrapViews(v)
@@ -183,12 +188,17 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
-	consumers, processes[welcomer.Name()] = append(consumers, acting{welcomer, domain.TypeUserCreated}), welcomer
+	// A process manager as far behind as the views waits while they are
+	// built aside (afterViews).
+	held := func(c pipeline.Consumer) pipeline.Consumer {
+		return &afterViews{Consumer: c, views: viewsBatch, head: a.store.Head, minBehind: minBehind}
+	}
+	consumers, processes[welcomer.Name()] = append(consumers, acting{held(welcomer), domain.TypeUserCreated}), welcomer
 	if policy.PasswordField != "" {
 		if a.returner, err = command.NewPasswordReturner(returnCfg, crm, a.keys); err != nil {
 			return nil, err
 		}
-		consumers, processes[a.returner.Name()] = append(consumers, acting{a.returner, domain.TypePasswordIssued}), a.returner
+		consumers, processes[a.returner.Name()] = append(consumers, acting{held(a.returner), domain.TypePasswordIssued}), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
 	a.pipe, err = pipeline.New(pipeline.Config{

@@ -36,6 +36,12 @@ func (p *Pipeline) runBatch(ctx context.Context, l *lane) {
 			return
 		}
 		last := recs[len(recs)-1].Position
+		// A consumer may have moved past the batch (the views, rebuilt
+		// aside before it): the lane goes on from its checkpoint rather
+		// than hand it events it has.
+		if pos, err := l.batch.Position(ctx); err == nil && pos > last {
+			last = pos
+		}
 		p.setFed(l, last)
 		l.applied.Add(uint64(len(recs)))
 		l.pos.Store(last)

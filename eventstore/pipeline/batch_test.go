@@ -407,3 +407,57 @@ func TestReplay_RefusesTheParkedEventsOfBatchConsumers(t *testing.T) {
 		})
 	}
 }
+
+// jumper is a batch consumer that, at its first batch, moves its checkpoint
+// to jumpTo without being handed those events (as views rebuilt aside
+// do), and counts the batches it is handed that hold nothing after its
+// checkpoint.
+type jumper struct {
+	batchFake
+	jumpTo uint64
+	wasted atomic.Int64
+}
+
+func (j *jumper) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
+	j.mu.Lock()
+	if j.jumpTo > 0 {
+		j.pos, j.jumpTo = j.jumpTo, 0
+		j.mu.Unlock()
+		return nil, nil
+	}
+	if recs[len(recs)-1].Position <= j.pos {
+		j.wasted.Add(1)
+	}
+	j.mu.Unlock()
+	return j.batchFake.HandleBatch(ctx, recs)
+}
+
+func TestPipeline_ABatchConsumerThatMovesPastItsBatch_GoesOnFromItsCheckpoint(t *testing.T) {
+	// Given a log of 3,000 events and a batch consumer that moves past
+	// them all at its first batch.
+	s := openStore(t)
+	appendEvents(t, s, "E", 3000, 100)
+	h := head(t, s)
+	j := &jumper{batchFake: batchFake{name: "views"}, jumpTo: h}
+	pm := &flaky{name: "welcome_email"}
+
+	// When the pipeline runs.
+	p := run(t, sqliteConfig(s, &parked{}, j), pm)
+	waitUntil(t, "every consumer at the head", func() bool { return j.at() == h && pm.pos.Load() == h })
+
+	// Then it is not handed the events it moved past, it counts as caught
+	// up, and it gets the new events.
+	if n := j.wasted.Load(); n > 0 {
+		t.Errorf("handed %d batches of events it had moved past", n)
+	}
+	if behind, err := p.Behind(h); err != nil || behind != 0 {
+		t.Errorf("Behind = %d, %v at the head", behind, err)
+	}
+	appendEvents(t, s, "E", 5, 1)
+	h2 := head(t, s)
+	waitUntil(t, "the consumer at the new head", func() bool { return j.at() == h2 })
+	j.check(t)
+	if got := len(j.seen); got != int(h2-h) {
+		t.Errorf("applied %d events after the jump, want %d", got, h2-h)
+	}
+}

@@ -173,8 +173,10 @@ func cpuTime() time.Duration {
 // from position 0: "floor" is a plain loop reading and decoding the log
 // without the pipeline, "decode1" feeds one batch consumer that only decodes
 // each event (the shape of one views consumer), "decode" four of them (the
-// four views), "views" the real views on disk through Views.Batch, as
-// serve feeds them. It reports events/s and the process's CPU time per
+// four views), "views" the real views on disk through Views.Batch (batch
+// by batch into the live file), "views-aside" the real views through
+// Views.CatchUpBatch, as serve feeds them: built aside at rebuild speed,
+// then swapped in. It reports events/s and the process's CPU time per
 // event.
 func BenchmarkCatchUp(b *testing.B) {
 	n := catchUpEvents(b)
@@ -207,7 +209,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.ReportMetric(float64(h)*float64(b.N)/total.Seconds(), "events/s")
 		b.ReportMetric(float64(cpu.Nanoseconds())/float64(h)/float64(b.N), "cpu-ns/event")
 	})
-	for _, kind := range []string{"decode1", "decode", "views"} {
+	for _, kind := range []string{"decode1", "decode", "views", "views-aside"} {
 		b.Run(kind, func(b *testing.B) {
 			behind := &countingHandler{}
 			log := slog.New(behind)
@@ -237,12 +239,16 @@ func BenchmarkCatchUp(b *testing.B) {
 						}
 						return true
 					}
-				case "views":
+				case "views", "views-aside":
 					views, err := projections.Open(context.Background(), filepath.Join(b.TempDir(), "views.db"))
 					if err != nil {
 						b.Fatal(err)
 					}
-					batch = append(batch, views.Batch())
+					if kind == "views" {
+						batch = append(batch, views.Batch())
+					} else {
+						batch = append(batch, views.CatchUpBatch(projections.CatchUp{Log: s, MinBehind: 1}))
+					}
 					done = func() bool { return views.WaitAll(context.Background(), h) == nil }
 					defer views.Close()
 				}

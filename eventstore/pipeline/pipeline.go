@@ -79,7 +79,9 @@ type BatchConsumer interface {
 	// Position is the checkpoint: the last event applied or skipped.
 	Position(ctx context.Context) (uint64, error)
 	// HandleBatch applies, in order, the events of recs after its
-	// checkpoint and moves the checkpoint to the last position of recs.
+	// checkpoint and moves the checkpoint to the last position of recs,
+	// or beyond it (the views rebuilt aside): the lane then goes on from
+	// the checkpoint, without handing it the events it moved past.
 	// Events it cannot decode are skipped and returned as parked events
 	// (Handler, Error filled) for the pipeline to park and count (a
 	// consumer that also records them in the transaction of its

@@ -107,8 +107,8 @@ func (c *catchUp) before(ctx context.Context, v *Views) error {
 		last = time.Now()
 		rate := float64(p.Events) / p.Elapsed.Seconds()
 		args := []any{"position", p.Position, "head", p.Head, "events_per_second", int64(rate)}
-		if rate > 0 && p.Head > p.Position {
-			args = append(args, "eta", time.Duration(float64(p.Head-p.Position)/rate*float64(time.Second)).Round(time.Second).String())
+		if eta, ok := p.eta(); ok {
+			args = append(args, "eta", eta.Round(time.Second).String())
 		}
 		v.log.Info("views being built aside", args...)
 	})
@@ -166,4 +166,23 @@ func (c BatchConsumer) WaitAside(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// eta is how long the rest of a rebuild should take at its pace so far:
+// on a dense log from the events left and the events per second, on a
+// gapped one (positions are not counts) from the share of the positions
+// done.
+func (p Progress) eta() (time.Duration, bool) {
+	if p.Head <= p.Position || p.Position == 0 || p.Elapsed <= 0 {
+		return 0, false
+	}
+	if p.Dense {
+		if p.Events == 0 {
+			return 0, false
+		}
+		rate := float64(p.Events) / p.Elapsed.Seconds()
+		return time.Duration(float64(p.Head-p.Position) / rate * float64(time.Second)), true
+	}
+	done := float64(p.Position) / float64(p.Head)
+	return time.Duration(float64(p.Elapsed) * (1 - done) / done), true
 }

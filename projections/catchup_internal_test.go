@@ -1,6 +1,9 @@
 package projections
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestFarBehind_DecidesWhetherTheViewsAreBuiltAside(t *testing.T) {
 	tests := []struct {
@@ -25,6 +28,28 @@ func TestFarBehind_DecidesWhetherTheViewsAreBuiltAside(t *testing.T) {
 			// behind.
 			if got := farBehind(tt.from, tt.head, tt.minBehind); got != tt.want {
 				t.Errorf("farBehind(%d, %d, %d) = %v, want %v", tt.from, tt.head, tt.minBehind, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestProgress_ETA(t *testing.T) {
+	tests := []struct {
+		name string
+		p    Progress
+		want time.Duration
+		ok   bool
+	}{
+		{"dense: events left at the rate so far", Progress{Position: 1000, Head: 3000, Events: 1000, Elapsed: time.Second, Dense: true}, 2 * time.Second, true},
+		{"gapped: the share of positions left", Progress{Position: 250_000, Head: 1_000_000, Events: 10, Elapsed: time.Second}, 3 * time.Second, true},
+		{"done", Progress{Position: 3000, Head: 3000, Events: 3000, Elapsed: time.Second, Dense: true}, 0, false},
+		{"not started", Progress{Head: 3000, Elapsed: time.Second}, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := tc.p.eta()
+			if ok != tc.ok || got != tc.want {
+				t.Fatalf("eta = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/usersync/usersync/projections"
 )
 
@@ -145,15 +143,8 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stderr, "usersync rebuild: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
 	}
-	var bar bool
-	switch *progress {
-	case "auto":
-		f, ok := stderr.(*os.File)
-		bar = ok && term.IsTerminal(int(f.Fd()))
-	case "on":
-		bar = true
-	case "off":
-	default:
+	bar, ok := progressWanted(*progress, stderr)
+	if !ok {
 		fmt.Fprintf(stderr, "usersync rebuild: --progress must be auto, on or off, not %q\n", *progress)
 		return errUsage
 	}

@@ -228,6 +228,9 @@ func (s *Store) ping(ctx context.Context, what string, retry bool) error {
 	case errors.Is(err, ErrUnavailable):
 		return fmt.Errorf("esdb: %s to %s: %w", what, s.addrs, err)
 	case ctx.Err() != nil:
+		if !retry {
+			return fmt.Errorf("esdb: %s to %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
+		}
 		return fmt.Errorf("esdb: %s to %s: %w: no answer in time (%w)", what, s.addrs, ErrUnavailable, ctx.Err())
 	default:
 		return fmt.Errorf("esdb: %s to %s: %w: %w", what, s.addrs, ErrUnavailable, err)

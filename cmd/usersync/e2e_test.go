@@ -352,7 +352,12 @@ func TestAddUpdateUpdateTags_EveryTransport(t *testing.T) {
 			if a.Code != 200 || a.User.Meta["membership"] != "platinum" || a.User.Role != "subscriber" {
 				t.Fatalf("update: %+v %+v", a, a.User)
 			}
-			// A repeat that changes nothing appends no domain event.
+			// A repeat that changes nothing appends no domain event. (The
+			// process managers append to the stream too: wait for them.)
+			h.eventually("the password returned and the welcome mail sent", func() bool {
+				hs := h.history(1)
+				return count(hs, domain.TypePasswordReturned) == 1 && count(hs, domain.TypeWelcomeEmailSent) == 1
+			})
 			before := h.history(1)
 			a = h.send(how, hook("update", "1", "role", "subscriber"))
 			if a.Code != 200 || !a.Success || a.Message != "No changes" {

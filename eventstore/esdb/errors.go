@@ -100,6 +100,14 @@ func rawUnavailable(err error) bool {
 	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.Aborted)
 }
 
+// invalidPosition reports the server's answer to a read of $all from a
+// position inside a log record (InvalidArgument, "Trying to read from an
+// invalid position.").
+func invalidPosition(err error) bool {
+	st, ok := status.FromError(err)
+	return err != nil && ok && st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "invalid position")
+}
+
 // transient reports whether err is a transport failure worth retrying with
 // the same request.
 func transient(err error) bool { return classOf(err) == classTransient }

@@ -501,3 +501,30 @@ func TestAppend_SlowServer_TimesOutThenRetryLandsOnce(t *testing.T) {
 	}
 	assertEachOnce(t, srv, s, "contact-1", 1)
 }
+
+func TestReadAll_AfterOneBeforeAnEvent_ReturnsThatEvent(t *testing.T) {
+	t.Parallel()
+	// Given events at gapped positions; the real server refuses to read
+	// $all from a position inside a record, such as one before an event's
+	srv := esdbtest.New(t)
+	s := openStore(t, srv.ConnString(), esdb.Options{})
+	first := mustAppend(t, s, "contact-at-1", domain.NoStream(), domain.NewEvent{Type: "A", Data: []byte(`{"n":1}`)})
+	second := mustAppend(t, s, "contact-at-2", domain.NoStream(), domain.NewEvent{Type: "B", Data: []byte(`{"n":2}`)})
+	for _, want := range []domain.AppendResult{first, second} {
+		// When ReadAll(p-1, 1) asks for the event at p (the pipeline's
+		// replay and lag, migrate's resume)
+		recs, err := s.ReadAll(testContext(t), want.Position-1, 1)
+		// Then it is that event
+		if err != nil {
+			t.Fatalf("ReadAll(%d, 1): %v", want.Position-1, err)
+		}
+		if len(recs) != 1 || recs[0].Position != want.Position {
+			t.Fatalf("ReadAll(%d, 1) = %v, want the event at %d", want.Position-1, recs, want.Position)
+		}
+	}
+	// And a position inside a record that is not one before an event is
+	// an error, not a silent skip
+	if _, err := s.ReadAll(testContext(t), first.Position+1, 1); err == nil {
+		t.Fatalf("ReadAll(%d, 1) inside a record: no error", first.Position+1)
+	}
+}

@@ -528,3 +528,26 @@ func TestReadAll_AfterOneBeforeAnEvent_ReturnsThatEvent(t *testing.T) {
 		t.Fatalf("ReadAll(%d, 1) inside a record: no error", first.Position+1)
 	}
 }
+
+func TestOpen_PasswordWithASlash_ErrorHoldsNoPartOfIt(t *testing.T) {
+	t.Parallel()
+	// Given passwords the client's URL parser cuts short (a base64 one
+	// holds '/'), so that a piece of them lands in its error
+	for _, conn := range []string{
+		"esdb://admin:Zm9v/YmFy@127.0.0.1:1?tls=false",
+		"esdb://admin:1234/rest@127.0.0.1:1?tls=false",
+		"esdb://admin:p@ss/w?rd@127.0.0.1:1?tls=false",
+	} {
+		// When the store is opened
+		_, err := esdb.Open(testContext(t), conn, esdb.Options{ConnectTimeout: time.Second})
+		// Then it fails without any piece of the password
+		if err == nil {
+			t.Fatalf("%s: opened", conn)
+		}
+		for _, piece := range []string{"Zm9v", "YmFy", "1234", "rest", "ss/w", "w?rd"} {
+			if strings.Contains(conn, piece) && strings.Contains(err.Error(), piece) {
+				t.Errorf("the error of %s holds %q: %v", conn, piece, err)
+			}
+		}
+	}
+}

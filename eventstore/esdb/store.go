@@ -159,7 +159,7 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	opts = opts.withDefaults()
 	cfg, err := kdb.ParseConnectionString(connString)
 	if err != nil {
-		return nil, fmt.Errorf("esdb: connection string %s: %s", Redact(connString), scrub(err.Error(), connString))
+		return nil, parseError(connString, err)
 	}
 	s := &Store{
 		opts:    opts,

@@ -551,3 +551,22 @@ func TestOpen_PasswordWithASlash_ErrorHoldsNoPartOfIt(t *testing.T) {
 		}
 	}
 }
+
+func TestOpen_AccessDenied_SaysWhatTheUserNeeds(t *testing.T) {
+	t.Parallel()
+	// Given a server that refuses the user (reading $all needs $admins)
+	srv := esdbtest.New(t)
+	srv.SetAccessDenied(true)
+	// When the store is opened
+	_, err := esdb.Open(testContext(t), srv.ConnString(), esdb.Options{ConnectTimeout: 2 * time.Second})
+	// Then the error says it is a permission, what usersync needs and how
+	// to give it, not only that the store is unavailable
+	if err == nil {
+		t.Fatal("opened")
+	}
+	for _, want := range []string{"$all", "$admins", "tls=true"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q: %v", want, err)
+		}
+	}
+}

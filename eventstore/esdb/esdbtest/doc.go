@@ -69,7 +69,7 @@
 //     AlreadyExists, a missing one NotFound; MaxSubscriberCount is enforced. A start revision or
 //     position is the first event delivered; End is the end at creation.
 //   - A permissive keepalive policy (KeepalivePolicy) so the client's 10 s pings get no GOAWAY.
-//   - Faults on request: DropSubscriptions, NotLeader, SetUnavailable, SetLatency (also on
+//   - Faults on request: DropSubscriptions, NotLeader, SetUnavailable, SetAccessDenied, SetLatency (also on
 //     GetSupportedMethods and Gossip: over 5 s, (re)connecting fails as with a slow node),
 //     CloseConnections, LoseAppendAnswers, Stop/Restart; ForgetEventIDs. Inspection for
 //     tests: Head, StreamLen, Appends, PersistentConsumers, PersistentOutstanding.

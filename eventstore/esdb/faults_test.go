@@ -570,3 +570,50 @@ func TestOpen_AccessDenied_SaysWhatTheUserNeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestReadAllAndHead_PageThroughManyForeignEvents: more foreign events than
+// one $all page between, before and after usersync's neither end a read
+// early nor hide the head.
+func TestReadAllAndHead_PageThroughManyForeignEvents(t *testing.T) {
+	t.Parallel()
+	srv := esdbtest.New(t)
+	foreign := openStore(t, srv.ConnString(), esdb.Options{StreamPrefixes: everyStream})
+	s := openStore(t, srv.ConnString(), esdb.Options{})
+	many := func(stream string) {
+		for i := range 3 {
+			mustAppend(t, foreign, fmt.Sprintf("%s-%d", stream, i), domain.AnyVersion(), eventstoretest.Events("O", 400)...)
+		}
+	}
+	many("before")
+	a := mustAppend(t, s, "contact-1", domain.AnyVersion(), eventstoretest.Event("E", 1))
+	many("between")
+	b := mustAppend(t, s, "contact-2", domain.AnyVersion(), eventstoretest.Event("E", 2))
+	many("after")
+	ctx := testContext(t)
+	for _, tc := range []struct {
+		after uint64
+		limit int
+		want  []uint64
+	}{
+		{0, 10, []uint64{a.Position, b.Position}},
+		{0, 1, []uint64{a.Position}},
+		{a.Position, 1, []uint64{b.Position}},
+		{a.Position - 1, 1, []uint64{a.Position}},
+		{b.Position, 10, nil},
+	} {
+		got, err := s.ReadAll(ctx, tc.after, tc.limit)
+		if err != nil {
+			t.Fatalf("ReadAll(%d, %d): %v", tc.after, tc.limit, err)
+		}
+		var pos []uint64
+		for _, e := range got {
+			pos = append(pos, e.Position)
+		}
+		if fmt.Sprint(pos) != fmt.Sprint(tc.want) {
+			t.Fatalf("ReadAll(%d, %d) = %v, want %v", tc.after, tc.limit, pos, tc.want)
+		}
+	}
+	if h, err := s.Head(ctx); err != nil || h != b.Position {
+		t.Fatalf("Head = %d, %v; want %d", h, err, b.Position)
+	}
+}

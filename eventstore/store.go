@@ -13,7 +13,9 @@ import (
 type Store interface {
 	domain.EventStore
 	// ReadAll returns at most limit events with Position > after, in
-	// ascending position order. limit must be positive.
+	// ascending position order. limit must be positive. after is 0, a
+	// position the store returned, or one less than such a position:
+	// ReadAll(p-1, n) starts with the event at p, gaps or not.
 	ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error)
 	// Subscribe delivers every event with Position > after, first the
 	// history then live events as they are committed, in position order,

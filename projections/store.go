@@ -93,7 +93,10 @@ func (v *Views) MoveToStore(ctx context.Context, kind string, move func(ctx cont
 		return fmt.Errorf("move %s to the %s store: %w", v.path, kind, err)
 	}
 	defer tx.Rollback()
-	moveRows := func(what, query, update string) error {
+	// Rows are moved to minus their new position first, then flipped:
+	// a new position may be another row's old one, not moved yet (the
+	// parked events' key is handler and position).
+	moveRows := func(what, query, update, flip string) error {
 		type row struct {
 			key string
 			pos uint64
@@ -125,18 +128,23 @@ func (v *Views) MoveToStore(ctx context.Context, kind string, move func(ctx cont
 			if err != nil {
 				return fmt.Errorf("move %s %s at position %d: %w", what, r.key, r.pos, err)
 			}
-			if _, err := tx.ExecContext(ctx, update, int64(to), r.key, int64(r.pos)); err != nil {
+			if _, err := tx.ExecContext(ctx, update, -int64(to), r.key, int64(r.pos)); err != nil {
 				return fmt.Errorf("move %s %s to position %d: %w", what, r.key, to, err)
 			}
+		}
+		if _, err := tx.ExecContext(ctx, flip); err != nil {
+			return fmt.Errorf("move %s: %w", what, err)
 		}
 		return nil
 	}
 	if err := moveRows("checkpoint", "SELECT name, position FROM checkpoints",
-		"UPDATE checkpoints SET position = ? WHERE name = ? AND position = ?"); err != nil {
+		"UPDATE checkpoints SET position = ? WHERE name = ? AND position = ?",
+		"UPDATE checkpoints SET position = -position WHERE position < 0"); err != nil {
 		return err
 	}
 	if err := moveRows("parked event of", "SELECT handler, position FROM parked",
-		"UPDATE parked SET position = ? WHERE handler = ? AND position = ?"); err != nil {
+		"UPDATE parked SET position = ? WHERE handler = ? AND position = ?",
+		"UPDATE parked SET position = -position WHERE position < 0"); err != nil {
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, upsertMeta, metaStoreKind, kind); err != nil {

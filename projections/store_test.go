@@ -115,3 +115,35 @@ func TestRebuild_KeepsTheStoreKind(t *testing.T) {
 		t.Fatalf("kind after rebuild: %q, %v", kind, err)
 	}
 }
+
+// TestViews_MoveToStore_NewPositionIsAnotherParkedEventsOld: one handler's
+// parked events at old positions a < b where the new position of a is b
+// (the new log's positions are larger): every one is moved, none collides.
+func TestViews_MoveToStore_NewPositionIsAnotherParkedEventsOld(t *testing.T) {
+	ctx := context.Background()
+	v, err := projections.Open(ctx, filepath.Join(t.TempDir(), "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for _, pos := range []uint64{3, 600} {
+		if err := v.Park(ctx, domain.ParkedEvent{Handler: "welcome-mail", Position: pos, Stream: "contact-1", Version: pos, Type: "UserCreated", Error: "boom", ParkedAt: time.Unix(1, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved := map[uint64]uint64{3: 600, 600: 90000}
+	if err := v.MoveToStore(ctx, "esdb", func(_ context.Context, pos uint64) (uint64, error) { return moved[pos], nil }); err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	parked, err := v.Parked(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]uint64{} // version → position
+	for _, p := range parked {
+		got[p.Version] = p.Position
+	}
+	if len(parked) != 2 || got[3] != 600 || got[600] != 90000 {
+		t.Fatalf("parked after the move: %+v, want version 3 at 600 and version 600 at 90000", parked)
+	}
+}

@@ -277,7 +277,7 @@ func openESDB(ctx context.Context, spec storeSpec, log *slog.Logger) (storeHandl
 	if err != nil {
 		return storeHandle{}, err
 	}
-	return storeHandle{logStore: s, kind: storeESDB, where: esdb.Redact(spec.url), ping: s.Ping, raw: spec.url}, nil
+	return storeHandle{logStore: s, kind: storeESDB, where: redactStoreURL(spec.url), ping: s.Ping, raw: spec.url}, nil
 }
 
 // storeFlag is the --store flag of rebuild and parked: the default comes

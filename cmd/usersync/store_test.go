@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usersync/usersync/eventstore/esdb/esdbtest"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -294,5 +296,21 @@ func TestProgressLine_DenseAndGapped(t *testing.T) {
 				t.Errorf("progressLine =\n%q, want\n%q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestOpenStore_ESDB_WhereMasksCredentialsAsDocumented: the name of an
+// EventStoreDB store in the logs (store_at) and errors masks the
+// credentials as configuration.md says: ***.
+func TestOpenStore_ESDB_WhereMasksCredentialsAsDocumented(t *testing.T) {
+	srv := esdbtest.New(t)
+	conn := strings.Replace(srv.ConnString(), "esdb://", "esdb://admin:changeit@", 1)
+	h, err := openStore(t.Context(), storeConfig{Store: conn}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if want := redactStoreURL(conn); h.where != want || strings.Contains(h.where, "changeit") {
+		t.Fatalf("where = %q, want %q", h.where, want)
 	}
 }

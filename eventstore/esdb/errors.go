@@ -2,8 +2,10 @@ package esdb
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -100,6 +102,14 @@ func rawUnavailable(err error) bool {
 	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.Aborted)
 }
 
+// invalidPosition reports the server's answer to a read of $all from a
+// position inside a log record (InvalidArgument, "Trying to read from an
+// invalid position.").
+func invalidPosition(err error) bool {
+	st, ok := status.FromError(err)
+	return err != nil && ok && st.Code() == codes.InvalidArgument && strings.Contains(st.Message(), "invalid position")
+}
+
 // transient reports whether err is a transport failure worth retrying with
 // the same request.
 func transient(err error) bool { return classOf(err) == classTransient }
@@ -173,6 +183,35 @@ func scrub(msg, connString string) string {
 		msg = strings.ReplaceAll(msg, pw, "REDACTED")
 	}
 	return msg
+}
+
+// parseError is the error of a connection string the client refuses. A
+// password holding '/', '?' or '#' (a base64 one) ends the client's idea of
+// the authority early, so that pieces of it land in the client's error and
+// Redact does not see them as credentials: here everything before the last
+// '@' counts as the user and password, and every piece of it is taken out
+// of the client's message.
+func parseError(connString string, err error) error {
+	scheme, rest, _ := strings.Cut(connString, "://")
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return fmt.Errorf("esdb: connection string %s: %s", Redact(connString), scrub(err.Error(), connString))
+	}
+	info := rest[:at]
+	msg := strings.ReplaceAll(err.Error(), connString, scheme+"://REDACTED@"+rest[at+1:])
+	pieces := strings.FieldsFunc(info, func(r rune) bool { return strings.ContainsRune(":/?#@&=", r) })
+	sort.Slice(pieces, func(i, j int) bool { return len(pieces[i]) > len(pieces[j]) })
+	msg = strings.ReplaceAll(msg, info, "REDACTED")
+	for _, p := range pieces {
+		if len(p) >= 2 {
+			msg = strings.ReplaceAll(msg, p, "REDACTED")
+		}
+	}
+	hint := ""
+	if strings.ContainsAny(info, "/?#") {
+		hint = "; a user or password holding '/', '?' or '#' must be percent-encoded (%2F, %3F, %23)"
+	}
+	return fmt.Errorf("esdb: connection string %s://REDACTED@%s: %s%s", scheme, rest[at+1:], msg, hint)
 }
 
 // password is the password part of connString's user info, if any.

@@ -501,3 +501,119 @@ func TestAppend_SlowServer_TimesOutThenRetryLandsOnce(t *testing.T) {
 	}
 	assertEachOnce(t, srv, s, "contact-1", 1)
 }
+
+func TestReadAll_AfterOneBeforeAnEvent_ReturnsThatEvent(t *testing.T) {
+	t.Parallel()
+	// Given events at gapped positions; the real server refuses to read
+	// $all from a position inside a record, such as one before an event's
+	srv := esdbtest.New(t)
+	s := openStore(t, srv.ConnString(), esdb.Options{})
+	first := mustAppend(t, s, "contact-at-1", domain.NoStream(), domain.NewEvent{Type: "A", Data: []byte(`{"n":1}`)})
+	second := mustAppend(t, s, "contact-at-2", domain.NoStream(), domain.NewEvent{Type: "B", Data: []byte(`{"n":2}`)})
+	for _, want := range []domain.AppendResult{first, second} {
+		// When ReadAll(p-1, 1) asks for the event at p (the pipeline's
+		// replay and lag, migrate's resume)
+		recs, err := s.ReadAll(testContext(t), want.Position-1, 1)
+		// Then it is that event
+		if err != nil {
+			t.Fatalf("ReadAll(%d, 1): %v", want.Position-1, err)
+		}
+		if len(recs) != 1 || recs[0].Position != want.Position {
+			t.Fatalf("ReadAll(%d, 1) = %v, want the event at %d", want.Position-1, recs, want.Position)
+		}
+	}
+	// And a position inside a record that is not one before an event is
+	// an error, not a silent skip
+	if _, err := s.ReadAll(testContext(t), first.Position+1, 1); err == nil {
+		t.Fatalf("ReadAll(%d, 1) inside a record: no error", first.Position+1)
+	}
+}
+
+func TestOpen_PasswordWithASlash_ErrorHoldsNoPartOfIt(t *testing.T) {
+	t.Parallel()
+	// Given passwords the client's URL parser cuts short (a base64 one
+	// holds '/'), so that a piece of them lands in its error
+	for _, conn := range []string{
+		"esdb://admin:Zm9v/YmFy@127.0.0.1:1?tls=false",
+		"esdb://admin:1234/rest@127.0.0.1:1?tls=false",
+		"esdb://admin:p@ss/w?rd@127.0.0.1:1?tls=false",
+	} {
+		// When the store is opened
+		_, err := esdb.Open(testContext(t), conn, esdb.Options{ConnectTimeout: time.Second})
+		// Then it fails without any piece of the password
+		if err == nil {
+			t.Fatalf("%s: opened", conn)
+		}
+		for _, piece := range []string{"Zm9v", "YmFy", "1234", "rest", "ss/w", "w?rd"} {
+			if strings.Contains(conn, piece) && strings.Contains(err.Error(), piece) {
+				t.Errorf("the error of %s holds %q: %v", conn, piece, err)
+			}
+		}
+	}
+}
+
+func TestOpen_AccessDenied_SaysWhatTheUserNeeds(t *testing.T) {
+	t.Parallel()
+	// Given a server that refuses the user (reading $all needs $admins)
+	srv := esdbtest.New(t)
+	srv.SetAccessDenied(true)
+	// When the store is opened
+	_, err := esdb.Open(testContext(t), srv.ConnString(), esdb.Options{ConnectTimeout: 2 * time.Second})
+	// Then the error says it is a permission, what usersync needs and how
+	// to give it, not only that the store is unavailable
+	if err == nil {
+		t.Fatal("opened")
+	}
+	for _, want := range []string{"$all", "$admins", "tls=true"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q: %v", want, err)
+		}
+	}
+}
+
+// TestReadAllAndHead_PageThroughManyForeignEvents: more foreign events than
+// one $all page between, before and after usersync's neither end a read
+// early nor hide the head.
+func TestReadAllAndHead_PageThroughManyForeignEvents(t *testing.T) {
+	t.Parallel()
+	srv := esdbtest.New(t)
+	foreign := openStore(t, srv.ConnString(), esdb.Options{StreamPrefixes: everyStream})
+	s := openStore(t, srv.ConnString(), esdb.Options{})
+	many := func(stream string) {
+		for i := range 3 {
+			mustAppend(t, foreign, fmt.Sprintf("%s-%d", stream, i), domain.AnyVersion(), eventstoretest.Events("O", 400)...)
+		}
+	}
+	many("before")
+	a := mustAppend(t, s, "contact-1", domain.AnyVersion(), eventstoretest.Event("E", 1))
+	many("between")
+	b := mustAppend(t, s, "contact-2", domain.AnyVersion(), eventstoretest.Event("E", 2))
+	many("after")
+	ctx := testContext(t)
+	for _, tc := range []struct {
+		after uint64
+		limit int
+		want  []uint64
+	}{
+		{0, 10, []uint64{a.Position, b.Position}},
+		{0, 1, []uint64{a.Position}},
+		{a.Position, 1, []uint64{b.Position}},
+		{a.Position - 1, 1, []uint64{a.Position}},
+		{b.Position, 10, nil},
+	} {
+		got, err := s.ReadAll(ctx, tc.after, tc.limit)
+		if err != nil {
+			t.Fatalf("ReadAll(%d, %d): %v", tc.after, tc.limit, err)
+		}
+		var pos []uint64
+		for _, e := range got {
+			pos = append(pos, e.Position)
+		}
+		if fmt.Sprint(pos) != fmt.Sprint(tc.want) {
+			t.Fatalf("ReadAll(%d, %d) = %v, want %v", tc.after, tc.limit, pos, tc.want)
+		}
+	}
+	if h, err := s.Head(ctx); err != nil || h != b.Position {
+		t.Fatalf("Head = %d, %v; want %d", h, err, b.Position)
+	}
+}

@@ -140,7 +140,9 @@ func (s *Store) readAllPage(ctx context.Context, from kdb.AllPosition, dir kdb.D
 // > after, in position order. It reads $all forwards from after (a forward
 // read includes its start, which is skipped) and leaves out the server's
 // and other applications' streams, reading on until it has limit events or
-// reaches the end of $all.
+// reaches the end of $all. The server refuses to read from a position
+// inside a record, so after must be 0 or an event's position, or one less
+// than an event's (ReadAll(p-1, n) starts with the event at p).
 func (s *Store) ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error) {
 	if limit <= 0 {
 		return nil, fmt.Errorf("read all after %d: limit %d must be positive", after, limit)
@@ -161,6 +163,15 @@ func (s *Store) ReadAll(ctx context.Context, after uint64, limit int) ([]domain.
 			count++ // the start itself comes back
 		}
 		page, err := s.readAllPage(ctx, from, kdb.Forwards, count)
+		if err != nil && cursor == after && cursor > 0 && invalidPosition(err) {
+			// ReadAll(p-1, n) is how callers ask for the event at p, gaps
+			// or not. The server reads the record that starts at a
+			// position and refuses one inside a record, as p-1 is: read
+			// from p, which the read includes.
+			from = kdb.Position{Commit: after + 1, Prepare: after + 1}
+			count--
+			page, err = s.readAllPage(ctx, from, kdb.Forwards, count)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read all after %d: %w", after, err)
 		}

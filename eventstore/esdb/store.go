@@ -159,7 +159,7 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	opts = opts.withDefaults()
 	cfg, err := kdb.ParseConnectionString(connString)
 	if err != nil {
-		return nil, fmt.Errorf("esdb: connection string %s: %s", Redact(connString), scrub(err.Error(), connString))
+		return nil, parseError(connString, err)
 	}
 	s := &Store{
 		opts:    opts,
@@ -232,9 +232,20 @@ func (s *Store) ping(ctx context.Context, what string, retry bool) error {
 			return fmt.Errorf("esdb: %s to %s: %w: no answer within %s (%w)", what, s.addrs, ErrUnavailable, s.opts.ConnectTimeout, ctx.Err())
 		}
 		return fmt.Errorf("esdb: %s to %s: %w: no answer in time (%w)", what, s.addrs, ErrUnavailable, ctx.Err())
+	case denied(err):
+		return fmt.Errorf("esdb: %s to %s: %w: the server refused the user (%w): usersync reads $all, which needs a user in $admins "+
+			"(or an ACL granting $all reads); give one as esdb://user:password@host:2113?tls=true (the client sends credentials only over TLS)",
+			what, s.addrs, ErrUnavailable, err)
 	default:
 		return fmt.Errorf("esdb: %s to %s: %w: %w", what, s.addrs, ErrUnavailable, err)
 	}
+}
+
+// denied reports an answer refusing the user: access denied or not
+// authenticated.
+func denied(err error) bool {
+	code, ok := codeOf(err)
+	return ok && (code == kdb.ErrorCodeAccessDenied || code == kdb.ErrorCodeUnauthenticated)
 }
 
 // readOne reads the last event of $all.

@@ -55,6 +55,7 @@ func Run(t *testing.T, f Features, open func(t *testing.T) eventstore.Store) {
 		{"ReadStreamFromAfterAppend", testReadStreamFromAfterAppend},
 		{"ReadStreamFromClosedOrCancelled", testReadStreamFromClosedOrCancelled},
 		{"ReadAllPaging", func(t *testing.T, s eventstore.Store) { testReadAllPaging(t, s, f) }},
+		{"ReadAllJustBeforeAnEvent", testReadAllJustBefore},
 		{"Head", testHead},
 		{"ReadAfterWrite", func(t *testing.T, s eventstore.Store) { testReadAfterWrite(t, s, f) }},
 		{"ConcurrentSameExpectedVersion", testConcurrentSameVersion},

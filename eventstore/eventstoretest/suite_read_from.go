@@ -95,3 +95,35 @@ func testReadStreamFromClosedOrCancelled(t *testing.T, s eventstore.Store) {
 		t.Fatal("ReadStreamFrom on a closed store succeeded")
 	}
 }
+
+// testReadAllJustBefore: ReadAll(p-1, n) starts with the event at p, gaps
+// in the positions or not. It is how the pipeline (replay, lag) and
+// migrate ask for the event at a position they know.
+func testReadAllJustBefore(t *testing.T, s eventstore.Store) {
+	ctx := testContext(t)
+	var at []domain.AppendResult
+	for i := range 4 {
+		at = append(at, mustAppend(t, s, fmt.Sprintf("before-%d", i%2), domain.AnyVersion(), Event("E", i)))
+	}
+	for i, res := range at {
+		recs, err := s.ReadAll(ctx, res.Position-1, 2)
+		if err != nil {
+			t.Fatalf("ReadAll(%d, 2): %v", res.Position-1, err)
+		}
+		want := min(2, len(at)-i)
+		if len(recs) != want || recs[0].Position != res.Position {
+			t.Fatalf("ReadAll(%d, 2) = %d events, first at %v; want %d from the event at %d", res.Position-1, len(recs), positions(recs), want, res.Position)
+		}
+		if want == 2 && recs[1].Position != at[i+1].Position {
+			t.Fatalf("ReadAll(%d, 2) = %v, want %d then %d", res.Position-1, positions(recs), res.Position, at[i+1].Position)
+		}
+	}
+}
+
+func positions(evs []domain.RecordedEvent) []uint64 {
+	out := make([]uint64, len(evs))
+	for i, e := range evs {
+		out[i] = e.Position
+	}
+	return out
+}

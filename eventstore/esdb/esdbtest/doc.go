@@ -35,8 +35,10 @@
 //     client turns that answer into NextExpectedVersion 0 for no_stream and positions 0.)
 //   - Streams/Read: stream reads from start/revision/end, forwards (inclusive) or backwards
 //     (inclusive), with a count; $all reads from start/position/end, forwards including the
-//     position, backwards excluding it (any position is accepted: the first event at or after
-//     it). A missing stream is one stream_not_found message. A tombstoned stream is
+//     position, backwards excluding it. A position inside a record (neither 0, nor an event's,
+//     nor the end or beyond) is InvalidArgument "Trying to read from an invalid position.", as
+//     the real server answers when the record it reads there is not one; catch-up subscriptions
+//     from such a position fail the same way. A missing stream is one stream_not_found message. A tombstoned stream is
 //     FailedPrecondition with trailers exception=stream-deleted and stream-name. Plain reads
 //     send only event and stream_not_found messages (the v4.2.0 client panics on others).
 //     resolve_links resolves "$>" links ("REV@STREAM").
@@ -67,7 +69,7 @@
 //     AlreadyExists, a missing one NotFound; MaxSubscriberCount is enforced. A start revision or
 //     position is the first event delivered; End is the end at creation.
 //   - A permissive keepalive policy (KeepalivePolicy) so the client's 10 s pings get no GOAWAY.
-//   - Faults on request: DropSubscriptions, NotLeader, SetUnavailable, SetLatency (also on
+//   - Faults on request: DropSubscriptions, NotLeader, SetUnavailable, SetAccessDenied, SetLatency (also on
 //     GetSupportedMethods and Gossip: over 5 s, (re)connecting fails as with a slow node),
 //     CloseConnections, LoseAppendAnswers, Stop/Restart; ForgetEventIDs. Inspection for
 //     tests: Head, StreamLen, Appends, PersistentConsumers, PersistentOutstanding.

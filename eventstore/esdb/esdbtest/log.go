@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The stand-in's log: every event ever written, in log order, plus an index per stream.
@@ -363,6 +365,21 @@ func (l *eventLog) indexAfter(pos uint64, inclusive bool) int {
 	}
 	return lo
 }
+
+// validPosition reports whether a $all read or subscription may start at pos. The real server
+// reads the log record that starts at pos, so a position inside a record (neither 0, nor an
+// event's, nor the end of the log or beyond) fails as an invalid position.
+func (l *eventLog) validPosition(pos uint64) bool {
+	if pos == 0 || pos >= l.next {
+		return true
+	}
+	i := l.indexAfter(pos, true)
+	return i < len(l.all) && l.all[i].pos == pos
+}
+
+// errInvalidPosition is the real server's answer to a $all read or subscription from a
+// position inside a record.
+var errInvalidPosition = status.Error(codes.InvalidArgument, "Trying to read from an invalid position.")
 
 // isSystemStream reports the streams the real server hides from filtered $all subscriptions
 // whatever the filter: the epoch stream and the persistent subscriptions' own streams.

@@ -71,6 +71,7 @@ type Server struct {
 	drop        chan struct{} // closed by DropSubscriptions (and Stop) and replaced
 	notLeader   int
 	unavailable bool
+	denied      bool
 	latency     time.Duration
 	loseAppends int
 	appends     int
@@ -300,6 +301,15 @@ func (s *Server) SetUnavailable(on bool) {
 	s.mu.Unlock()
 }
 
+// SetAccessDenied makes every call (but GetSupportedMethods/Gossip) answer gRPC
+// PermissionDenied "Access Denied" while on, as the real server answers a user its ACLs do not
+// allow (reading $all needs $admins by default) or a call without credentials on a secure node.
+func (s *Server) SetAccessDenied(on bool) {
+	s.mu.Lock()
+	s.denied = on
+	s.mu.Unlock()
+}
+
 // SetLatency delays every answer by d (0 turns it off).
 func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()
@@ -383,6 +393,9 @@ func (s *Server) fault(method string) (time.Duration, error) {
 	}
 	if s.unavailable {
 		return s.latency, status.Error(codes.Unavailable, "esdb stand-in: unavailable (fault injected)")
+	}
+	if s.denied {
+		return s.latency, status.Error(codes.PermissionDenied, "Access Denied")
 	}
 	if s.notLeader > 0 {
 		s.notLeader--

@@ -370,6 +370,10 @@ func (s *Server) read(opts *streams.ReadReq_Options, stream grpc.ServerStream) e
 		}
 		out = selectStream(st.readable(), so.Stream, backwards, count)
 	case *streams.ReadReq_Options_All:
+		if p, ok := so.All.AllOption.(*streams.ReadReq_Options_AllOptions_Position); ok && !s.log.validPosition(p.Position.GetCommitPosition()) {
+			s.log.mu.Unlock()
+			return errInvalidPosition
+		}
 		out = selectAll(s.log, so.All, backwards, count)
 	default:
 		s.log.mu.Unlock()

@@ -357,3 +357,41 @@ func TestSubscribeToStream_AfterSoftDelete_OnlyTheRecreatedEvents(t *testing.T) 
 		t.Fatalf("delivered %v, want only re/2", got.items)
 	}
 }
+
+func TestReadAll_FromAPositionInsideARecord_IsAnInvalidPosition(t *testing.T) {
+	// Given two events in $all
+	srv := esdbtest.New(t)
+	c := newClient(t, srv)
+	mustAppend(t, c, "inside-a", esdb.Any{}, event("First"))
+	second := mustAppend(t, c, "inside-b", esdb.Any{}, event("Second"))
+	tests := []struct {
+		name    string
+		pos     uint64
+		wantErr bool
+	}{
+		{"an event's position", second.CommitPosition, false},
+		{"one byte before an event", second.CommitPosition - 1, true},
+		{"one byte after an event", second.CommitPosition + 1, true},
+		{"zero", 0, false},
+		{"the end and beyond", srv.Head() + 1<<20, false},
+	}
+	for _, tt := range tests {
+		for _, dir := range []esdb.Direction{esdb.Forwards, esdb.Backwards} {
+			t.Run(fmt.Sprintf("%s/%v", tt.name, dir), func(t *testing.T) {
+				// When $all is read from that position
+				rs, err := c.ReadAll(ctxFor(t), esdb.ReadAllOptions{Direction: dir, From: esdb.Position{Commit: tt.pos, Prepare: tt.pos}}, 10)
+				if err == nil {
+					defer rs.Close()
+					_, err = drain(rs)
+				}
+				// Then the real server's answer comes: InvalidArgument inside a record
+				if tt.wantErr && (err == nil || !strings.Contains(err.Error(), "invalid position")) {
+					t.Fatalf("err = %v, want an invalid position", err)
+				}
+				if !tt.wantErr && err != nil {
+					t.Fatalf("err = %v, want none", err)
+				}
+			})
+		}
+	}
+}

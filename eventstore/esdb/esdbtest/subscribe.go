@@ -112,6 +112,10 @@ func (s *Server) subscribe(opts *streams.ReadReq_Options, stream streams.Streams
 		case *streams.ReadReq_Options_AllOptions_End:
 			idx = len(s.log.all)
 		case *streams.ReadReq_Options_AllOptions_Position:
+			if !s.log.validPosition(p.Position.GetCommitPosition()) {
+				s.log.mu.Unlock()
+				return errInvalidPosition
+			}
 			idx = s.log.indexAfter(p.Position.GetCommitPosition(), false)
 		}
 		s.log.mu.Unlock()

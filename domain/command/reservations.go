@@ -300,7 +300,15 @@ func (p *ProcessWebhook) settleStream(ctx context.Context, wh string, id domain.
 			return nil, nil
 		}
 		if r.contact != 0 && r.contact != id {
-			_, err := p.contacts.Update(ctx, r.contact, func(old *domain.ContactState) ([]domain.Envelope, error) {
+			// The user may be on its way to a third contact (a move
+			// another node has not finished): unlink it where it is.
+			from := r.contact
+			if h, owner, _, err := p.holderOf(ctx, r); err != nil {
+				return nil, err
+			} else if h != nil && h.User != nil && owner.UserID == u.UserID && h.ContactID != id {
+				from = h.ContactID
+			}
+			_, err := p.contacts.Update(ctx, from, func(old *domain.ContactState) ([]domain.Envelope, error) {
 				switch {
 				case old.User != nil && old.User.UserID != u.UserID:
 					return nil, errHeldByOther
@@ -327,7 +335,7 @@ func (p *ProcessWebhook) settleStream(ctx context.Context, wh string, id domain.
 			case errors.Is(err, errHeldByOther), errors.Is(err, errClaiming), errors.Is(err, errMovedOn):
 				return nil, err
 			case err != nil:
-				return nil, fmt.Errorf("unlink user from %s: %w", r.contact.Stream(), err)
+				return nil, fmt.Errorf("unlink user from %s: %w", from.Stream(), err)
 			}
 		}
 		return []domain.Envelope{p.envelope(wh, claim)}, nil

@@ -218,8 +218,10 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		after.Apply(e)
 	}
 	if after.User != nil {
-		// Reservations change only under their claim locks, and only from
-		// a current state: a stale one could move the user back.
+		// Reservations change only from a current state (a stale one
+		// could move the user back): settle checks this contact still
+		// has the user before it unlinks another. The claim locks spare
+		// this process its own races.
 		if !w.claim(emailKey(after.User.Email)) || !w.claim(loginKey(after.User.Login)) {
 			return nil, Outcome{}, errStale
 		}

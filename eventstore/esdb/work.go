@@ -434,17 +434,20 @@ func (ws *workSub) item(re *kdb.ResolvedEvent, e *kdb.RecordedEvent, retry int) 
 			return err
 		}
 		ws.mu.Lock()
-		defer ws.mu.Unlock()
 		switch {
 		case settled:
+			ws.mu.Unlock()
 			return errWorkItemSettled
 		case ws.ended:
+			ws.mu.Unlock()
 			return ErrWorkItemLost // counted out when the subscription ended
 		}
 		settled = true
 		ws.open--
-		defer ws.feed.addInFlight(-1)
-		if err := send(); err != nil {
+		err := send()
+		ws.mu.Unlock()
+		ws.feed.addInFlight(-1) // the hook runs outside the lock
+		if err != nil {
 			return fmt.Errorf("%w: %w", ErrWorkItemLost, err)
 		}
 		return nil

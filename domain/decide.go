@@ -181,7 +181,7 @@ func PlanAdd(s *ContactState, c CRMContact, owner *User) (AddPlan, error) {
 	if !ValidEmail(email) {
 		return 0, fmt.Errorf("%w: %q", ErrInvalidEmail, Truncate(email, 80))
 	}
-	if owner != nil && owner.ContactID != s.ContactID {
+	if owner != nil && (owner.ContactID != s.ContactID || s.Relinks(owner)) {
 		return AddLink, nil
 	}
 	return AddCreate, nil

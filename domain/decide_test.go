@@ -120,6 +120,22 @@ func TestPlanAdd_ExistingEmail_LinksContactInsteadOfDuplicating(t *testing.T) {
 	}
 }
 
+func TestPlanAdd_OwnFormerUserLeftOnNoContact_LinksItBack(t *testing.T) {
+	// Given contact 12's user moved to contact 5, and 5 gave it back at
+	// the same time as it took it (two nodes), so no contact has it
+	s := given(12, append(created(12, "ann@example.com"), domain.UserUnlinked{UserID: "u-12", ToContactID: 5})...)
+	// When an add arrives for contact 12 and its address's holder is its
+	// former user
+	plan, err := domain.PlanAdd(s, domain.CRMContact{ID: 12, Email: "ann@example.com"}, s.Former)
+	// Then that user is linked back, not a second one created
+	if err != nil || plan != domain.AddLink {
+		t.Fatalf("plan %v, err %v; want AddLink", plan, err)
+	}
+	if s.MovedTo != 5 || s.Former == nil || s.Former.UserID != "u-12" {
+		t.Fatalf("state after the unlink: moved to %d, former %+v", s.MovedTo, s.Former)
+	}
+}
+
 func TestPlanAdd(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -39,6 +39,13 @@ type ContactState struct {
 	// User is nil until a user is created or linked, and after it moved
 	// to another contact.
 	User *User
+	// MovedTo is the contact the user moved to (UserUnlinked), and Former
+	// the user as it was here, until this contact has a user again (0 and
+	// nil otherwise). While a move is under way the user's reservations
+	// still name this contact: MovedTo says where the user went. Former is
+	// never changed in place.
+	MovedTo ContactID
+	Former  *User
 	// Password is the latest issued password, nil if none was issued.
 	Password *PasswordReturn
 	// Webhooks maps the id of every webhook recorded in the stream to
@@ -75,6 +82,13 @@ func LoadContact(id ContactID, events []RecordedEvent) (*ContactState, error) {
 	return s, nil
 }
 
+// Relinks reports whether owner, the user found holding an address, is
+// this contact's own former user (it left, and the move that took it
+// ended on no contact): linking it back keeps it one user.
+func (s *ContactState) Relinks(owner *User) bool {
+	return s.User == nil && owner != nil && s.Former != nil && owner.ContactID == s.ContactID && s.Former.UserID == owner.UserID
+}
+
 // Open reports whether the webhook was recorded in this stream and no
 // outcome has closed it yet.
 func (s *ContactState) Open(webhookID string) bool {
@@ -104,7 +118,14 @@ func (s *ContactState) Apply(env Envelope) {
 	case WebhookFailed:
 		s.close(e.WebhookID)
 	case UserCreated, UserLinked, UserUnlinked, MetaPulled, TagsUpdated, RoleChanged:
+		before := s.User
 		s.User = EvolveUser(s.User, s.ContactID, env)
+		switch e := env.Event.(type) {
+		case UserUnlinked:
+			s.MovedTo, s.Former = e.ToContactID, before
+		case UserCreated, UserLinked:
+			s.MovedTo, s.Former = 0, nil
+		}
 	case PasswordIssued:
 		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed}
 	case PasswordReturned:

@@ -3,10 +3,12 @@ package command
 import "sync"
 
 // keyLocks serializes, within this process, the webhooks that claim the
-// same email address or login for different contacts, so that two of them
-// never both see a claim as free. (The embedded store is used by one
-// process at a time; a store shared by several processes would need the
-// reservation rules alone, which hold but may make a webhook retry.) The
+// same email address or login for different contacts, so that this
+// process does not race itself for a claim. It is an optimisation only:
+// what makes one user per address and per login hold is the reservation
+// streams' expected versions (reservations.go), which also hold between
+// several processes sharing one EventStoreDB, where a lost race costs a
+// webhook one more decision (TestTwoNodes_… in multinode_test.go). The
 // zero value is ready to use.
 type keyLocks struct {
 	mu sync.Mutex

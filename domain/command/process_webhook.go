@@ -195,6 +195,9 @@ type work struct {
 	// releaseEmail is the address the user gave up, freed once the
 	// outcome is recorded.
 	releaseEmail string
+	// decidedAt is the version of the contact's state the current
+	// decision started from (reserve checks it).
+	decidedAt uint64
 }
 
 // ownerRead is a stream version a decision depended on.
@@ -219,7 +222,7 @@ func (w *work) cleanup(ctx context.Context) {
 // decide is one attempt: the events to append for the oldest open webhook
 // (its outcome last) and the outcome to report.
 func (w *work) decide(ctx context.Context, s *domain.ContactState) ([]domain.Envelope, Outcome, error) {
-	w.owner, w.releaseEmail = nil, ""
+	w.owner, w.releaseEmail, w.decidedAt = nil, "", s.Version
 	if len(s.Pending) == 0 {
 		return nil, Outcome{}, nil
 	}

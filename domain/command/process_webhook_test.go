@@ -251,6 +251,87 @@ func TestProcessWebhook(t *testing.T) {
 			},
 		},
 		{
+			// Claims across nodes: an attempt that lost its race may leave a
+			// claim with its own user id behind.
+			name: "add for an address whose claim names the holder with a lost attempt's user id still links",
+			given: func(w *world) {
+				w.user(9, "u9", "ada@example.com")
+				w.given(domain.EmailStream("ada@example.com"), domain.EmailReserved{Email: "ada@example.com", ContactID: 9, UserID: "lost-attempt"})
+				w.crm.set(contact(id, "ada@example.com"))
+			},
+			action:   domain.ActionAdd,
+			appended: []string{domain.TypeUserLinked, domain.TypeMetaPulled, domain.TypeWebhookProcessed},
+			status:   StatusProcessed, message: "Linked the existing user with this email",
+			check: func(t *testing.T, w *world, appended []domain.Event) {
+				if l := find[domain.UserLinked](t, appended); l.UserID != "u9" {
+					t.Errorf("linked %q, want u9", l.UserID)
+				}
+			},
+		},
+		{
+			name: "add for an address whose user is moving to another contact links it from there",
+			given: func(w *world) {
+				// contact 8 took u9 from contact 9 and has not claimed the
+				// reservations yet (another node, half way through)
+				w.user(9, "u9", "ada@example.com")
+				w.given(domain.ContactID(8).Stream(), domain.UserLinked{UserID: "u9", ContactID: 8, FromContactID: 9, Login: "ada@example.com", Email: "ada@example.com", Role: "subscriber"})
+				w.given(domain.ContactID(9).Stream(), domain.UserUnlinked{UserID: "u9", ToContactID: 8})
+				w.crm.set(contact(id, "ada@example.com"))
+			},
+			action:   domain.ActionAdd,
+			appended: []string{domain.TypeUserLinked, domain.TypeMetaPulled, domain.TypeWebhookProcessed},
+			status:   StatusProcessed, message: "Linked the existing user with this email",
+			check: func(t *testing.T, w *world, appended []domain.Event) {
+				if l := find[domain.UserLinked](t, appended); l.UserID != "u9" || l.FromContactID != 8 {
+					t.Errorf("linked %q from contact %d, want u9 from 8", l.UserID, l.FromContactID)
+				}
+				if u := w.state(8).User; u != nil {
+					t.Errorf("contact 8 keeps user %+v", u)
+				}
+			},
+		},
+		{
+			name: "add for an address whose user two concurrent moves left on no contact links it again instead of creating one",
+			given: func(w *world) {
+				// contacts 8 and 9 unlinked each other, each on its own node
+				w.user(9, "u9", "ada@example.com")
+				w.given(domain.ContactID(8).Stream(), domain.UserLinked{UserID: "u9", ContactID: 8, FromContactID: 9, Login: "ada@example.com", Email: "ada@example.com", Role: "subscriber"})
+				w.given(domain.ContactID(9).Stream(), domain.UserUnlinked{UserID: "u9", ToContactID: 8})
+				w.given(domain.ContactID(8).Stream(), domain.UserUnlinked{UserID: "u9", ToContactID: 9})
+				w.crm.set(contact(id, "ada@example.com"))
+			},
+			action:   domain.ActionAdd,
+			appended: []string{domain.TypeUserLinked, domain.TypeMetaPulled, domain.TypeWebhookProcessed},
+			status:   StatusProcessed, message: "Linked the existing user with this email",
+			check: func(t *testing.T, w *world, appended []domain.Event) {
+				if l := find[domain.UserLinked](t, appended); l.UserID != "u9" {
+					t.Errorf("linked %q, want u9 (no second user)", l.UserID)
+				}
+				r, err := w.proc.readReservation(context.Background(), domain.EmailStream("ada@example.com"))
+				if err != nil || r.contact != id || r.userID != "u9" {
+					t.Errorf("address held by %+v (%v), want contact 7's u9", r, err)
+				}
+			},
+		},
+		{
+			name: "add for a contact whose own user two concurrent moves left on no contact links it back",
+			given: func(w *world) {
+				w.user(id, "u7", "ada@example.com")
+				w.given(domain.ContactID(8).Stream(), domain.UserLinked{UserID: "u7", ContactID: 8, FromContactID: id, Login: "ada@example.com", Email: "ada@example.com", Role: "subscriber"})
+				w.given(id.Stream(), domain.UserUnlinked{UserID: "u7", ToContactID: 8})
+				w.given(domain.ContactID(8).Stream(), domain.UserUnlinked{UserID: "u7", ToContactID: id})
+				w.crm.set(contact(id, "ada@example.com"))
+			},
+			action:   domain.ActionAdd,
+			appended: []string{domain.TypeUserLinked, domain.TypeMetaPulled, domain.TypeWebhookProcessed},
+			status:   StatusProcessed, message: "Linked the existing user with this email",
+			check: func(t *testing.T, w *world, _ []domain.Event) {
+				if u := w.state(id).User; u == nil || u.UserID != "u7" {
+					t.Fatalf("contact 7's user = %+v, want u7 back", u)
+				}
+			},
+		},
+		{
 			name: "update with the email param of another contact's user links it",
 			given: func(w *world) {
 				w.user(9, "u9", "ada@example.com")

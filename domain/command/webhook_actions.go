@@ -20,7 +20,14 @@ func (w *work) update(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		if err != nil {
 			return nil, nil, err
 		}
-		if owner != nil && owner.ContactID != w.id {
+		relink := s.Relinks(owner)
+		if req.Action == domain.ActionAdd && (owner == nil || (owner.ContactID == w.id && !relink)) {
+			// The add planned a link to the address's user, and that user
+			// is no longer found there (it moved on meanwhile, maybe on
+			// another node): decide the add again.
+			return nil, nil, errStale
+		}
+		if owner != nil && (owner.ContactID != w.id || relink) {
 			// The link copies the owner as read: it must still be so when
 			// the link is recorded (finish checks).
 			w.owner = &ownerRead{contact: owner.ContactID, version: version}
@@ -78,8 +85,10 @@ func (w *work) changeEmail(ctx context.Context, u *domain.User, email string) ([
 	if !w.claim(emailKey(email)) {
 		return nil, "email not changed: " + email + " is being claimed by another webhook; send update again", nil
 	}
-	owner, err := w.p.reserve(ctx, domain.EmailStream(email), w.wh, w.id, u.UserID,
-		domain.EmailReserved{Email: email, ContactID: w.id, UserID: u.UserID}, ownsEmail(email))
+	owner, _, err := w.p.reserve(ctx, domain.EmailStream(email), w.wh, w.id, u.UserID, w.decidedAt, false,
+		func(userID string) domain.Event {
+			return domain.EmailReserved{Email: email, ContactID: w.id, UserID: userID}
+		}, ownsEmail(email))
 	if err != nil {
 		return nil, "", err
 	}
@@ -112,9 +121,13 @@ func (w *work) add(ctx context.Context, s *domain.ContactState, pw domain.Pendin
 	}
 	// Create: claim the address first; if another contact won it meanwhile,
 	// decide again (it will link).
-	userID := w.p.newID()
-	holder, err := w.p.reserve(ctx, domain.EmailStream(c.Email), pw.WebhookID, w.id, userID,
-		domain.EmailReserved{Email: domain.NormalizeEmail(c.Email), ContactID: w.id, UserID: userID}, ownsEmail(c.Email))
+	// (A claim of this contact's still in flight, made by another attempt
+	// of the same webhook, lends its user id: both attempts create the
+	// same user, whichever is recorded.)
+	holder, userID, err := w.p.reserve(ctx, domain.EmailStream(c.Email), pw.WebhookID, w.id, w.p.newID(), w.decidedAt, true,
+		func(userID string) domain.Event {
+			return domain.EmailReserved{Email: domain.NormalizeEmail(c.Email), ContactID: w.id, UserID: userID}
+		}, ownsEmail(c.Email))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -205,8 +218,10 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		after.Apply(e)
 	}
 	if after.User != nil {
-		// Reservations change only under their claim locks, and only from
-		// a current state: a stale one could move the user back.
+		// Reservations change only from a current state (a stale one
+		// could move the user back): settle checks this contact still
+		// has the user before it unlinks another. The claim locks spare
+		// this process its own races.
 		if !w.claim(emailKey(after.User.Email)) || !w.claim(loginKey(after.User.Login)) {
 			return nil, Outcome{}, errStale
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,9 +64,30 @@ func parseStore(v string) (storeSpec, error) {
 		if strings.Trim(host, ",") == "" {
 			return storeSpec{}, fmt.Errorf("--store %q names no host: give host:port, for example esdb://127.0.0.1:2113?tls=false", redactStoreURL(v))
 		}
+		for _, hp := range strings.Split(host, ",") {
+			if err := checkPort(hp); err != nil {
+				return storeSpec{}, fmt.Errorf("--store %q: %w", redactStoreURL(v), err)
+			}
+		}
 		return storeSpec{kind: storeESDB, url: v}, nil
 	}
 	return storeSpec{}, fmt.Errorf("--store %q: unknown scheme %q: --store takes %s", redactStoreURL(v), scheme, storeForms)
+}
+
+// checkPort refuses a host:port whose port is not 1–65535 (the client
+// would wrap it silently and dial another port). A host without a port is
+// the client's to default.
+func checkPort(hostPort string) error {
+	i := strings.LastIndex(hostPort, ":")
+	if i < 0 || strings.HasSuffix(hostPort, "]") {
+		return nil
+	}
+	port := hostPort[i+1:]
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q of %s is not a port number (1–65535)", port, hostPort)
+	}
+	return nil
 }
 
 // dataDirOf is the data directory a path given to --store points at: the

@@ -38,6 +38,8 @@ func TestParseStore(t *testing.T) {
 		{value: "postgres://app:hunter2@db/usersync", mentions: []string{`unknown scheme "postgres"`, "esdb://", "esdb+discover://", "file"}},
 		{value: "kurrentdb://node1:2113", mentions: []string{`unknown scheme "kurrentdb"`}},
 		{value: "esdb://", mentions: []string{"names no host"}},
+		{value: "esdb://admin:hunter2@db1:2113,db2:99999?tls=false", mentions: []string{`port "99999" of db2:99999 is not a port number`, "***@"}},
+		{value: "esdb://db1:http", mentions: []string{`port "http"`}},
 		{value: "esdb://admin:hunter2@?tls=false", mentions: []string{"names no host", "***@"}},
 	} {
 		t.Run(tt.value, func(t *testing.T) {

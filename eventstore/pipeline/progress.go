@@ -46,8 +46,8 @@ type Lag struct {
 	// CaughtUp is the readiness decision. Dense: at most Config.Lag
 	// events behind. With gaps: Applied has reached the head observed
 	// Config.CaughtUpWindow ago (or, before the pipeline has observed one
-	// that old, the current head), so the consumers have applied every
-	// event that was in the log that long ago.
+	// that old, the first head it observed), so the consumers have applied
+	// every event that was in the log that long ago.
 	CaughtUp bool
 
 	// applied counts the events the lane furthest behind has applied
@@ -190,7 +190,8 @@ type headSample struct {
 const maxHeadSamples = 64
 
 // observe records head as seen at now and returns the newest head seen at
-// least window before now, or head when none was seen that long ago.
+// least window before now, or the oldest one seen when none was seen that
+// long ago.
 // Samples older than that one are dropped.
 func (h *headSamples) observe(now time.Time, head uint64, window time.Duration) uint64 {
 	h.mu.Lock()
@@ -210,9 +211,10 @@ func (h *headSamples) observe(now time.Time, head uint64, window time.Duration) 
 	if len(h.s) > maxHeadSamples {
 		h.s = append(h.s[:1], h.s[2:]...)
 	}
-	if ref < 0 {
-		return head
-	}
+	// Before one is window old, the oldest is the reference: the head
+	// when the pipeline first looked (at the start). The current head
+	// would make every event appended meanwhile (a process manager's, a
+	// webhook's) a moment of "not caught up".
 	return h.s[0].head
 }
 

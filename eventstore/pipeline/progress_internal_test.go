@@ -35,7 +35,7 @@ func TestProgressArgs_RatesAndETA(t *testing.T) {
 }
 
 // TestHeadSamples_NewestAtLeastWindowOld: observe answers the newest head
-// seen at least the window ago, the current one before any is that old,
+// seen at least the window ago, the first one seen before any is that old,
 // and keeps a bounded number of samples.
 func TestHeadSamples_NewestAtLeastWindowOld(t *testing.T) {
 	var h headSamples
@@ -46,8 +46,8 @@ func TestHeadSamples_NewestAtLeastWindowOld(t *testing.T) {
 		head uint64
 		want uint64
 	}{
-		{0, 100, 100}, // none old enough: the current head
-		{5, 200, 200},
+		{0, 100, 100}, // none old enough: the first one seen
+		{5, 200, 100},
 		{10, 300, 100}, // the head seen at 0 is 10s old
 		{14, 400, 100},
 		{15, 500, 200},

@@ -212,6 +212,35 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
 		}
 	}
+	// Per-contact order: the outcomes close the webhooks in the order the
+	// stream received them, whichever node decided each.
+	for i := range contacts {
+		id := domain.ContactID(firstID + i)
+		recs, err := store.ReadStream(ctx, id.Stream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var received, closed []string
+		for _, rec := range recs {
+			env, err := domain.Decode(rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch e := env.Event.(type) {
+			case domain.WebhookReceived:
+				received = append(received, e.WebhookID)
+			case domain.WebhookProcessed:
+				closed = append(closed, e.WebhookID)
+			case domain.WebhookIgnored:
+				closed = append(closed, e.WebhookID)
+			case domain.WebhookFailed:
+				closed = append(closed, e.WebhookID)
+			}
+		}
+		if fmt.Sprint(closed) != fmt.Sprint(received) {
+			t.Errorf("contact %d: outcomes in the order %v, received %v", id, closed, received)
+		}
+	}
 	for email, n := range log.emails {
 		if n != 1 {
 			t.Errorf("%s: %d users, want 1", email, n)

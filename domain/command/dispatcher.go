@@ -48,10 +48,7 @@ type runShard struct {
 	mu     sync.Mutex
 	active map[domain.ContactID]*run
 	timers map[domain.ContactID]*time.Timer
-	// held are the SubmitDone callbacks of contacts waiting for a retry
-	// or an error pause: their next run takes them over.
-	held map[domain.ContactID][]func()
-	_    [64]byte // keeps shards' locks off one cache line
+	_      [64]byte // keeps shards' locks off one cache line
 }
 
 // waitShard holds the waiters of some webhook ids.
@@ -61,13 +58,7 @@ type waitShard struct {
 	_       [64]byte
 }
 
-// run is a contact's run. next are the SubmitDone callbacks given since
-// the run's current read of the stream began; cur those given before it,
-// called once a read that began after them finds nothing open.
-type run struct {
-	again     bool
-	next, cur []func()
-}
+type run struct{ again bool }
 
 // DispatcherConfig configures NewDispatcher.
 type DispatcherConfig struct {
@@ -126,7 +117,6 @@ func NewDispatcher(proc *ProcessWebhook, cfg DispatcherConfig) (*Dispatcher, err
 	for i := range d.runs {
 		d.runs[i].active = map[domain.ContactID]*run{}
 		d.runs[i].timers = map[domain.ContactID]*time.Timer{}
-		d.runs[i].held = map[domain.ContactID][]func(){}
 		d.waits[i].waiters = map[string][]chan Outcome{}
 	}
 	return d, nil
@@ -164,24 +154,7 @@ func (d *Dispatcher) Submit(id domain.ContactID) error {
 	if d.closed.Load() {
 		return ErrClosed
 	}
-	d.notifyLocked(sh, id, nil)
-	return nil
-}
-
-// SubmitDone is Submit, and calls done once a read of the contact's stream
-// that began after this call found no open webhook left (done runs on the
-// dispatcher's goroutine: it must not block or call back into it). done is
-// not called when the contact is left with open webhooks at Close: what
-// signalled the work must then be given back by its owner (the work
-// feed's items are Nacked or time out).
-func (d *Dispatcher) SubmitDone(id domain.ContactID, done func()) error {
-	sh := d.runShard(id)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if d.closed.Load() {
-		return ErrClosed
-	}
-	d.notifyLocked(sh, id, done)
+	d.notifyLocked(sh, id)
 	return nil
 }
 
@@ -209,27 +182,16 @@ func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
 	}
 }
 
-func (d *Dispatcher) notifyLocked(sh *runShard, id domain.ContactID, done func()) {
+func (d *Dispatcher) notifyLocked(sh *runShard, id domain.ContactID) {
 	if r, ok := sh.active[id]; ok {
 		r.again = true
-		if done != nil {
-			r.next = append(r.next, done)
-		}
 		return
 	}
 	if _, scheduled := sh.timers[id]; scheduled {
 		// A retry is scheduled: the contact waits for it, in order.
-		if done != nil {
-			sh.held[id] = append(sh.held[id], done)
-		}
 		return
 	}
-	r := &run{next: sh.held[id]}
-	delete(sh.held, id)
-	if done != nil {
-		r.next = append(r.next, done)
-	}
-	sh.active[id] = r
+	sh.active[id] = &run{}
 	d.wg.Add(1)
 	go d.work(id)
 }
@@ -250,11 +212,6 @@ func (d *Dispatcher) work(id domain.ContactID) {
 			d.finish(id, 0)
 			return
 		}
-		sh.mu.Lock()
-		if r := sh.active[id]; len(r.next) > 0 {
-			r.cur, r.next = append(r.cur, r.next...), nil
-		}
-		sh.mu.Unlock()
 		outs, err := d.proc.NextBatch(d.ctx, id, d.batch)
 		if err != nil {
 			if d.ctx.Err() == nil && d.onError != nil {
@@ -281,11 +238,7 @@ func (d *Dispatcher) work(id domain.ContactID) {
 			continue
 		}
 		delete(sh.active, id)
-		done := append(r.cur, r.next...)
 		sh.mu.Unlock()
-		for _, f := range done {
-			f()
-		}
 		return
 	}
 }
@@ -295,9 +248,6 @@ func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
 	sh := d.runShard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if r := sh.active[id]; r != nil && (len(r.cur) > 0 || len(r.next) > 0) {
-		sh.held[id] = append(append(sh.held[id], r.cur...), r.next...)
-	}
 	delete(sh.active, id)
 	if after <= 0 || d.closed.Load() {
 		return
@@ -307,7 +257,7 @@ func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
 		defer sh.mu.Unlock()
 		delete(sh.timers, id)
 		if !d.closed.Load() {
-			d.notifyLocked(sh, id, nil)
+			d.notifyLocked(sh, id)
 		}
 	})
 }

@@ -153,12 +153,32 @@ func (s *Store) receive(sub *kdb.Subscription, last *uint64, started *bool, deli
 // subscribe opens a filtered subscription on $all from from. release must
 // be called once the subscription is closed.
 func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subscription, func(), error) {
+	return openSubscription(ctx, s, "subscribe to "+s.addrs,
+		func(ctx context.Context, c *kdb.Client) (*kdb.Subscription, error) {
+			return c.SubscribeToAll(ctx, kdb.SubscribeToAllOptions{
+				From:   from,
+				Filter: &kdb.SubscriptionFilter{Type: kdb.StreamFilterType, Prefixes: s.filterPrefixes()},
+			})
+		})
+}
+
+// closer is a subscription of the client (catch-up or persistent).
+type closer interface{ Close() error }
+
+// openSubscription opens a subscription with open on a client of s,
+// bounded by ctx and by Options.ConnectTimeout (the client may ignore ctx
+// while it discovers), and gives it up if the client is retired meanwhile.
+// A subscription that comes after the caller gave up is closed. release
+// must be called once the subscription is closed; what names the call in
+// the timeout's error.
+func openSubscription[T closer](ctx context.Context, s *Store, what string, open func(context.Context, *kdb.Client) (T, error)) (T, func(), error) {
+	var zero T
 	cl, err := s.acquire()
 	if err != nil {
-		return nil, nil, err
+		return zero, nil, err
 	}
 	type result struct {
-		sub *kdb.Subscription
+		sub T
 		err error
 	}
 	timeout := time.NewTimer(s.opts.ConnectTimeout)
@@ -166,14 +186,11 @@ func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subsc
 	done := make(chan result) // unbuffered: a result nobody takes is cleaned up
 	quit := make(chan struct{})
 	go func() {
-		sub, err := cl.c.SubscribeToAll(ctx, kdb.SubscribeToAllOptions{
-			From:   from,
-			Filter: &kdb.SubscriptionFilter{Type: kdb.StreamFilterType, Prefixes: s.filterPrefixes()},
-		})
+		sub, err := open(ctx, cl.c)
 		select {
 		case done <- result{sub, err}:
 		case <-quit:
-			if sub != nil {
+			if err == nil {
 				sub.Close()
 			}
 			s.release(cl)
@@ -186,18 +203,18 @@ func (s *Store) subscribe(ctx context.Context, from kdb.AllPosition) (*kdb.Subsc
 			if code, ok := codeOf(r.err); ok && code == kdb.ErrorCodeConnectionClosed {
 				s.replace(cl)
 			}
-			return nil, nil, r.err
+			return zero, nil, r.err
 		}
 		return r.sub, func() { s.release(cl) }, nil
 	case <-ctx.Done():
-		close(quit) // the client may ignore ctx while it discovers
-		return nil, nil, ctx.Err()
+		close(quit)
+		return zero, nil, ctx.Err()
 	case <-cl.gone:
 		close(quit)
-		return nil, nil, errRetired
+		return zero, nil, errRetired
 	case <-timeout.C:
 		close(quit)
-		return nil, nil, fmt.Errorf("subscribe to %s: no confirmation within %s", s.addrs, s.opts.ConnectTimeout)
+		return zero, nil, fmt.Errorf("%s: no confirmation within %s", what, s.opts.ConnectTimeout)
 	}
 }
 

@@ -326,50 +326,15 @@ func (f *WorkFeed) run(ctx context.Context) {
 // subscription is ended.
 func (f *WorkFeed) subscribe(ctx context.Context) (*workSub, func(), error) {
 	s := f.s
-	cl, err := s.acquire()
+	sub, release, err := openSubscription(ctx, s, fmt.Sprintf("join work group %s on %s", f.group, s.addrs),
+		func(ctx context.Context, c *kdb.Client) (*kdb.PersistentSubscription, error) {
+			return c.SubscribeToPersistentSubscriptionToAll(ctx, s.serverGroup(f.group),
+				kdb.SubscribeToPersistentSubscriptionOptions{BufferSize: uint32(f.opts.Buffer)})
+		})
 	if err != nil {
 		return nil, nil, err
 	}
-	type result struct {
-		sub *kdb.PersistentSubscription
-		err error
-	}
-	timeout := time.NewTimer(s.opts.ConnectTimeout)
-	defer timeout.Stop()
-	done := make(chan result) // unbuffered: a result nobody takes is cleaned up
-	quit := make(chan struct{})
-	go func() {
-		sub, err := cl.c.SubscribeToPersistentSubscriptionToAll(ctx, s.serverGroup(f.group),
-			kdb.SubscribeToPersistentSubscriptionOptions{BufferSize: uint32(f.opts.Buffer)})
-		select {
-		case done <- result{sub, err}:
-		case <-quit:
-			if sub != nil {
-				sub.Close()
-			}
-			s.release(cl)
-		}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			s.release(cl)
-			if code, ok := codeOf(r.err); ok && code == kdb.ErrorCodeConnectionClosed {
-				s.replace(cl)
-			}
-			return nil, nil, r.err
-		}
-		return &workSub{feed: f, sub: r.sub}, func() { s.release(cl) }, nil
-	case <-ctx.Done():
-		close(quit)
-		return nil, nil, ctx.Err()
-	case <-cl.gone:
-		close(quit)
-		return nil, nil, errRetired
-	case <-timeout.C:
-		close(quit)
-		return nil, nil, fmt.Errorf("join work group %s on %s: no confirmation within %s", f.group, s.addrs, s.opts.ConnectTimeout)
-	}
+	return &workSub{feed: f, sub: sub}, release, nil
 }
 
 // receive hands out the subscription's items until it drops (err the

@@ -264,15 +264,8 @@ func migrateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			"event once.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "usersync migrate: unexpected argument %q\n", fs.Arg(0))
-		return errUsage
+	if help, err := parseFlags(fs, args, stderr); help || err != nil {
+		return err
 	}
 	bar, ok := progressWanted(*progress, stderr)
 	if !ok {
@@ -341,6 +334,23 @@ func migrateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "moved the checkpoints of %s to the new log: start usersync serve --data %s --store with the same connection string\n", paths.views(), paths.dir)
 	return nil
+}
+
+// parseFlags parses the flags of a command that takes no arguments: help
+// is true (and err nil) after --help, err is errUsage after a flag error
+// (already printed) or a stray argument (printed here).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "usersync %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return false, errUsage
+	}
+	return false, nil
 }
 
 // progressWanted reads a --progress flag: auto draws a bar on a terminal.

@@ -133,15 +133,8 @@ func rebuildCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stderr, "Usage: usersync rebuild [--data DIR] [--store esdb://…]\n\nDrops every view (users, tags, password returns, webhooks) and builds it again\nfrom the events. Stop usersync serve first, or use POST /api/rebuild on a running one.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "usersync rebuild: unexpected argument %q\n", fs.Arg(0))
-		return errUsage
+	if help, err := parseFlags(fs, args, stderr); help || err != nil {
+		return err
 	}
 	bar, ok := progressWanted(*progress, stderr)
 	if !ok {

@@ -11,6 +11,15 @@ import (
 // live batches catch up within seconds anyway.
 const DefaultCatchUpMinBehind = 100_000
 
+// DefaultCatchUpMinBehindBytes is CatchUp.MinBehind's counterpart for a log
+// whose positions are byte offsets (EventStoreDB's $all): 32 MiB is about
+// 100,000 usersync events (the 6 events of one add took 1,912 bytes of the
+// stand-in's log, which sizes records as the server does). Below it a rebuild aside would cost more than it saves:
+// a few events behind, the live batches catch up within milliseconds while
+// a rebuild reads the whole log and holds back every synchronous answer
+// waiting on the views.
+const DefaultCatchUpMinBehindBytes = 32 << 20
+
 // CatchUp says how the views catch up when the first batch handed to them
 // finds them far behind the log (a start without views.db, or with views
 // of schema 1, or long stopped): they are then built aside at rebuild

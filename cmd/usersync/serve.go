@@ -174,13 +174,12 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	// The views apply events in batches, all four in one transaction; far
 	// behind the log at the start (no views.db), they are first built aside
 	// at rebuild speed and swapped in.
-	minBehind := cmp.Or(cfg.catchUpMinBehind, projections.DefaultCatchUpMinBehind)
+	minBehind := uint64(projections.DefaultCatchUpMinBehind)
 	if !pipeline.Dense(a.store) {
-		// EventStoreDB's positions are byte offsets, not counts: only
-		// "at least half the log behind" decides a rebuild aside there,
-		// and a process manager behind at all waits for it.
-		minBehind = 1
+		// EventStoreDB's positions are byte offsets, not counts.
+		minBehind = projections.DefaultCatchUpMinBehindBytes
 	}
+	minBehind = cmp.Or(cfg.catchUpMinBehind, minBehind)
 	viewsBatch := a.views.CatchUpBatch(projections.CatchUp{Log: a.store, MinBehind: minBehind})
 	views := []pipeline.BatchConsumer{viewsBatch}
 	if cfg.wrapViews != nil {

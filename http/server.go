@@ -39,6 +39,15 @@ type Queue interface {
 	Forget(webhookID string, ch <-chan command.Outcome)
 }
 
+// Outcomes waits for a recorded webhook's outcome where the node that
+// decides it may be another one (several nodes on EventStoreDB): on the
+// answering node's own views.
+type Outcomes interface {
+	// WaitOutcome blocks until webhookID has an outcome (retrying
+	// included) or ctx is done.
+	WaitOutcome(ctx context.Context, webhookID string) (command.Outcome, error)
+}
+
 // Config is what the server is built from. New fills the defaults and
 // validates it.
 type Config struct {
@@ -55,6 +64,9 @@ type Config struct {
 	Views *projections.Views
 	// Queue processes the recorded webhooks (required).
 	Queue Queue
+	// Outcomes, if set, is what a synchronous webhook's answer waits on
+	// instead of Queue.Await.
+	Outcomes Outcomes
 	// Log takes the webhook lines and the errors (required).
 	Log *slog.Logger
 	// NewID gives each webhook its id (required).

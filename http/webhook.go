@@ -135,7 +135,7 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		return
 	}
 	var ch <-chan command.Outcome
-	if !req.Async {
+	if !req.Async && s.cfg.Outcomes == nil {
 		ch = s.cfg.Queue.Await(id)
 	}
 	if err := s.record(r.Context(), contact.Stream(), received, nil); err != nil {
@@ -160,6 +160,20 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 	}
 	if req.Async {
 		queued("Queued")
+		return
+	}
+	if s.cfg.Outcomes != nil {
+		wctx, cancel := context.WithTimeout(r.Context(), s.cfg.Wait)
+		out, err := s.cfg.Outcomes.WaitOutcome(wctx, id)
+		cancel()
+		switch {
+		case err == nil:
+			s.answer(r.Context(), w, rep, out, start)
+		case r.Context().Err() != nil:
+			rep.Outcome, rep.Reason = outcomeQueued, "the sender went away; processing continues"
+		default:
+			queued("Queued: processing continues")
+		}
 		return
 	}
 	wait := time.NewTimer(s.cfg.Wait)

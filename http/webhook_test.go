@@ -1,6 +1,7 @@
 package http
 
 import (
+	"context"
 	"encoding/json"
 	nethttp "net/http"
 	"net/http/httptest"
@@ -163,5 +164,58 @@ func TestWriteAnswer_AsWriteJSON(t *testing.T) {
 		if got.Body.String() != want.Body.String() || got.Code != want.Code || !reflect.DeepEqual(got.Header(), want.Header()) {
 			t.Errorf("%+v:\n got %d %v %q\nwant %d %v %q", a, got.Code, got.Header(), got.Body, want.Code, want.Header(), want.Body)
 		}
+	}
+}
+
+// outcomesFunc is an Outcomes from a function.
+type outcomesFunc func(ctx context.Context, id string) (command.Outcome, error)
+
+func (f outcomesFunc) WaitOutcome(ctx context.Context, id string) (command.Outcome, error) {
+	return f(ctx, id)
+}
+
+// With Outcomes (several nodes), a synchronous answer waits on it, never on
+// the queue: the outcome it gives is answered as a local one is, and a
+// wait that ends without one answers 202 queued.
+func TestWebhook_WithOutcomes_AnswersWhatTheyGiveOrQueuedAfterTheWait(t *testing.T) {
+	tests := []struct {
+		name       string
+		outcomes   outcomesFunc
+		wantStatus int
+		wantAnswer string
+	}{
+		{"decided elsewhere: processed", func(_ context.Context, id string) (command.Outcome, error) {
+			return command.Outcome{WebhookID: id, ContactID: 7, Status: command.StatusIgnored, Message: "not a member"}, nil
+		}, 200, command.StatusIgnored},
+		{"decided elsewhere: failed, the recorded kind", func(_ context.Context, id string) (command.Outcome, error) {
+			return command.Outcome{WebhookID: id, ContactID: 7, Status: command.StatusFailed, Err: domain.Fail(domain.ErrCRMRefused, "refused")}, nil
+		}, 502, command.StatusFailed},
+		{"not decided within the wait", func(ctx context.Context, _ string) (command.Outcome, error) {
+			<-ctx.Done()
+			return command.Outcome{}, ctx.Err()
+		}, 202, command.StatusQueued},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given a server whose queue would never answer
+			cfg := testConfig(t, quietLog())
+			cfg.Wait = 50 * time.Millisecond
+			cfg.Outcomes = tt.outcomes
+			s, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// When a synchronous webhook comes
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, httptest.NewRequest("GET", "/?wpf_action=update&contact_id=7&access_key=access-key", nil))
+			// Then it is answered from Outcomes
+			var a webhookAnswer
+			if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
+				t.Fatalf("answer %q: %v", rec.Body, err)
+			}
+			if rec.Code != tt.wantStatus || a.Status != tt.wantAnswer {
+				t.Errorf("answer %d %+v, want %d %s", rec.Code, a, tt.wantStatus, tt.wantAnswer)
+			}
+		})
 	}
 }

@@ -526,6 +526,15 @@ func readLog(t *testing.T, path string) crashLog {
 		t.Fatal(err)
 	}
 	defer store.Close()
+	return scanLog(t, store)
+}
+
+// scanLog reads every event of a store.
+func scanLog(t *testing.T, store interface {
+	ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error)
+}) crashLog {
+	t.Helper()
+	ctx := context.Background()
 	l := crashLog{received: map[string]string{}, outcomes: map[string]int{}, outcomeType: map[string]string{},
 		created: map[domain.ContactID]int{}, emails: map[string]int{}, issued: map[domain.ContactID]int{},
 		welcomeWanted: map[domain.ContactID]bool{}, welcomeSent: map[domain.ContactID]int{}, returned: map[string]int{}}

@@ -23,6 +23,7 @@ import (
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore"
+	"github.com/usersync/usersync/eventstore/esdb"
 	"github.com/usersync/usersync/eventstore/keystore"
 	"github.com/usersync/usersync/eventstore/pipeline"
 	"github.com/usersync/usersync/funnelkit"
@@ -67,6 +68,7 @@ type app struct {
 	pipeDone    chan error
 	pipeStop    context.CancelFunc
 	disp        *command.Dispatcher
+	feed        *feedWorker // on EventStoreDB: what brings the webhooks to disp
 	returner    *command.PasswordReturner
 	servers     []*nethttp.Server
 	serveErr    chan error
@@ -254,6 +256,17 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
+	// On EventStoreDB the webhooks reach the dispatcher through the work
+	// feed shared by every node on the store, and a synchronous answer
+	// waits on this node's views (docs/scaling.md, "Several nodes").
+	var queue usershttp.Queue = a.disp
+	var outcomes usershttp.Outcomes
+	if es, ok := a.store.logStore.(*esdb.Store); ok {
+		if a.feed, err = startFeedWorker(ctx, es, a.disp, log); err != nil {
+			return nil, a.store.redact(err)
+		}
+		queue, outcomes = feedQueue{}, viewOutcomes{views: a.views, store: store}
+	}
 	var authFailures *usershttp.FailureLimiter
 	if cfg.AuthFailRate > 0 {
 		if authFailures, err = usershttp.NewFailureLimiter(usershttp.FailureLimiterConfig{Rate: cfg.AuthFailRate, Burst: cfg.AuthFailBurst}); err != nil {
@@ -263,7 +276,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	srv, err := usershttp.New(usershttp.Config{
 		AuthFailures: authFailures, Refused: m.Refused,
 		AccessKey: access, AdminToken: admin, Wait: cfg.Wait,
-		Store: store, Views: a.views, Queue: a.disp, Log: log,
+		Store: store, Views: a.views, Queue: queue, Outcomes: outcomes, Log: log,
 		NewID:   func() string { return uuid.Must(uuid.NewV7()).String() },
 		Ready:   a.ready,
 		Admit:   a.disk.check,
@@ -458,6 +471,13 @@ func (a *app) recover(ctx context.Context, head uint64) {
 // recoverOnce queues the contacts of the open webhooks and resumes the
 // pending password returns. Both are idempotent, so it may run again.
 func (a *app) recoverOnce(ctx context.Context) error {
+	if a.feed != nil {
+		// The work feed redelivers every item not acked, and an item is
+		// acked only once its contact has no open webhook: queueing the
+		// open webhooks here too would only process them on this node
+		// that the feed may have given to another.
+		return a.resumeReturns(ctx)
+	}
 	open, err := a.views.Webhooks.Open(ctx)
 	if err != nil {
 		return fmt.Errorf("list the open webhooks: %w", err)
@@ -472,6 +492,11 @@ func (a *app) recoverOnce(ctx context.Context) error {
 	if len(open) > 0 {
 		a.log.Info("resuming webhooks recorded before the last stop", "webhooks", len(open), "contacts", len(seen))
 	}
+	return a.resumeReturns(ctx)
+}
+
+// resumeReturns resumes the pending password returns.
+func (a *app) resumeReturns(ctx context.Context) error {
 	if a.returner == nil {
 		return nil
 	}
@@ -544,9 +569,18 @@ func (a *app) shutdown() error {
 		}
 		drainCtx, cancelDrain := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancelDrain()
+		if a.feed != nil {
+			a.feed.stopTaking()
+		}
 		if a.disp != nil {
 			if err := a.disp.Close(drainCtx); err != nil {
 				errs = append(errs, fmt.Errorf("drain webhooks: %w", err))
+			}
+		}
+		// After the dispatcher: the items of what it finished are acked.
+		if a.feed != nil {
+			if err := a.feed.close(); err != nil {
+				errs = append(errs, fmt.Errorf("leave the work feed: %w", err))
 			}
 		}
 		if a.pipe != nil {

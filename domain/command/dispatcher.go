@@ -48,7 +48,10 @@ type runShard struct {
 	mu     sync.Mutex
 	active map[domain.ContactID]*run
 	timers map[domain.ContactID]*time.Timer
-	_      [64]byte // keeps shards' locks off one cache line
+	// held are the SubmitDone callbacks of contacts waiting for a retry
+	// or an error pause: their next run takes them over.
+	held map[domain.ContactID][]func()
+	_    [64]byte // keeps shards' locks off one cache line
 }
 
 // waitShard holds the waiters of some webhook ids.
@@ -58,7 +61,13 @@ type waitShard struct {
 	_       [64]byte
 }
 
-type run struct{ again bool }
+// run is a contact's run. next are the SubmitDone callbacks given since
+// the run's current read of the stream began; cur those given before it,
+// called once a read that began after them finds nothing open.
+type run struct {
+	again     bool
+	next, cur []func()
+}
 
 // DispatcherConfig configures NewDispatcher.
 type DispatcherConfig struct {
@@ -117,6 +126,7 @@ func NewDispatcher(proc *ProcessWebhook, cfg DispatcherConfig) (*Dispatcher, err
 	for i := range d.runs {
 		d.runs[i].active = map[domain.ContactID]*run{}
 		d.runs[i].timers = map[domain.ContactID]*time.Timer{}
+		d.runs[i].held = map[domain.ContactID][]func(){}
 		d.waits[i].waiters = map[string][]chan Outcome{}
 	}
 	return d, nil
@@ -154,7 +164,24 @@ func (d *Dispatcher) Submit(id domain.ContactID) error {
 	if d.closed.Load() {
 		return ErrClosed
 	}
-	d.notifyLocked(sh, id)
+	d.notifyLocked(sh, id, nil)
+	return nil
+}
+
+// SubmitDone is Submit, and calls done once a read of the contact's stream
+// that began after this call found no open webhook left (done runs on the
+// dispatcher's goroutine: it must not block or call back into it). done is
+// not called when the contact is left with open webhooks at Close: what
+// signalled the work must then be given back by its owner (the work
+// feed's items are Nacked or time out).
+func (d *Dispatcher) SubmitDone(id domain.ContactID, done func()) error {
+	sh := d.runShard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	d.notifyLocked(sh, id, done)
 	return nil
 }
 
@@ -182,16 +209,27 @@ func (d *Dispatcher) Forget(webhookID string, ch <-chan Outcome) {
 	}
 }
 
-func (d *Dispatcher) notifyLocked(sh *runShard, id domain.ContactID) {
+func (d *Dispatcher) notifyLocked(sh *runShard, id domain.ContactID, done func()) {
 	if r, ok := sh.active[id]; ok {
 		r.again = true
+		if done != nil {
+			r.next = append(r.next, done)
+		}
 		return
 	}
 	if _, scheduled := sh.timers[id]; scheduled {
 		// A retry is scheduled: the contact waits for it, in order.
+		if done != nil {
+			sh.held[id] = append(sh.held[id], done)
+		}
 		return
 	}
-	sh.active[id] = &run{}
+	r := &run{next: sh.held[id]}
+	delete(sh.held, id)
+	if done != nil {
+		r.next = append(r.next, done)
+	}
+	sh.active[id] = r
 	d.wg.Add(1)
 	go d.work(id)
 }
@@ -212,6 +250,11 @@ func (d *Dispatcher) work(id domain.ContactID) {
 			d.finish(id, 0)
 			return
 		}
+		sh.mu.Lock()
+		if r := sh.active[id]; len(r.next) > 0 {
+			r.cur, r.next = append(r.cur, r.next...), nil
+		}
+		sh.mu.Unlock()
 		outs, err := d.proc.NextBatch(d.ctx, id, d.batch)
 		if err != nil {
 			if d.ctx.Err() == nil && d.onError != nil {
@@ -238,7 +281,11 @@ func (d *Dispatcher) work(id domain.ContactID) {
 			continue
 		}
 		delete(sh.active, id)
+		done := append(r.cur, r.next...)
 		sh.mu.Unlock()
+		for _, f := range done {
+			f()
+		}
 		return
 	}
 }
@@ -248,6 +295,9 @@ func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
 	sh := d.runShard(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if r := sh.active[id]; r != nil && (len(r.cur) > 0 || len(r.next) > 0) {
+		sh.held[id] = append(append(sh.held[id], r.cur...), r.next...)
+	}
 	delete(sh.active, id)
 	if after <= 0 || d.closed.Load() {
 		return
@@ -257,7 +307,7 @@ func (d *Dispatcher) finish(id domain.ContactID, after time.Duration) {
 		defer sh.mu.Unlock()
 		delete(sh.timers, id)
 		if !d.closed.Load() {
-			d.notifyLocked(sh, id)
+			d.notifyLocked(sh, id, nil)
 		}
 	})
 }

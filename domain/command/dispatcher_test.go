@@ -359,3 +359,52 @@ func TestDispatcher_ConcurrentSubmits_KeepEachContactsOrderAndDeliverEachOutcome
 		}
 	}
 }
+
+func TestDispatcher_SubmitDone_CalledOnceTheContactHasNothingOpen_EvenThroughARetry(t *testing.T) {
+	// Given a contact whose first webhook must be retried (the CRM is down)
+	w := newWorld(t, testPolicy())
+	w.setNow(time.Now())
+	w.proc.retry = domain.Backoff{Initial: time.Millisecond, Max: time.Millisecond}
+	w.crm.contactErr = errCRMDown
+	d := newDispatcher(t, w, DispatcherConfig{})
+	first := w.webhook(7, domain.ActionAdd, nil)
+	ch1 := d.Await(first)
+	done := make(chan struct{}, 2)
+	// When it is submitted with a done callback
+	if err := d.SubmitDone(7, func() { done <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	if out := await(t, ch1); out.Status != StatusRetrying {
+		t.Fatalf("first outcome %+v, want retrying", out)
+	}
+	// Then done waits while the webhook is open
+	select {
+	case <-done:
+		t.Fatal("done called while the webhook waits for its retry")
+	default:
+	}
+	// And is called once the retry has closed it
+	second := w.webhook(7, domain.ActionUpdateTags, nil)
+	ch2 := d.Await(second)
+	if err := d.SubmitDone(7, func() { done <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	w.crm.mu.Lock()
+	w.crm.contactErr = nil
+	w.crm.mu.Unlock()
+	w.crm.set(contact(7, "ada@example.com"))
+	w.setNow(time.Now().Add(time.Hour))
+	if out := await(t, ch2); out.Status != StatusProcessed {
+		t.Fatalf("second outcome %+v, want processed", out)
+	}
+	for i := range 2 {
+		select {
+		case <-done:
+		case <-time.After(waitFor):
+			t.Fatalf("done %d of 2 never called", i+1)
+		}
+	}
+	if s := w.state(7); len(s.Pending) != 0 {
+		t.Errorf("contact state %+v: done was called with webhooks open", s)
+	}
+}

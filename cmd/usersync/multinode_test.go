@@ -1,0 +1,255 @@
+package main
+
+// Two usersync serve processes (the real binary) on one EventStoreDB
+// stand-in: the work feed shares the webhooks out, each contact processed
+// once and in order whichever node took its webhooks, and a synchronous
+// answer waits on the answering node's own views.
+
+import (
+	"context"
+	"fmt"
+	nethttp "net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore/esdb"
+	"github.com/usersync/usersync/eventstore/esdb/esdbtest"
+	"github.com/usersync/usersync/funnelkit/simulator"
+)
+
+// crmReads counts, per contact, the FunnelKit requests one node made.
+type crmReads struct {
+	mu    sync.Mutex
+	reads map[domain.ContactID]int
+}
+
+var contactPath = regexp.MustCompile(`contacts/(\d+)`)
+
+func (c *crmReads) wrap(h nethttp.Handler) nethttp.Handler {
+	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if m := contactPath.FindStringSubmatch(r.URL.Path); m != nil {
+			id, _ := strconv.ParseUint(m[1], 10, 64)
+			c.mu.Lock()
+			c.reads[domain.ContactID(id)]++
+			c.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (c *crmReads) of(id domain.ContactID) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads[id]
+}
+
+func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the real binary twice")
+	}
+	if raceEnabled {
+		t.Skip("two -race binaries and the stand-in are too slow for the 2-core machine; the feed's parts have their own -race tests")
+	}
+	const (
+		nodes    = 2
+		contacts = 6
+		firstID  = 201
+		perPhase = 8 // webhooks per contact after its add
+	)
+	began := time.Now()
+	bin := buildUsersync(t)
+	standin := esdbtest.New(t)
+
+	sim := simulator.New("automation", testFKPass)
+	sim.SampleData()
+	for i := range contacts {
+		id := domain.ContactID(firstID + i)
+		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("m%d@example.com", id), FirstName: fmt.Sprintf("M%d", id),
+			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
+	}
+	// One simulator, one loopback address per node: what each node read.
+	reads := make([]*crmReads, nodes)
+	srvs := make([]*crashServer, nodes)
+	for n := range nodes {
+		reads[n] = &crmReads{reads: map[domain.ContactID]int{}}
+		fk := httptest.NewServer(reads[n].wrap(sim.Handler()))
+		t.Cleanup(fk.Close)
+		srvs[n] = newCrashServer(t, bin, []string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir(),
+			"--store", standin.ConnString(),
+			"--funnelkit-url", fk.URL, "--funnelkit-user", "automation", "--funnelkit-password", testFKPass,
+			"--funnelkit-timeout", "2s", "--access-key", testKey, "--admin-token", testToken,
+			"--log-format", "json", "--log-level", "info", "--password-hash-cost", "4",
+			"--wait", "20s", "--retry-initial", "5ms", "--retry-max", "50ms"})
+		srvs[n].start()
+	}
+	base := func(n int) string {
+		b, _, _ := srvs[n].current()
+		return b
+	}
+
+	type sent struct {
+		node    int
+		contact domain.ContactID
+		async   bool
+		code    int
+		a       answer
+		err     error
+	}
+	client := &nethttp.Client{Timeout: 30 * time.Second}
+	send := func(node int, contact domain.ContactID, action string, async bool) sent {
+		params := map[string]string{"wpf_action": action, "contact_id": strconv.FormatUint(uint64(contact), 10), "access_key": testKey}
+		if async {
+			params["async"] = "1"
+		}
+		code, a, err := sendHook(client, base(node), "form", params)
+		return sent{node: node, contact: contact, async: async, code: code, a: a, err: err}
+	}
+	var (
+		mu      sync.Mutex
+		answers []sent
+		wg      sync.WaitGroup
+	)
+	// The adds, synchronous, alternating between the nodes; then for each
+	// contact updates and update_tags to both nodes at once, sync and async.
+	for i := range contacts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := domain.ContactID(firstID + i)
+			s := send(i%nodes, id, "add", false)
+			mu.Lock()
+			answers = append(answers, s)
+			mu.Unlock()
+			var inner sync.WaitGroup
+			for k := range perPhase {
+				inner.Add(1)
+				go func() {
+					defer inner.Done()
+					action := []string{"update", "update_tags"}[k%2]
+					s := send((i+k)%nodes, id, action, k%3 == 2)
+					mu.Lock()
+					answers = append(answers, s)
+					mu.Unlock()
+				}()
+			}
+			inner.Wait()
+		}()
+	}
+	wg.Wait()
+
+	// Every answer 2xx; every sync one processed with its user.
+	crossNode := 0
+	acked := map[string]bool{}
+	for _, s := range answers {
+		if s.err != nil || s.code < 200 || s.code > 299 {
+			t.Fatalf("node %d, contact %d: answer %d %+v, err %v", s.node, s.contact, s.code, s.a, s.err)
+		}
+		acked[s.a.WebhookID] = true
+		if s.async {
+			continue
+		}
+		if s.code != 200 || s.a.Status != "processed" || s.a.User == nil {
+			t.Errorf("node %d, contact %d: sync answer %d %+v, want 200 processed with the user", s.node, s.contact, s.code, s.a)
+			continue
+		}
+		if reads[s.node].of(s.contact) == 0 {
+			crossNode++ // decided on the other node: this one never read the contact
+		}
+	}
+	if crossNode == 0 {
+		t.Errorf("no sync answer came from a node that did not process its webhook (reads per node: %v, %v)", reads[0].reads, reads[1].reads)
+	}
+
+	// Both nodes drain: nothing open, views at the head.
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n := range nodes {
+		addr := base(n)[len("http://"):]
+		for {
+			fams, _ := scrape(t, addr)
+			if fams["usersync_webhooks_open"].get(nil) == 0 && fams["usersync_projection_lag_events"].get(nil) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d did not drain: open %v\n%s", n, fams["usersync_webhooks_open"].get(nil), srvs[n].logs.String())
+			}
+			<-tick.C
+		}
+	}
+	for n := range nodes {
+		if err := srvs[n].stop(syscall.SIGTERM); err != nil {
+			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, srvs[n].logs.String())
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	store, err := esdb.Open(ctx, standin.ConnString(), esdb.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	log := scanLog(t, store)
+	for id := range acked {
+		if _, ok := log.received[id]; !ok {
+			t.Errorf("webhook %s was acknowledged and is not in the log", id)
+		}
+	}
+	for id := range log.received {
+		if n := log.outcomes[id]; n != 1 {
+			t.Errorf("webhook %s has %d outcomes, want 1", id, n)
+		}
+	}
+	for i := range contacts {
+		if id := domain.ContactID(firstID + i); log.created[id] != 1 {
+			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
+		}
+	}
+	// Per-contact order: the outcomes close the webhooks in the order the
+	// stream received them, whichever node decided each.
+	for i := range contacts {
+		id := domain.ContactID(firstID + i)
+		recs, err := store.ReadStream(ctx, id.Stream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var received, closed []string
+		for _, rec := range recs {
+			env, err := domain.Decode(rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch e := env.Event.(type) {
+			case domain.WebhookReceived:
+				received = append(received, e.WebhookID)
+			case domain.WebhookProcessed:
+				closed = append(closed, e.WebhookID)
+			case domain.WebhookIgnored:
+				closed = append(closed, e.WebhookID)
+			case domain.WebhookFailed:
+				closed = append(closed, e.WebhookID)
+			}
+		}
+		if fmt.Sprint(closed) != fmt.Sprint(received) {
+			t.Errorf("contact %d: outcomes in the order %v, received %v", id, closed, received)
+		}
+	}
+	for email, n := range log.emails {
+		if n != 1 {
+			t.Errorf("%s: %d users, want 1", email, n)
+		}
+	}
+	processedBy := make([]int, nodes)
+	for n := range nodes {
+		processedBy[n] = len(reads[n].reads)
+	}
+	t.Logf("%d nodes, %d webhooks (%d contacts; contacts read per node %v), %d sync answers from the node that did not process them, %d events; %s",
+		nodes, len(answers), contacts, processedBy, crossNode, log.events, time.Since(began).Round(time.Millisecond))
+}

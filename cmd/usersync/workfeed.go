@@ -1,0 +1,209 @@
+package main
+
+// Several nodes on one EventStoreDB (docs/scaling.md, "Several nodes"): the
+// webhooks are processed where the work feed's Pinned persistent
+// subscription hands their contact out, and a synchronous answer waits on
+// this node's own views, whichever node decided the webhook.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/domain/command"
+	"github.com/usersync/usersync/eventstore/esdb"
+	"github.com/usersync/usersync/projections"
+)
+
+// workGroup is the persistent subscription group the nodes share.
+const workGroup = "usersync-webhooks"
+
+// contactWork is what the feed needs of the dispatcher.
+type contactWork interface {
+	SubmitDone(id domain.ContactID, done func()) error
+}
+
+// feedWorker turns the work feed's "contact C has work" items into
+// dispatcher runs, and acks an item once a run that began after it found no
+// open webhook left for C. An item whose contact is left with open
+// webhooks at the stop is Nacked (or, if the node dies, given to another
+// node by the server).
+type feedWorker struct {
+	feed *esdb.WorkFeed
+	disp contactWork
+	log  *slog.Logger
+
+	stop context.CancelFunc
+	done chan struct{}
+	acks sync.WaitGroup
+}
+
+// startFeedWorker joins the group on s and starts handing items to disp.
+func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger) (*feedWorker, error) {
+	// The feed lives until close, not until ctx (the start's) is done.
+	feed, err := s.Work(context.WithoutCancel(ctx), workGroup, esdb.WorkOptions{
+		OnDropped: func(err error) { log.Warn("work feed dropped; joining again", "err", err) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("join the work feed %s: %w", workGroup, err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	w := &feedWorker{feed: feed, disp: disp, log: log, stop: stop, done: make(chan struct{})}
+	go w.run(runCtx)
+	return w, nil
+}
+
+func (w *feedWorker) run(ctx context.Context) {
+	defer close(w.done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it, ok := <-w.feed.Items():
+			if !ok {
+				return
+			}
+			w.handle(it)
+		}
+	}
+}
+
+func (w *feedWorker) handle(it esdb.WorkItem) {
+	id, ok := domain.ContactIDFromStream(it.Stream)
+	if !ok {
+		// A webhook refused at intake, in its own stream, closed with it.
+		w.settle(it, "")
+		return
+	}
+	if err := w.disp.SubmitDone(id, func() { w.settle(it, "") }); err != nil {
+		w.settle(it, "usersync is stopping")
+	}
+}
+
+// settle acks the item (nack non-empty: Nacks it) without blocking the
+// caller, the dispatcher's goroutine.
+func (w *feedWorker) settle(it esdb.WorkItem, nack string) {
+	w.acks.Add(1)
+	go func() {
+		defer w.acks.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var err error
+		if nack != "" {
+			err = it.Nack(ctx, nack)
+		} else {
+			err = it.Ack(ctx)
+		}
+		if err != nil {
+			// Not fatal: the server gives the item out again, and its
+			// contact's stream says there is nothing left to do.
+			w.log.Debug("settling a work item failed; it will be delivered again", "stream", it.Stream, "err", err)
+		}
+	}()
+}
+
+// stopTaking stops handing new items to the dispatcher (before it closes).
+func (w *feedWorker) stopTaking() {
+	w.stop()
+	<-w.done
+}
+
+// close waits for the acks under way, then leaves the group: the server
+// gives what is not acked to the other members.
+func (w *feedWorker) close() error {
+	w.stopTaking()
+	w.acks.Wait()
+	return w.feed.Close()
+}
+
+// feedQueue is the http.Queue of a node driven by the work feed: the
+// webhook is recorded, and the feed, not the answering node, brings it to
+// a dispatcher. Answers wait on viewOutcomes, so Await is never called.
+type feedQueue struct{}
+
+func (feedQueue) Await(string) <-chan command.Outcome   { return nil }
+func (feedQueue) Submit(domain.ContactID) error         { return nil }
+func (feedQueue) Forget(string, <-chan command.Outcome) {}
+
+// streamReader is what viewOutcomes reads a failed webhook's recorded
+// status from.
+type streamReader interface {
+	ReadStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error)
+}
+
+// viewOutcomes waits for a webhook's outcome in this node's views: the
+// receipt leaves "queued" when the views apply the outcome event, whichever
+// node appended it.
+type viewOutcomes struct {
+	views *projections.Views
+	store streamReader
+}
+
+// WaitOutcome is http.Outcomes' method.
+func (o viewOutcomes) WaitOutcome(ctx context.Context, webhookID string) (command.Outcome, error) {
+	for {
+		// The position first: an outcome applied after it moves the view.
+		pos, err := o.views.Position("webhooks")
+		if err != nil {
+			return command.Outcome{}, err
+		}
+		w, ok, err := o.views.Webhooks.Get(ctx, webhookID)
+		if err != nil {
+			return command.Outcome{}, err
+		}
+		if ok && w.Status != projections.WebhookQueued {
+			return o.outcome(ctx, w, pos), nil
+		}
+		if err := o.views.WaitFor(ctx, "webhooks", pos+1); err != nil {
+			return command.Outcome{}, err
+		}
+	}
+}
+
+// outcome is the receipt w as an Outcome; pos is a position the views have
+// applied (all views move together), for the answer's user.
+func (o viewOutcomes) outcome(ctx context.Context, w projections.Webhook, pos uint64) command.Outcome {
+	out := command.Outcome{WebhookID: w.ID, ContactID: w.ContactID, Status: w.Status, Message: w.Message, Position: pos}
+	switch w.Status {
+	case projections.WebhookRetrying:
+		out.Err = domain.Fail(domain.ErrCRMUnavailable, w.Message)
+	case projections.WebhookFailed:
+		out.Err = domain.Fail(o.failureKind(ctx, w), w.Message)
+	}
+	return out
+}
+
+// failureKind is the kind of a failed webhook's failure, from the status
+// its WebhookFailed event records (the receipt does not keep it).
+func (o viewOutcomes) failureKind(ctx context.Context, w projections.Webhook) error {
+	kind := domain.ErrImportFailed
+	stream, version, ok, err := o.views.Webhooks.Locate(ctx, w.ID)
+	if err != nil || !ok {
+		return kind
+	}
+	evs, err := o.store.ReadStreamFrom(ctx, stream, version)
+	if err != nil {
+		return kind
+	}
+	for _, e := range evs {
+		if e.Type != domain.TypeWebhookFailed {
+			continue
+		}
+		var f domain.WebhookFailed
+		if json.Unmarshal(e.Data, &f) != nil || f.WebhookID != w.ID {
+			continue
+		}
+		switch f.Status {
+		case 400:
+			return domain.ErrInvalidRequest
+		case 502:
+			return domain.ErrCRMRefused
+		}
+		return kind
+	}
+	return kind
+}

@@ -172,6 +172,9 @@ func (s *Server) webhook(w nethttp.ResponseWriter, r *nethttp.Request) {
 		case r.Context().Err() != nil:
 			rep.Outcome, rep.Reason = outcomeQueued, "the sender went away; processing continues"
 		default:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				s.cfg.Log.Warn("waiting for a webhook's outcome in the views failed; answered queued", "webhook_id", id, "err", err)
+			}
 			queued("Queued: processing continues")
 		}
 		return

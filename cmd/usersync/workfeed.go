@@ -143,8 +143,11 @@ type viewOutcomes struct {
 	store streamReader
 }
 
-// WaitOutcome is http.Outcomes' method.
+// WaitOutcome is http.Outcomes' method. A failed read of the view (views
+// being swapped after a rebuild) is tried again once the view moves, until
+// ctx is done.
 func (o viewOutcomes) WaitOutcome(ctx context.Context, webhookID string) (command.Outcome, error) {
+	var readErr error
 	for {
 		// The position first: an outcome applied after it moves the view.
 		pos, err := o.views.Position("webhooks")
@@ -152,13 +155,18 @@ func (o viewOutcomes) WaitOutcome(ctx context.Context, webhookID string) (comman
 			return command.Outcome{}, err
 		}
 		w, ok, err := o.views.Webhooks.Get(ctx, webhookID)
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() == nil:
+			readErr = err
+		case err != nil:
 			return command.Outcome{}, err
-		}
-		if ok && w.Status != projections.WebhookQueued {
+		case ok && w.Status != projections.WebhookQueued:
 			return o.outcome(ctx, w, pos), nil
 		}
 		if err := o.views.WaitFor(ctx, "webhooks", pos+1); err != nil {
+			if readErr != nil {
+				return command.Outcome{}, fmt.Errorf("read receipt %s: %w (then: %v)", webhookID, readErr, err)
+			}
 			return command.Outcome{}, err
 		}
 	}

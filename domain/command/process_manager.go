@@ -107,6 +107,7 @@ const (
 	DefaultEffectTimeout   = 30 * time.Second
 	DefaultTakeoverAfter   = 60 * time.Second
 	pmMaxStepsPerRound     = 64
+	pmShredTimeout         = 10 * time.Second
 	pmReplacementKeyPrefix = "pw-"
 )
 

@@ -203,6 +203,9 @@ type PasswordReturnClaimed struct {
 	Field   string    `json:"field"`
 	Attempt int       `json:"attempt"`
 	Until   time.Time `json:"until"`
+	// Node names the claiming node, the same across its restarts: a node
+	// that finds its own claim live after a restart takes it over at once.
+	Node string `json:"node,omitempty"`
 }
 
 // PasswordReplaced records a new password in place of one whose key only
@@ -228,6 +231,8 @@ type WelcomeEmailClaimed struct {
 	Attempt   int       `json:"attempt"`
 	MessageID string    `json:"message_id"`
 	Until     time.Time `json:"until"`
+	// Node names the claiming node (see PasswordReturnClaimed).
+	Node string `json:"node,omitempty"`
 }
 
 // WelcomeEmailSent records the welcome email (login and login link, never

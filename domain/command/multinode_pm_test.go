@@ -151,7 +151,7 @@ func twoPMNodes(t *testing.T, crm *fakeCRM, fk *recordingCRM, smtpAddr string, t
 			t.Fatal(err)
 		}
 		n.cfg = ProcessManagerConfig{Store: store, Retry: domain.Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond},
-			TakeoverAfter: takeover, Secrets: secrets, OnRaceLost: func() { n.races.Add(1) },
+			Node: "node-" + strconv.Itoa(i), TakeoverAfter: takeover, Secrets: secrets, OnRaceLost: func() { n.races.Add(1) },
 			NewKeyID: func() string {
 				mu.Lock()
 				defer mu.Unlock()

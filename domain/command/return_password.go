@@ -241,7 +241,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 		if err != nil {
 			return err
 		}
-		step := domain.NextReturnStep(pr, have, c.Now(), p.takeover)
+		step := domain.NextReturnStep(pr, p.node, have, c.Now(), p.takeover)
 		switch step.Kind {
 		case domain.StepDone:
 			return nil
@@ -275,7 +275,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.ContactID, wh string, s *domain.ContactState, n int) (done bool, err error) {
 	pr := s.Password
 	until := p.now().Add(p.lease).UTC()
-	claim := domain.PasswordReturnClaimed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Until: until}
+	claim := domain.PasswordReturnClaimed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Until: until, Node: p.node}
 	if err := p.recordAt(ctx, id, wh, domain.ExactVersion(s.Version), claim); err != nil {
 		if errors.Is(err, domain.ErrConcurrency) {
 			p.lostIfClaimed(ctx, id, pr.KeyID, n)

@@ -107,13 +107,27 @@ type ProcessManagerConfig struct {
 
 // Defaults of ProcessManagerConfig.
 const (
-	defaultPMMaxAttempts   = 8
-	defaultPMConcurrency   = 4
-	DefaultLease           = 2 * time.Minute
-	DefaultEffectTimeout   = 30 * time.Second
-	DefaultTakeoverAfter   = 60 * time.Second
-	pmMaxStepsPerRound     = 64
-	pmShredTimeout         = 10 * time.Second
+	defaultPMMaxAttempts = 8
+	defaultPMConcurrency = 4
+)
+
+// Defaults of the claims (ProcessManagerConfig.Lease, EffectTimeout,
+// TakeoverAfter).
+const (
+	DefaultLease         = 2 * time.Minute
+	DefaultEffectTimeout = 30 * time.Second
+	DefaultTakeoverAfter = 60 * time.Second
+)
+
+const (
+	// pmMaxStepsPerRound bounds the decisions one round of a return or a
+	// mail makes (lost races, waits) before it counts as a store failure
+	// and backs off.
+	pmMaxStepsPerRound = 64
+	// pmShredTimeout bounds the shredding of a key after its return.
+	pmShredTimeout = 10 * time.Second
+	// pmReplacementKeyPrefix starts a replacement's key id, as an issued
+	// password's (pw-<contact>-<id>).
 	pmReplacementKeyPrefix = "pw-"
 )
 

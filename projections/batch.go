@@ -92,6 +92,7 @@ type batch struct {
 	tags        map[uint64]*tagSlot
 	passwords   map[domain.ContactID]*passwordSlot
 	webhooks    map[string]*webhookSlot
+	welcomes    map[domain.ContactID]*welcomeSlot
 	webhookLog  []webhookLogRow
 	userDelta   int
 	rows        int
@@ -104,7 +105,8 @@ type batch struct {
 func newBatch(ctx context.Context, tx *sql.Tx, d *viewDB, cutoff int64) *batch {
 	return &batch{ctx: ctx, tx: tx, d: d, cutoff: cutoff, limit: cacheLimit, txStmts: map[string]*sql.Stmt{},
 		users: map[domain.ContactID]*userSlot{}, contactTags: map[domain.ContactID]*tagSetSlot{},
-		tags: map[uint64]*tagSlot{}, passwords: map[domain.ContactID]*passwordSlot{}, webhooks: map[string]*webhookSlot{}}
+		tags: map[uint64]*tagSlot{}, passwords: map[domain.ContactID]*passwordSlot{}, webhooks: map[string]*webhookSlot{},
+		welcomes: map[domain.ContactID]*welcomeSlot{}}
 }
 
 func (b *batch) exec(query string, args ...any) error {
@@ -176,7 +178,7 @@ func (b *batch) wroteWebhook(id string) {
 }
 
 // mask says which views an event is applied to, by index in viewNames.
-type mask [4]bool
+type mask [5]bool
 
 // apply applies one decoded event to the views of m.
 func (b *batch) apply(m mask, rec *domain.RecordedEvent, env *domain.Envelope) error {
@@ -200,6 +202,11 @@ func (b *batch) apply(m mask, rec *domain.RecordedEvent, env *domain.Envelope) e
 			return fmt.Errorf("webhooks: %w", err)
 		}
 	}
+	if m[viewIndexWelcome] {
+		if err := b.applyWelcome(rec, env); err != nil {
+			return fmt.Errorf("welcome mails: %w", err)
+		}
+	}
 	if b.rows >= b.limit {
 		return b.flush()
 	}
@@ -220,6 +227,9 @@ func (b *batch) flush() error {
 	if err := b.flushWebhooks(); err != nil {
 		return fmt.Errorf("write webhooks: %w", err)
 	}
+	if err := b.flushWelcomes(); err != nil {
+		return fmt.Errorf("write welcome mails: %w", err)
+	}
 	if b.userDelta != 0 {
 		if err := b.exec(`INSERT INTO view_counts(name, n) VALUES('users', ?)
 			ON CONFLICT(name) DO UPDATE SET n = n + excluded.n`, b.userDelta); err != nil {
@@ -232,6 +242,7 @@ func (b *batch) flush() error {
 	clear(b.tags)
 	clear(b.passwords)
 	clear(b.webhooks)
+	clear(b.welcomes)
 	b.webhookLog = b.webhookLog[:0]
 	b.rows = 0
 	return nil
@@ -305,7 +316,7 @@ func (c BatchConsumer) HandleBatch(ctx context.Context, recs []domain.RecordedEv
 // return means nothing was applied (the caller retries the batch; it is
 // never parked).
 func (v *Views) HandleBatch(ctx context.Context, recs []domain.RecordedEvent) ([]domain.ParkedEvent, error) {
-	return v.handle(ctx, mask{true, true, true, true}, recs)
+	return v.handle(ctx, mask{true, true, true, true, true}, recs)
 }
 
 // handle applies recs to the views of m, each from its own checkpoint.
@@ -317,7 +328,7 @@ func (v *Views) handle(ctx context.Context, m mask, recs []domain.RecordedEvent)
 	defer v.applyMu.Unlock()
 	v.dbMu.RLock()
 	defer v.dbMu.RUnlock()
-	var from [4]uint64
+	var from [len(mask{})]uint64
 	for i, p := range v.all {
 		from[i] = p.position()
 	}

@@ -109,7 +109,7 @@ func sameViews(t *testing.T, path string, want map[string][][]any, head uint64) 
 	for _, row := range got["checkpoints"] {
 		cps[row[0].(string)] = row[1].(int64)
 	}
-	wantCps := map[string]int64{"users": int64(head), "tags": int64(head), "password_returns": int64(head), "webhooks": int64(head), welcomeEmail: 7}
+	wantCps := map[string]int64{"users": int64(head), "tags": int64(head), "password_returns": int64(head), "webhooks": int64(head), "welcome_mails": int64(head), welcomeEmail: 7}
 	if !reflect.DeepEqual(cps, wantCps) {
 		t.Errorf("checkpoints %v, want %v", cps, wantCps)
 	}

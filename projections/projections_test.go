@@ -200,13 +200,13 @@ func webhook(id, action, contact string) domain.WebhookReceived {
 func (e *env) story() {
 	c1, c2, c3, c4, c5 := domain.ContactID(1), domain.ContactID(2), domain.ContactID(3), domain.ContactID(4), domain.ContactID(5)
 	e.append(c1.Stream(), "w1", webhook("w1", "add", "1"),
-		domain.UserCreated{UserID: "u1", ContactID: c1, Login: "ann@example.com", Email: "ann@example.com", Role: "subscriber", PasswordHash: "$2a$x"},
+		domain.UserCreated{UserID: "u1", ContactID: c1, Login: "ann@example.com", Email: "ann@example.com", Role: "subscriber", PasswordHash: "$2a$x", WelcomeEmail: true},
 		domain.TagsUpdated{Tags: []domain.Tag{vip, trial}, Added: []domain.Tag{vip, trial}},
 		domain.MetaPulled{Changes: []domain.MetaChange{{Key: "first_name", New: "Ann"}, {Key: "last_name", New: "Lee"}}},
 		domain.PasswordIssued{KeyID: "k1", Sealed: []byte("sealed"), Field: "7"},
 		domain.WebhookProcessed{WebhookID: "w1", Action: "add", Message: "User created", UserID: "u1"})
 	e.append(c2.Stream(), "w2", webhook("w2", "add", "2"),
-		domain.UserCreated{UserID: "u2", ContactID: c2, Login: "bob@example.com", Email: "bob@example.com", Role: "subscriber"},
+		domain.UserCreated{UserID: "u2", ContactID: c2, Login: "bob@example.com", Email: "bob@example.com", Role: "subscriber", WelcomeEmail: true},
 		domain.TagsUpdated{Tags: []domain.Tag{vip}, Added: []domain.Tag{vip}},
 		domain.WebhookProcessed{WebhookID: "w2", Action: "add", UserID: "u2"})
 	e.append(c1.Stream(), "w3", webhook("w3", "update_tags", "1"),
@@ -216,6 +216,12 @@ func (e *env) story() {
 		domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 1, Error: "503", NextAttemptAt: t0.Add(time.Hour)},
 		domain.PasswordReturnClaimed{KeyID: "k1", Field: "7", Attempt: 2, Until: t0.Add(time.Hour + time.Minute)},
 		domain.PasswordReturned{KeyID: "k1", Field: "7", Attempt: 2})
+	e.append(c1.Stream(), "w1", domain.WelcomeEmailClaimed{To: "ann@example.com", Attempt: 1, MessageID: "<u1@shop>", Until: t0.Add(time.Minute), Node: "a"},
+		domain.WelcomeEmailFailed{To: "ann@example.com", Attempt: 1, Error: "421 busy", NextAttemptAt: t0.Add(2 * time.Hour)},
+		domain.WelcomeEmailClaimed{To: "ann@example.com", Attempt: 2, MessageID: "<u1@shop>", Until: t0.Add(2*time.Hour + time.Minute), Node: "b"},
+		domain.WelcomeEmailSent{To: "ann@example.com", Transport: "smtp", Attempt: 2})
+	// Bob's mail is claimed by a node that never said more.
+	e.append(c2.Stream(), "w2", domain.WelcomeEmailClaimed{To: "bob@example.com", Attempt: 1, MessageID: "<u2@shop>", Until: t0.Add(3 * time.Minute), Node: "a"})
 	// Contact 3 carries bob's address: his user moves to it.
 	e.append(c3.Stream(), "w4", webhook("w4", "add", "3"),
 		domain.UserLinked{UserID: "u2", ContactID: c3, FromContactID: c2, Login: "bob@example.com", Email: "bob@example.com", Role: "subscriber",
@@ -227,8 +233,10 @@ func (e *env) story() {
 		domain.WebhookFailed{WebhookID: "w5", Action: "add", Reason: "No email provided for imported user", Status: 500})
 	e.append(domain.WebhookStream("w6"), "w6", webhook("w6", "update", ""), domain.WebhookIgnored{WebhookID: "w6", Action: "update", Reason: "Abort: Contact data not found"})
 	e.append(c5.Stream(), "w7", webhook("w7", "add", "5"),
-		domain.UserCreated{UserID: "u5", ContactID: c5, Login: "cy@example.com", Email: "cy@example.com", Role: "subscriber"},
+		domain.UserCreated{UserID: "u5", ContactID: c5, Login: "cy@example.com", Email: "cy@example.com", Role: "subscriber", WelcomeEmail: true},
 		domain.PasswordIssued{KeyID: "k5", Sealed: []byte("sealed"), Field: "7"},
+		domain.WelcomeEmailClaimed{To: "cy@example.com", Attempt: 1, MessageID: "<u5@shop>", Until: t0.Add(time.Minute), Node: "a"},
+		domain.WelcomeEmailFailed{To: "cy@example.com", Attempt: 1, Error: "550 no such user", GaveUp: true},
 		domain.PasswordReplaced{OldKeyID: "k5", KeyID: "k5b", Sealed: []byte("sealed"), Field: "7", PasswordHash: "$2a$y"},
 		domain.PasswordReturnClaimed{KeyID: "k5", Field: "7", Attempt: 1, Until: t0.Add(time.Minute)},
 		domain.RoleChanged{Old: "subscriber", New: "customer"},
@@ -279,6 +287,7 @@ func dump(t *testing.T, path string) map[string][][]any {
 	for table, order := range map[string]string{
 		"users": "contact_id", "user_tags": "tag_id, contact_id", "tags": "id", "password_returns": "contact_id",
 		"webhooks": "id", "webhook_log": "id", "view_counts": "name", "checkpoints": "name", "parked": "handler, position",
+		"welcome_mails": "contact_id",
 	} {
 		rows, err := db.Query("SELECT * FROM " + table + " ORDER BY " + order)
 		if err != nil {
@@ -338,6 +347,22 @@ func TestViews_FollowTheEvents(t *testing.T) {
 	}
 	if failed := e.passwords(projections.PasswordFailed); len(failed) != 1 || failed[0].ContactID != 5 || failed[0].KeyID != "k5b" || failed[0].LastError == "" {
 		t.Fatalf("failed returns: %+v", failed)
+	}
+	mails, err := e.views.Welcome.List(context.Background(), "")
+	e.check(err)
+	wantMails := []projections.WelcomeMail{
+		{ContactID: 1, UserID: "u1", To: "ann@example.com", Status: projections.WelcomeSent, Attempts: 2, LastError: "421 busy", MessageID: "<u1@shop>"},
+		{ContactID: 2, UserID: "u2", To: "bob@example.com", Status: projections.WelcomePending, NextAttemptAt: t0.Add(3 * time.Minute).UTC(), MessageID: "<u2@shop>"},
+		{ContactID: 5, UserID: "u5", To: "cy@example.com", Status: projections.WelcomeFailed, Attempts: 1, LastError: "550 no such user", MessageID: "<u5@shop>"},
+	}
+	for i := range mails {
+		mails[i].CreatedAt, mails[i].UpdatedAt = time.Time{}, time.Time{}
+	}
+	if !reflect.DeepEqual(mails, wantMails) {
+		t.Fatalf("welcome mails:\n%+v\nwant\n%+v", mails, wantMails)
+	}
+	if pending, err := e.views.Welcome.List(context.Background(), projections.WelcomePending); err != nil || len(pending) != 1 || pending[0].ContactID != 2 {
+		t.Fatalf("pending welcome mails: %+v %v", pending, err)
 	}
 	for id, want := range map[string]string{"w1": "processed", "w5": "failed", "w6": "ignored", "w8": "queued"} {
 		if w, _ := e.receipt(id); w.Status != want {

@@ -135,7 +135,7 @@ func (v *Views) Rebuild(ctx context.Context, log EventLog, progress func(Progres
 	var stats RebuildStats
 	var parked []domain.ParkedEvent
 	var applyErr error
-	all := mask{true, true, true, true}
+	all := mask{true, true, true, true, true}
 	apply := func(db *decodedBatch) {
 		if applyErr != nil {
 			return

@@ -61,9 +61,14 @@ const (
 	viewTags      = "tags"
 	viewPasswords = "password_returns"
 	viewWebhooks  = "webhooks"
+	viewWelcome   = "welcome_mails"
 )
 
-var viewNames = []string{viewUsers, viewTags, viewPasswords, viewWebhooks}
+var viewNames = []string{viewUsers, viewTags, viewPasswords, viewWebhooks, viewWelcome}
+
+// viewIndexWelcome is the welcome-mail view's index in viewNames (and in
+// a mask).
+const viewIndexWelcome = 4
 
 // Views holds every view and the file they are stored in.
 type Views struct {
@@ -88,6 +93,7 @@ type Views struct {
 	Tags      *Tags
 	Passwords *PasswordReturns
 	Webhooks  *Webhooks
+	Welcome   *WelcomeMails
 	all       []*projection
 
 	stopPrune chan struct{}
@@ -133,6 +139,9 @@ CREATE TABLE IF NOT EXISTS password_returns (contact_id INTEGER PRIMARY KEY, key
 CREATE TABLE IF NOT EXISTS webhooks (id TEXT PRIMARY KEY, action TEXT NOT NULL, contact_id INTEGER NOT NULL,
 	status TEXT NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
 	received_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS welcome_mails (contact_id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, recipient TEXT NOT NULL,
+	status TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, next_attempt_at INTEGER NOT NULL,
+	message_id TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS view_counts (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS webhook_log (id TEXT PRIMARY KEY, stream TEXT NOT NULL, version INTEGER NOT NULL,
 	received_at INTEGER NOT NULL) WITHOUT ROWID;
@@ -145,14 +154,16 @@ const readIndexes = `
 CREATE INDEX IF NOT EXISTS users_by_email ON users(email);
 CREATE INDEX IF NOT EXISTS users_by_login ON users(login);
 CREATE INDEX IF NOT EXISTS password_returns_by_status ON password_returns(status, contact_id);
+CREATE INDEX IF NOT EXISTS welcome_mails_by_status ON welcome_mails(status, contact_id);
 CREATE INDEX IF NOT EXISTS webhooks_by_contact ON webhooks(contact_id, received_at);
 CREATE INDEX IF NOT EXISTS webhooks_by_received ON webhooks(received_at, id);
 CREATE INDEX IF NOT EXISTS webhooks_open ON webhooks(received_at, id) WHERE status IN ('queued', 'retrying');
 `
 
 // viewsSchemaVersion is stored in PRAGMA user_version. Version 1 kept each
-// view in JSON buckets (table view_buckets) loaded whole into memory.
-const viewsSchemaVersion = 2
+// view in JSON buckets (table view_buckets) loaded whole into memory;
+// version 2 had no welcome-mail view.
+const viewsSchemaVersion = 3
 
 // Open opens (creating if needed) the views file at path. Views are
 // rebuildable, so the file is synced lazily (WAL, synchronous=NORMAL): a
@@ -160,7 +171,9 @@ const viewsSchemaVersion = 2
 // the checkpoint, and they are re-applied. A file of schema version 1 is
 // upgraded: its views are dropped and their checkpoints set to 0, so they
 // are built again from the log; the process managers' checkpoints and the
-// parked events are kept.
+// parked events are kept. A file of schema version 2 gets the welcome-mail
+// view, empty and at position 0: it is built from the log while the other
+// views go on from their checkpoints.
 func Open(ctx context.Context, path string, opts ...Option) (*Views, error) {
 	v := &Views{path: path, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, o := range opts {
@@ -179,6 +192,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Views, error) {
 	v.Tags = &Tags{v: v}
 	v.Passwords = &PasswordReturns{v: v}
 	v.Webhooks = &Webhooks{v: v}
+	v.Welcome = &WelcomeMails{v: v}
 	for _, name := range viewNames {
 		v.all = append(v.all, &projection{name: name, moved: make(chan struct{})})
 	}
@@ -205,7 +219,7 @@ func openDB(path string) (*sql.DB, error) {
 	return db, nil
 }
 
-// initSchema creates the tables, upgrading a version 1 file.
+// initSchema creates the tables, upgrading a version 1 or 2 file.
 func (v *Views) initSchema(ctx context.Context, db *sql.DB) error {
 	var version int
 	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
@@ -220,6 +234,14 @@ func (v *Views) initSchema(ctx context.Context, db *sql.DB) error {
 		}
 		v.log.Warn("views file of schema version 1 (views held in memory): its views were dropped and are being built again from the log; process checkpoints and parked events were kept",
 			"path", v.path)
+	}
+	if version == 2 {
+		// The welcome-mail view is new: it starts at position 0 (no
+		// checkpoint) and is built from the log.
+		if _, err := db.ExecContext(ctx, "DELETE FROM checkpoints WHERE name = ?", viewWelcome); err != nil {
+			return fmt.Errorf("open views %s: upgrade from schema version 2: %w (move the file away and run usersync rebuild)", v.path, err)
+		}
+		v.log.Info("views file of schema version 2: the welcome-mail view is new and is being built from the log", "path", v.path)
 	}
 	if _, err := db.ExecContext(ctx, baseSchema+readIndexes); err != nil {
 		return fmt.Errorf("open views %s: create tables: %w (move the file away and run usersync rebuild)", v.path, err)

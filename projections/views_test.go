@@ -79,11 +79,60 @@ func TestOpen_SchemaVersion1IsRebuiltFromTheLogKeepingProcessCheckpoints(t *test
 	}
 	defer db.Close()
 	var version, buckets int
-	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 2 {
-		t.Fatalf("user_version %d (%v), want 2", version, err)
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 3 {
+		t.Fatalf("user_version %d (%v), want 3", version, err)
 	}
 	if err := db.QueryRow("SELECT COUNT(*) FROM sqlite_master WHERE name = 'view_buckets'").Scan(&buckets); err != nil || buckets != 0 {
 		t.Fatalf("view_buckets still there (%d, %v)", buckets, err)
+	}
+}
+
+func TestOpen_SchemaVersion2GetsTheWelcomeMailViewBuiltFromTheLog(t *testing.T) {
+	// Given a views file of schema version 2 (no welcome-mail view) that
+	// has applied the story
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.story()
+	e.caughtUp()
+	want, err := e.views.Welcome.List(context.Background(), "")
+	e.check(err)
+	wantUsers := e.users()
+	e.stop()
+	path := filepath.Join(dir, "views.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"DROP TABLE welcome_mails", "DELETE FROM checkpoints WHERE name = 'welcome_mails'", "PRAGMA user_version = 2"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	// When usersync opens it and the pipeline runs
+	e = start(t, dir)
+	e.caughtUp()
+
+	// Then the welcome-mail view is built from the log, the others are
+	// as they were, and the file is of version 3
+	got, err := e.views.Welcome.List(context.Background(), "")
+	e.check(err)
+	if len(want) != 3 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("welcome mails after the upgrade:\n%+v\nwant\n%+v", got, want)
+	}
+	if !reflect.DeepEqual(e.users(), wantUsers) {
+		t.Fatal("users changed by the upgrade")
+	}
+	e.stop()
+	db, err = sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var version int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 3 {
+		t.Fatalf("user_version %d (%v), want 3", version, err)
 	}
 }
 
@@ -159,12 +208,12 @@ func TestHandleBatch_AppliesAfterEachCheckpointParksWhatItCannotRead(t *testing.
 	}
 	// Then each view applied what it had not, the unreadable event is
 	// handed back once per view, and every checkpoint is at the end.
-	if len(parked) != 4 || parked[0].Position != unknown[0].Position || parked[0].Handler != "users" {
+	if len(parked) != len(views.Names()) || parked[0].Position != unknown[0].Position || parked[0].Handler != "users" {
 		t.Fatalf("parked %+v", parked)
 	}
 	// and is already listed as parked, in the transaction that moved the
 	// checkpoints past it: no crash can leave it skipped and unlisted.
-	if listed, err := views.Parked(ctx, ""); err != nil || len(listed) != 4 {
+	if listed, err := views.Parked(ctx, ""); err != nil || len(listed) != len(views.Names()) {
 		t.Fatalf("listed as parked by HandleBatch itself: %+v, %v", listed, err)
 	}
 	last := all[len(all)-1].Position

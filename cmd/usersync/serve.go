@@ -458,9 +458,9 @@ func checkViewsNotAheadOf(ctx context.Context, store interface {
 
 // recover waits for the views to catch up with head, the end of the log at
 // the start, then queues every webhook that was recorded but not finished
-// before the last stop and resumes the pending password returns. It runs in
-// the background until done or ctx is cancelled (at shutdown); a failure
-// is logged and tried again.
+// before the last stop and resumes the pending password returns and
+// welcome mails. It runs in the background until done or ctx is cancelled
+// (at shutdown); a failure is logged and tried again.
 func (a *app) recover(ctx context.Context, head uint64) {
 	if err := a.views.WaitAll(ctx, head); err != nil {
 		return // stopping before the views caught up
@@ -482,14 +482,15 @@ func (a *app) recover(ctx context.Context, head uint64) {
 }
 
 // recoverOnce queues the contacts of the open webhooks and resumes the
-// pending password returns. Both are idempotent, so it may run again.
+// pending password returns and welcome mails. All are idempotent, so it
+// may run again.
 func (a *app) recoverOnce(ctx context.Context) error {
 	if a.feed != nil {
 		// The work feed redelivers every item not acked, and an item is
 		// acked only once its contact has no open webhook: queueing the
 		// open webhooks here too would only process them on this node
 		// that the feed may have given to another.
-		return a.resumeReturns(ctx)
+		return a.resumeEffects(ctx)
 	}
 	open, err := a.views.Webhooks.Open(ctx)
 	if err != nil {
@@ -505,7 +506,33 @@ func (a *app) recoverOnce(ctx context.Context) error {
 	if len(open) > 0 {
 		a.log.Info("resuming webhooks recorded before the last stop", "webhooks", len(open), "contacts", len(seen))
 	}
-	return a.resumeReturns(ctx)
+	return a.resumeEffects(ctx)
+}
+
+// resumeEffects resumes the pending password returns and welcome mails.
+func (a *app) resumeEffects(ctx context.Context) error {
+	return errors.Join(a.resumeReturns(ctx), a.resumeMails(ctx))
+}
+
+// resumeMails resumes the pending welcome mails: this node's checkpoint
+// may be past their UserCreated (a watch of another node's claim ended by
+// a restart).
+func (a *app) resumeMails(ctx context.Context) error {
+	if a.welcomer == nil {
+		return nil
+	}
+	rows, err := a.views.Welcome.List(ctx, projections.WelcomePending)
+	if err != nil {
+		return fmt.Errorf("list the pending welcome mails: %w", err)
+	}
+	pending := make([]command.PendingWelcome, 0, len(rows))
+	for _, r := range rows {
+		pending = append(pending, command.PendingWelcome{ContactID: r.ContactID, UserID: r.UserID})
+	}
+	if err := a.welcomer.Resume(ctx, pending); err != nil {
+		return fmt.Errorf("resume the pending welcome mails: %w", err)
+	}
+	return nil
 }
 
 // resumeReturns resumes the pending password returns.

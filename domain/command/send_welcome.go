@@ -50,6 +50,104 @@ func NewWelcomer(cfg ProcessManagerConfig, mail domain.Mailer) (*Welcomer, error
 		ctx: ctx, cancel: cancel, watching: map[string]bool{}}, nil
 }
 
+// PendingWelcome is a welcome mail still to send after a restart: the
+// contact and the user it welcomes (the welcome-mail view lists them).
+type PendingWelcome struct {
+	ContactID domain.ContactID
+	UserID    string
+}
+
+// Resume sends in the background, one after another, the welcome mails
+// still pending (after a restart): pending are the mails the views show as
+// pending. This node's checkpoint may be past their UserCreated (a watch of
+// another node's claim that a restart ended, a claim of its own cut off by
+// a crash), so without it nothing would send them. A mail another node
+// claims is watched, as Handle does; a mail already in hand here is left
+// alone, so Resume may run again.
+func (w *Welcomer) Resume(ctx context.Context, pending []PendingWelcome) error {
+	var jobs []welcomeJob
+	for _, p := range pending {
+		recs, err := w.store.ReadStream(ctx, p.ContactID.Stream())
+		if err != nil {
+			return fmt.Errorf("resume welcome email of contact %d: %w", p.ContactID, err)
+		}
+		for _, rec := range recs {
+			if rec.Type != domain.TypeUserCreated {
+				continue
+			}
+			env, err := domain.Decode(rec)
+			if err != nil {
+				return fmt.Errorf("resume welcome email of contact %d: %w", p.ContactID, err)
+			}
+			if created := env.Event.(domain.UserCreated); created.UserID == p.UserID && created.WelcomeEmail {
+				jobs = append(jobs, welcomeJob{id: p.ContactID, wh: env.WebhookID, created: created})
+			}
+		}
+	}
+	w.flight.Lock()
+	defer w.flight.Unlock()
+	if w.stopped {
+		return nil
+	}
+	mine := jobs[:0]
+	for _, j := range jobs {
+		if !w.watching[j.created.UserID] {
+			w.watching[j.created.UserID] = true
+			mine = append(mine, j)
+		}
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	w.log.Info("resuming welcome emails pending before the last stop", "mails", len(mine))
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		for _, j := range mine {
+			w.resumeOne(j)
+		}
+	}()
+	return nil
+}
+
+// welcomeJob is the welcome mail of one user, as Resume hands it on.
+type welcomeJob struct {
+	id      domain.ContactID
+	wh      string
+	created domain.UserCreated
+}
+
+// resumeOne makes the attempts left of a resumed mail, which this
+// process holds (watching): until it is settled, the welcomer stops, or
+// another node's live claim hands it to a watch.
+func (w *Welcomer) resumeOne(j welcomeJob) {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			w.flight.Lock()
+			delete(w.watching, j.created.UserID)
+			w.flight.Unlock()
+		}
+	}()
+	w.keep(w.clock(), j, &handedOff)
+}
+
+// keep runs send for the mail j until it is settled, the welcomer stops,
+// or (with handedOff) a watch took it over; a failing store is tried
+// again with backoff.
+func (w *Welcomer) keep(c *clock, j welcomeJob, handedOff *bool) {
+	for round := 1; ; round++ {
+		err := w.send(w.ctx, c, j.id, j.wh, j.created, handedOff)
+		if err == nil || w.ctx.Err() != nil || handedOff != nil && *handedOff {
+			return
+		}
+		w.log.Error("welcome email interrupted; trying again", "webhook_id", j.wh, "contact_id", j.id, "err", err)
+		if !c.Wait(w.ctx, c.Now().Add(w.retry.Jittered(round, w.rand()))) {
+			return
+		}
+	}
+}
+
 // Stop ends the watches of other nodes' claims and waits for them.
 func (w *Welcomer) Stop() {
 	w.flight.Lock()
@@ -118,16 +216,7 @@ func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCrea
 			delete(w.watching, created.UserID)
 			w.flight.Unlock()
 		}()
-		for round := 1; ; round++ {
-			err := w.send(w.ctx, c, id, wh, created, nil)
-			if err == nil || w.ctx.Err() != nil {
-				return
-			}
-			w.log.Error("welcome email interrupted; trying again", "webhook_id", wh, "contact_id", id, "err", err)
-			if !c.Wait(w.ctx, c.Now().Add(w.retry.Jittered(round, w.rand()))) {
-				return
-			}
-		}
+		w.keep(c, welcomeJob{id: id, wh: wh, created: created}, nil)
 	}()
 	return true
 }

@@ -257,3 +257,68 @@ func TestWelcomer_HandleFailures(t *testing.T) {
 		})
 	}
 }
+
+func TestWelcomer_Resume(t *testing.T) {
+	const to = "ann@example.com"
+	tests := []struct {
+		name string
+		// given: the contact's stream and the mails the views list as
+		// pending
+		given   []domain.Event
+		pending []command.PendingWelcome
+		// then
+		wantSends int
+		want      []domain.Event
+	}{
+		{
+			name:    "a pending mail whose claim a crash cut off is sent",
+			given:   []domain.Event{pmCreated(true), domain.WelcomeEmailClaimed{To: to, Attempt: 1, MessageID: "<m@x>", Until: pmNow().Add(time.Minute), Node: "other"}},
+			pending: []command.PendingWelcome{{ContactID: pmContact, UserID: "u-1"}}, wantSends: 1,
+			want: []domain.Event{domain.WelcomeEmailSent{To: to, Transport: "smtp", Attempt: 2}},
+		},
+		{
+			name:    "a mail sent meanwhile is not sent again",
+			given:   []domain.Event{pmCreated(true), domain.WelcomeEmailSent{To: to, Transport: "smtp", Attempt: 1}},
+			pending: []command.PendingWelcome{{ContactID: pmContact, UserID: "u-1"}},
+		},
+		{
+			name:    "a user the views did not list is left alone",
+			given:   []domain.Event{pmCreated(true)},
+			pending: []command.PendingWelcome{{ContactID: pmContact, UserID: "u-other"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given these events, and a welcomer whose checkpoint is past
+			// them
+			store := pmNewStore(t)
+			given := pmGiven(t, store, pmContact, tt.given...)
+			mail := &pmMailer{}
+			w, err := command.NewWelcomer(pmConfig(store, &pmCheckpoints{}), mail)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// When it resumes the pending mails (twice: a recovery tried
+			// again), and stops once they are settled
+			for range 2 {
+				if err := w.Resume(context.Background(), tt.pending); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deadline := time.Now().Add(pmWait)
+			for len(pmResults(t, pmAppended(t, store, pmContact, len(given)))) < len(tt.want) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			w.Stop()
+
+			// Then these mails were sent and these results recorded
+			if n := len(mail.sent()); n != tt.wantSends {
+				t.Errorf("SendWelcome called %d times, want %d", n, tt.wantSends)
+			}
+			if got := pmResults(t, pmAppended(t, store, pmContact, len(given))); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("appended\n%#v\nwant\n%#v", got, tt.want)
+			}
+		})
+	}
+}

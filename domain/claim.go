@@ -134,9 +134,26 @@ func NextWelcomeStep(w *WelcomeMail, node string, now time.Time) Step {
 
 // MayAct reports whether a node whose claim holds until until may start an
 // effect at now that can take up to need: a claim about to expire is left
-// to expire (another node may claim the next attempt by then).
+// to expire (another node may claim the next attempt by then). need is the
+// effect's timeout plus the clock skew between nodes (another node whose
+// clock is ahead sees the claim end that much sooner).
 func MayAct(until, now time.Time, need time.Duration) bool {
 	return !now.Add(need).After(until)
+}
+
+// LeaseFactor is how many times its effect's timeout a claim holds, before
+// the margin for the nodes' clocks (ClaimLease).
+const LeaseFactor = 2
+
+// ClaimLease is how long a claim holds whose effect (a FunnelKit write, an
+// SMTP session) is cut off after effect, between nodes whose clocks differ
+// by up to skew: LeaseFactor × effect + skew. The effect ends a skew before
+// the claim does on every node's clock, and the claim's append and the
+// work before the effect get as long as the effect itself (MayAct leaves a
+// claim whose slack ran out to expire unused). A node that dies in an
+// attempt holds its work for no longer than that.
+func ClaimLease(effect, skew time.Duration) time.Duration {
+	return LeaseFactor*effect + skew
 }
 
 // WelcomeMail is the state of the welcome email of the contact's latest

@@ -141,3 +141,36 @@ func TestMayAct(t *testing.T) {
 		})
 	}
 }
+
+func TestClaimLease(t *testing.T) {
+	claimed := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name         string
+		effect, skew time.Duration
+		want         time.Duration
+	}{
+		{"a FunnelKit timeout of 2 s: a few seconds", 2 * time.Second, 5 * time.Second, 9 * time.Second},
+		{"the default FunnelKit timeout (15 s)", 15 * time.Second, 5 * time.Second, 35 * time.Second},
+		{"the SMTP session's timeout (30 s)", 30 * time.Second, 5 * time.Second, 65 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given a claim made at claimed with the lease for this effect
+			// and skew
+			got := domain.ClaimLease(tt.effect, tt.skew)
+			if got != tt.want {
+				t.Fatalf("ClaimLease(%s, %s) = %s, want %s", tt.effect, tt.skew, got, tt.want)
+			}
+			until := claimed.Add(got)
+			// Then the effect may start as long as it ends a skew before
+			// the claim does: up to one effect's time after the claim
+			need := tt.effect + tt.skew
+			if !domain.MayAct(until, claimed, need) || !domain.MayAct(until, claimed.Add(tt.effect), need) {
+				t.Errorf("the effect may not start within %s of the claim", tt.effect)
+			}
+			if domain.MayAct(until, claimed.Add(tt.effect+time.Millisecond), need) {
+				t.Errorf("the effect may start later than %s after the claim: it could outlast the claim on a clock %s ahead", tt.effect, tt.skew)
+			}
+		})
+	}
+}

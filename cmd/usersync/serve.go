@@ -178,11 +178,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
-	// Several nodes: a claim outlasts its attempt (the FunnelKit request,
-	// the SMTP session), and a node replaces a password whose key only a
-	// silent node holds.
+	// Several nodes: a claim holds for twice its attempt's effect (the
+	// FunnelKit request, the SMTP session) plus the clock skew between
+	// nodes (domain.ClaimLease), and a node replaces a password whose key
+	// only a silent node holds.
 	returnCfg.EffectTimeout, mailCfg.EffectTimeout = cfg.FunnelKitTimeout, mail.DefaultTimeout
-	returnCfg.Lease = max(command.DefaultLease, 4*cfg.FunnelKitTimeout)
 	returnCfg.TakeoverAfter = cfg.TakeoverAfter
 	hasher, err := keystore.NewHasher(cfg.PasswordHashCost, cfg.PasswordHashWorkers)
 	if err != nil {

@@ -74,15 +74,20 @@ type ProcessManagerConfig struct {
 	// before a restart, and is taken over at once instead of waited out.
 	// Empty: every live claim is waited out.
 	Node string
-	// Lease is how long a claim holds (default 2 minutes): an attempt not
-	// closed by a result by then is taken as lost (its node died) and the
-	// next may be claimed by any node. It must exceed EffectTimeout.
-	Lease time.Duration
 	// EffectTimeout bounds one attempt's call to FunnelKit or the mail
-	// relay (default 30 s, at least the FunnelKit client's and the SMTP
-	// session's own timeouts). A node whose claim has less than this left
-	// does not start the effect.
+	// relay (default 30 s; serve gives the FunnelKit client's and the SMTP
+	// session's own timeouts). A node whose claim has less than this (and
+	// ClockSkew) left does not start the effect.
 	EffectTimeout time.Duration
+	// ClockSkew is how far apart the nodes' clocks may be (default 5 s;
+	// NTP keeps them within milliseconds): a claim's end is read on other
+	// nodes' clocks.
+	ClockSkew time.Duration
+	// Lease is how long a claim holds (default domain.ClaimLease:
+	// 2 × EffectTimeout + ClockSkew): an attempt not closed by a result by
+	// then is taken as lost (its node died) and the next may be claimed by
+	// any node. It must exceed EffectTimeout + ClockSkew.
+	Lease time.Duration
 	// TakeoverAfter is how long the PasswordReturner of a node that does
 	// not hold a password's key waits after the issuing node's last sign
 	// of life (the issue, its last claim's end, its last failure's next
@@ -111,11 +116,11 @@ const (
 	defaultPMConcurrency = 4
 )
 
-// Defaults of the claims (ProcessManagerConfig.Lease, EffectTimeout,
-// TakeoverAfter).
+// Defaults of the claims (ProcessManagerConfig.EffectTimeout, ClockSkew,
+// TakeoverAfter; the Lease follows from the first two).
 const (
-	DefaultLease         = 2 * time.Minute
 	DefaultEffectTimeout = 30 * time.Second
+	DefaultClockSkew     = 5 * time.Second
 	DefaultTakeoverAfter = 60 * time.Second
 )
 
@@ -148,11 +153,17 @@ func (c *ProcessManagerConfig) setDefaults() {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
-	if c.Lease == 0 {
-		c.Lease = DefaultLease
+	if c.ClockSkew == 0 {
+		c.ClockSkew = DefaultClockSkew
 	}
 	if c.EffectTimeout == 0 {
-		c.EffectTimeout = min(DefaultEffectTimeout, c.Lease/2)
+		c.EffectTimeout = DefaultEffectTimeout
+		if c.Lease > 0 {
+			c.EffectTimeout = min(DefaultEffectTimeout, (c.Lease-c.ClockSkew)/domain.LeaseFactor)
+		}
+	}
+	if c.Lease == 0 {
+		c.Lease = domain.ClaimLease(c.EffectTimeout, c.ClockSkew)
 	}
 	if c.TakeoverAfter == 0 {
 		c.TakeoverAfter = DefaultTakeoverAfter
@@ -189,10 +200,10 @@ func (c ProcessManagerConfig) Validate() error {
 	if c.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("Concurrency is %d, want at least 1 (0 for the default %d)", c.Concurrency, defaultPMConcurrency))
 	}
-	if c.Lease < 0 || c.EffectTimeout < 0 || c.TakeoverAfter < 0 {
-		errs = append(errs, fmt.Errorf("a negative duration (Lease %s, EffectTimeout %s, TakeoverAfter %s)", c.Lease, c.EffectTimeout, c.TakeoverAfter))
-	} else if c.Lease > 0 && c.EffectTimeout >= c.Lease {
-		errs = append(errs, fmt.Errorf("EffectTimeout %s is not below Lease %s: a claim must outlast its attempt", c.EffectTimeout, c.Lease))
+	if c.Lease < 0 || c.EffectTimeout < 0 || c.TakeoverAfter < 0 || c.ClockSkew < 0 {
+		errs = append(errs, fmt.Errorf("a negative duration (Lease %s, EffectTimeout %s, ClockSkew %s, TakeoverAfter %s)", c.Lease, c.EffectTimeout, c.ClockSkew, c.TakeoverAfter))
+	} else if c.Lease > 0 && c.EffectTimeout+c.ClockSkew >= c.Lease {
+		errs = append(errs, fmt.Errorf("EffectTimeout %s + ClockSkew %s is not below Lease %s: a claim must outlast its attempt on every node's clock (leave Lease 0 for 2 × EffectTimeout + ClockSkew)", c.EffectTimeout, c.ClockSkew, c.Lease))
 	}
 	if c.Retry.Initial < 0 || c.Retry.Max < 0 {
 		errs = append(errs, fmt.Errorf("Retry has a negative delay (Initial %s, Max %s)", c.Retry.Initial, c.Retry.Max))
@@ -221,6 +232,7 @@ type processManager struct {
 	node        string
 	lease       time.Duration
 	effect      time.Duration
+	skew        time.Duration
 	onRaceLost  func()
 	wait        func(ctx context.Context, until time.Time) bool
 
@@ -244,7 +256,7 @@ func pmConfigure(name string, cfg *ProcessManagerConfig) error {
 func newProcessManager(name string, cfg ProcessManagerConfig) processManager {
 	return processManager{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry, rand: cfg.Rand,
 		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult,
-		node: cfg.Node, lease: cfg.Lease, effect: cfg.EffectTimeout, onRaceLost: cfg.OnRaceLost, wait: cfg.Wait}
+		node: cfg.Node, lease: cfg.Lease, effect: cfg.EffectTimeout, skew: cfg.ClockSkew, onRaceLost: cfg.OnRaceLost, wait: cfg.Wait}
 }
 
 // Name names the process manager and its checkpoint.

@@ -257,6 +257,13 @@ func TestProcessManagerConfig_Validate(t *testing.T) {
 			want: "Concurrency is -2, want at least 1 (0 for the default 4)"},
 		{name: "negative retry", edit: func(c *command.ProcessManagerConfig) { c.Retry.Initial = -time.Second },
 			want: "Retry has a negative delay (Initial -1s, Max 1m0s)"},
+		{name: "a lease the effect and the clock skew fill", edit: func(c *command.ProcessManagerConfig) {
+			c.Lease, c.EffectTimeout, c.ClockSkew = 10*time.Second, 5*time.Second, 5*time.Second
+		}, want: "EffectTimeout 5s + ClockSkew 5s is not below Lease 10s"},
+		{name: "a lease alone: the effect gets what the skew leaves, halved", edit: func(c *command.ProcessManagerConfig) {
+			c.Lease = 9 * time.Second
+		}},
+		{name: "negative clock skew", edit: func(c *command.ProcessManagerConfig) { c.ClockSkew = -time.Second }, want: "a negative duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -274,6 +274,14 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 // or given up).
 func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.ContactID, wh string, s *domain.ContactState, n int) (done bool, err error) {
 	pr := s.Password
+	// A FunnelKit slot first, then the claim: waiting for a slot would
+	// spend the claim's lease.
+	select {
+	case p.calls <- struct{}{}:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	defer func() { <-p.calls }()
 	until := p.now().Add(p.lease).UTC()
 	claim := domain.PasswordReturnClaimed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Until: until, Node: p.node}
 	if err := p.recordAt(ctx, id, wh, domain.ExactVersion(s.Version), claim); err != nil {
@@ -283,7 +291,7 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 		}
 		return false, err
 	}
-	if !domain.MayAct(until, p.now(), p.effect) {
+	if !domain.MayAct(until, p.now(), p.effect+p.skew) {
 		p.log.Warn("password return claim too close to its end; left to expire", "webhook_id", wh, "contact_id", id, "attempt", n, "until", until)
 		return false, nil
 	}
@@ -380,15 +388,10 @@ func (p *PasswordReturner) replace(ctx context.Context, id domain.ContactID, wh 
 	return nil
 }
 
-// try makes one attempt: unseal the password and write it to its field.
+// try makes one attempt, in a FunnelKit slot the caller holds: unseal the
+// password and write it to its field.
 // The error it returns never holds the password.
 func (p *PasswordReturner) try(ctx context.Context, id domain.ContactID, issued *domain.PasswordReturn) error {
-	select {
-	case p.calls <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-p.calls }()
 	plain, err := p.keys.Unseal(ctx, issued.KeyID, issued.Sealed)
 	if err != nil {
 		return fmt.Errorf("unseal password: %w", err)

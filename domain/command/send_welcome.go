@@ -284,7 +284,7 @@ func (w *Welcomer) attempt(ctx context.Context, c *clock, id domain.ContactID, w
 		}
 		return false, err
 	}
-	if !domain.MayAct(until, w.now(), w.effect) {
+	if !domain.MayAct(until, w.now(), w.effect+w.skew) {
 		w.log.Warn("welcome email claim too close to its end; left to expire", "webhook_id", wh, "contact_id", id, "attempt", n, "until", until)
 		return false, nil
 	}

@@ -322,3 +322,41 @@ func TestWelcomer_Resume(t *testing.T) {
 		})
 	}
 }
+
+func TestWelcomer_ClaimHoldsTwiceTheEffectPlusTheClockSkew(t *testing.T) {
+	tests := []struct {
+		name          string
+		effect, skew  time.Duration
+		wantHeldUntil time.Time
+	}{
+		{"an effect of 2 s, the default skew", 2 * time.Second, 0, pmNow().Add(9 * time.Second)},
+		{"an effect of 30 s, a skew of 1 s", 30 * time.Second, time.Second, pmNow().Add(61 * time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given a welcomer whose sends time out after effect, on
+			// nodes whose clocks differ by up to skew, and no Lease set
+			store := pmNewStore(t)
+			given := pmGiven(t, store, pmContact, pmCreated(true))
+			cfg := pmConfig(store, &pmCheckpoints{})
+			cfg.EffectTimeout, cfg.ClockSkew = tt.effect, tt.skew
+			w, err := command.NewWelcomer(cfg, &pmMailer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Stop()
+
+			// When it sends the mail
+			if err := w.Handle(context.Background(), given[0]); err != nil {
+				t.Fatal(err)
+			}
+
+			// Then its claim held for 2 × effect + skew
+			envs := pmAppended(t, store, pmContact, len(given))
+			c, ok := envs[0].Event.(domain.WelcomeEmailClaimed)
+			if !ok || !c.Until.Equal(tt.wantHeldUntil) {
+				t.Fatalf("first appended %#v, want a claim until %s", envs[0].Event, tt.wantHeldUntil)
+			}
+		})
+	}
+}

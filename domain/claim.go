@@ -103,11 +103,13 @@ func NextReturnStep(p *PasswordReturn, node string, haveKey bool, now time.Time,
 }
 
 // LastSign is the last time the node issuing p showed it was at work on
-// it: the issue (or replacement), its latest claim's Until, its latest
-// failure's next attempt.
+// it: the issue (or replacement), its latest claim's Until while no result
+// closed the claim, its latest failure's next attempt. A claim closed by a
+// failure (an interrupted attempt's release, say) holds nothing after the
+// failure: its effect is over.
 func (p *PasswordReturn) LastSign() time.Time {
 	t := p.IssuedAt
-	if p.Claim != nil && p.Claim.Until.After(t) {
+	if p.Claim != nil && p.Claim.Attempt > p.Attempts && p.Claim.Until.After(t) {
 		t = p.Claim.Until
 	}
 	if p.NextAttemptAt.After(t) {

@@ -60,6 +60,12 @@ func TestNextReturnStep(t *testing.T) {
 		{"key not here, the issuer's retry far ahead: the delay counts from it", pending(func(p *domain.PasswordReturn) {
 			p.Claim, p.Attempts, p.NextAttemptAt = &domain.AttemptClaim{Attempt: 1, Until: min(2), Node: "node-a"}, 1, min(20)
 		}), false, min(10), domain.Step{Kind: domain.StepWait, At: min(25)}},
+		{"key not here, the issuer released its claim at a stop: the delay counts from the release", pending(func(p *domain.PasswordReturn) {
+			p.Claim, p.Attempts, p.NextAttemptAt = &domain.AttemptClaim{Attempt: 1, Until: min(4), Node: "node-a"}, 1, min(1)
+		}), false, min(2), domain.Step{Kind: domain.StepWait, At: min(6)}},
+		{"key not here, the issuer released its claim and stayed silent for the delay: replace", pending(func(p *domain.PasswordReturn) {
+			p.Claim, p.Attempts, p.NextAttemptAt = &domain.AttemptClaim{Attempt: 1, Until: min(4), Node: "node-a"}, 1, min(1)
+		}), false, min(6), domain.Step{Kind: domain.StepReplace}},
 		{"key not here, the issuer's retry missed by the delay: replace", pending(func(p *domain.PasswordReturn) {
 			p.Claim, p.Attempts, p.NextAttemptAt = &domain.AttemptClaim{Attempt: 1, Until: min(2), Node: "node-a"}, 1, min(20)
 		}), false, min(25), domain.Step{Kind: domain.StepReplace}},

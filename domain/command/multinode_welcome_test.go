@@ -8,17 +8,22 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	usermail "github.com/usersync/usersync/mail"
 	"github.com/usersync/usersync/projections"
 )
 
 // runWelcomer starts the node's welcomer alone, over its own subscription
-// from cps's checkpoint (a node restarting keeps its checkpoints).
-func (n *pmNode) runWelcomer(t *testing.T, cps Checkpoints) {
+// from cps's checkpoint (a node restarting keeps its checkpoints), sending
+// with mailer (nil: the node's).
+func (n *pmNode) runWelcomer(t *testing.T, cps Checkpoints, mailer domain.Mailer) {
 	t.Helper()
 	cfg := n.cfg
 	cfg.Checkpoints = cps
+	if mailer == nil {
+		mailer = n.mailer
+	}
 	var err error
-	if n.welcomer, err = NewWelcomer(cfg, n.mailer); err != nil {
+	if n.welcomer, err = NewWelcomer(cfg, mailer); err != nil {
 		t.Fatal(err)
 	}
 	from, err := n.welcomer.Position(context.Background())
@@ -119,7 +124,7 @@ func TestTwoNodes_WatcherRestartsClaimerNeverReturns_TheWatcherSendsTheMailOnceA
 	// and the second node's welcomer sees the live claim, watches it and
 	// moves its checkpoint past the user's creation
 	cps := &memCheckpoints{pos: map[string]uint64{}}
-	watcher.runWelcomer(t, cps)
+	watcher.runWelcomer(t, cps, nil)
 	eventually(t, "the watcher's checkpoint past the claim", func() bool {
 		pos, _ := cps.Checkpoint(context.Background(), WelcomeEmailName)
 		return pos >= res.Position
@@ -136,7 +141,7 @@ func TestTwoNodes_WatcherRestartsClaimerNeverReturns_TheWatcherSendsTheMailOnceA
 	if len(pending) != 1 || pending[0].ContactID != id {
 		t.Fatalf("pending mails %+v, want contact %d's", pending, id)
 	}
-	watcher.runWelcomer(t, cps)
+	watcher.runWelcomer(t, cps, nil)
 	if err := watcher.welcomer.Resume(context.Background(), pending); err != nil {
 		t.Fatal(err)
 	}
@@ -171,5 +176,97 @@ func TestTwoNodes_WatcherRestartsClaimerNeverReturns_TheWatcherSendsTheMailOnceA
 	}
 	if got := messageIDs(t, relay); len(relay.Messages()) != 1 || got[claim.MessageID] != 1 {
 		t.Errorf("relay messages by Message-ID %v, want one with %s", got, claim.MessageID)
+	}
+}
+
+// hangingMailer is a relay that never answers: each send waits for its
+// context to end.
+type hangingMailer struct {
+	*usermail.Mailer
+	entered chan struct{}
+}
+
+func (m hangingMailer) SendWelcome(ctx context.Context, _, _, _ string) (string, error) {
+	select {
+	case m.entered <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return "", ctx.Err()
+}
+
+func TestTwoNodes_ClaimerStopsCleanlyMidSend_TheWatcherSendsWithoutWaitingOutTheLease(t *testing.T) {
+	t.Parallel()
+	// Given two nodes on one EventStoreDB, the first in the middle of
+	// sending a welcome mail (its relay hangs; its claim holds for the
+	// default lease, 2 × 30 s + 5 s), the second watching that claim
+	crm := &fakeCRM{contacts: map[domain.ContactID]domain.CRMContact{}}
+	fk := &recordingCRM{wrote: make(chan struct{}, 1)}
+	relay := startSMTP(t)
+	nodes := twoPMNodes(t, crm, fk, relay.Addr(), time.Hour)
+	claimer, watcher := nodes[0], nodes[1]
+	const id = domain.ContactID(902)
+	crm.set(contact(id, "fay@example.com"))
+	addWithMail(t, claimer.store, id)
+	if err := claimer.dispatch.Submit(id); err != nil {
+		t.Fatal(err)
+	}
+	hang := hangingMailer{Mailer: claimer.mailer, entered: make(chan struct{}, 1)}
+	claimer.runWelcomer(t, &memCheckpoints{pos: map[string]uint64{}}, hang)
+	select {
+	case <-hang.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first node did not start sending")
+	}
+	st := loadState(t, claimer.store, id)
+	first := *st.Welcome.Claim
+	cps := &memCheckpoints{pos: map[string]uint64{}}
+	watcher.runWelcomer(t, cps, nil)
+	head, err := watcher.store.Head(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the watcher's checkpoint past the claim", func() bool {
+		pos, _ := cps.Checkpoint(context.Background(), WelcomeEmailName)
+		return pos >= head
+	})
+
+	// When the first node stops cleanly (a shutdown)
+	claimer.halt()
+
+	// Then its attempt is recorded as interrupted, and the watcher sends
+	// the mail at once, long before the claim's end, once, with the
+	// claim's Message-ID
+	deadline := time.Now().Add(30 * time.Second)
+	for !loadState(t, watcher.store, id).Welcome.Done {
+		if time.Now().After(deadline) {
+			dump(t, watcher.store, id.Stream())
+			t.Fatalf("the welcome mail is not sent 30s after the first node's stop (its claim ends at %s)", first.Until)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	watcher.halt()
+	var second *domain.Envelope
+	interrupted := 0
+	for _, env := range decoded(t, watcher.store, id.Stream()) {
+		switch e := env.Event.(type) {
+		case domain.WelcomeEmailClaimed:
+			if e.Attempt == 2 {
+				second = &env
+			}
+		case domain.WelcomeEmailFailed:
+			if e.Error == InterruptedAttempt && e.Attempt == 1 {
+				interrupted++
+			}
+		}
+	}
+	if interrupted != 1 || second == nil || second.Event.(domain.WelcomeEmailClaimed).Node != watcher.cfg.Node {
+		t.Fatalf("%d interrupted attempts, second claim %+v; want the first attempt released and the watcher's claim of attempt 2", interrupted, second)
+	}
+	if !second.OccurredAt.Before(first.Until) {
+		t.Errorf("the watcher claimed at %s, not before the first claim's end %s", second.OccurredAt, first.Until)
+	}
+	if got := messageIDs(t, relay); len(relay.Messages()) != 1 || got[st.Welcome.MessageID] != 1 {
+		t.Errorf("relay messages by Message-ID %v, want one with %s", got, st.Welcome.MessageID)
 	}
 }

@@ -134,7 +134,17 @@ const (
 	// pmReplacementKeyPrefix starts a replacement's key id, as an issued
 	// password's (pw-<contact>-<id>).
 	pmReplacementKeyPrefix = "pw-"
+	// pmSettleTimeout bounds the recording of an attempt's result (or of
+	// its interruption) once the effect is over, even if the process
+	// manager is stopping meanwhile.
+	pmSettleTimeout = 5 * time.Second
 )
+
+// InterruptedAttempt is the error recorded (PasswordReturnFailed,
+// WelcomeEmailFailed, never given up, the next attempt due at once) for an
+// attempt a clean stop cut off after its claim won: its claim is closed
+// at once instead of held until its lease ends.
+const InterruptedAttempt = "interrupted: the node stopped during the attempt; the next attempt may be made at once"
 
 // setDefaults fills in the optional fields left at their zero value.
 func (c *ProcessManagerConfig) setDefaults() {
@@ -239,6 +249,67 @@ type processManager struct {
 	mu    sync.Mutex
 	pos   uint64
 	saved uint64
+
+	// waiters are the rounds waiting on a contact's stream (waitOn).
+	waitMu  sync.Mutex
+	waiters map[domain.ContactID]map[*waiter]struct{}
+}
+
+// waiter is a round waiting on a contact's stream, read at version.
+type waiter struct {
+	version uint64
+	wake    context.CancelFunc
+}
+
+// waitOn waits as c.Wait until until, but ends early when Handle sees an
+// event of contact id's stream after version (another node's result or
+// release closes the claim waited on). It reports false only if ctx
+// ended. Waking is an optimisation: every wait ends at until anyway.
+func (p *processManager) waitOn(ctx context.Context, c *clock, id domain.ContactID, version uint64, until time.Time) bool {
+	wctx, wake := context.WithCancel(ctx)
+	defer wake()
+	w := &waiter{version: version, wake: wake}
+	p.waitMu.Lock()
+	if p.waiters == nil {
+		p.waiters = map[domain.ContactID]map[*waiter]struct{}{}
+	}
+	if p.waiters[id] == nil {
+		p.waiters[id] = map[*waiter]struct{}{}
+	}
+	p.waiters[id][w] = struct{}{}
+	p.waitMu.Unlock()
+	defer func() {
+		p.waitMu.Lock()
+		delete(p.waiters[id], w)
+		if len(p.waiters[id]) == 0 {
+			delete(p.waiters, id)
+		}
+		p.waitMu.Unlock()
+	}()
+	c.Wait(wctx, until)
+	return ctx.Err() == nil
+}
+
+// wake ends the waits on rec's stream of the rounds that read it before
+// rec.
+func (p *processManager) wake(rec domain.RecordedEvent) {
+	id, ok := domain.ContactIDFromStream(rec.Stream)
+	if !ok {
+		return
+	}
+	p.waitMu.Lock()
+	defer p.waitMu.Unlock()
+	for w := range p.waiters[id] {
+		if rec.Version > w.version {
+			w.wake()
+		}
+	}
+}
+
+// settle is the context an attempt's result is recorded in once its
+// effect is over: a stop meanwhile does not leave the claim open.
+func settle(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), pmSettleTimeout)
 }
 
 // pmConfigure fills in cfg's defaults and validates it for the process

@@ -160,7 +160,14 @@ func (p *PasswordReturner) Stop() {
 // Handle starts the return of each PasswordIssued and PasswordReplaced;
 // other events only move the checkpoint.
 func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent) error {
-	if rec.Type != domain.TypePasswordIssued && rec.Type != domain.TypePasswordReplaced {
+	switch rec.Type {
+	case domain.TypePasswordIssued:
+	case domain.TypePasswordReplaced:
+		p.wake(rec)
+	case domain.TypePasswordReturnClaimed, domain.TypePasswordReturned, domain.TypePasswordReturnFailed:
+		p.wake(rec)
+		return p.done(ctx, rec.Position, false)
+	default:
 		return p.done(ctx, rec.Position, false)
 	}
 	id, ok := domain.ContactIDFromStream(rec.Stream)
@@ -246,7 +253,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 		case domain.StepDone:
 			return nil
 		case domain.StepWait:
-			if !c.Wait(ctx, step.At) {
+			if !p.waitOn(ctx, c, id, s.Version, step.At) {
 				return ctx.Err()
 			}
 		case domain.StepReplace:
@@ -295,11 +302,16 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 		p.log.Warn("password return claim too close to its end; left to expire", "webhook_id", wh, "contact_id", id, "attempt", n, "until", until)
 		return false, nil
 	}
+	if ctx.Err() != nil {
+		return false, p.release(ctx, id, wh, pr, n)
+	}
 	actx, cancel := context.WithTimeout(ctx, p.effect)
 	err = p.try(actx, id, pr)
 	cancel()
 	if err == nil {
-		if err := p.record(ctx, id, wh, domain.PasswordReturned{KeyID: pr.KeyID, Field: pr.Field, Attempt: n}); err != nil {
+		rctx, cancel := settle(ctx)
+		defer cancel()
+		if err := p.record(rctx, id, wh, domain.PasswordReturned{KeyID: pr.KeyID, Field: pr.Field, Attempt: n}); err != nil {
 			return false, err
 		}
 		p.result("returned")
@@ -307,7 +319,7 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 		return true, p.shredNow(ctx, pr.KeyID)
 	}
 	if ctx.Err() != nil {
-		return false, ctx.Err()
+		return false, p.release(ctx, id, wh, pr, n)
 	}
 	// Every failure is retried, permanent-looking ones too: a wrong
 	// application password is fixed by the operator, and giving up
@@ -317,7 +329,9 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 	if !giveUp {
 		failed.NextAttemptAt = p.now().Add(p.retry.Jittered(n, p.rand())).UTC()
 	}
-	if err := p.record(ctx, id, wh, failed); err != nil {
+	rctx, cancel := settle(ctx)
+	defer cancel()
+	if err := p.record(rctx, id, wh, failed); err != nil {
 		return false, err
 	}
 	if giveUp {
@@ -328,6 +342,22 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 	p.result("failed")
 	p.log.Warn("password return failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", n, "next_attempt_at", failed.NextAttemptAt, "err", err)
 	return false, nil
+}
+
+// release closes attempt n, which a stop (ctx ended) cut off after its
+// claim won, with a failure due again at once (InterruptedAttempt): the
+// claim does not hold until its end, so this node's next start, or
+// another node taking over, need not wait it out. It returns ctx's error.
+func (p *PasswordReturner) release(ctx context.Context, id domain.ContactID, wh string, pr *domain.PasswordReturn, n int) error {
+	rctx, cancel := settle(ctx)
+	defer cancel()
+	failed := domain.PasswordReturnFailed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Error: InterruptedAttempt, NextAttemptAt: p.now().UTC()}
+	if err := p.record(rctx, id, wh, failed); err != nil {
+		p.log.Error("password return attempt interrupted by the stop; its claim holds until its end", "webhook_id", wh, "contact_id", id, "attempt", n, "err", err)
+		return errors.Join(ctx.Err(), err)
+	}
+	p.log.Warn("password return attempt interrupted by the stop; released", "webhook_id", wh, "contact_id", id, "attempt", n)
+	return ctx.Err()
 }
 
 // shredNow shreds a key whose return was just recorded, even if the

@@ -638,3 +638,51 @@ func TestPasswordReturner_OwnClaimFromBeforeARestart_TakenOverAtOnce(t *testing.
 		})
 	}
 }
+
+func TestPasswordReturner_StopDuringTheWrite_ReleasesTheAttempt(t *testing.T) {
+	ctx := context.Background()
+	// Given a return whose FunnelKit write hangs
+	store := pmNewStore(t)
+	given := pmGiven(t, store, pmContact, pmIssued("k1"))
+	crm := &pmFieldWriter{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	r, err := command.NewPasswordReturner(pmConfig(store, &pmCheckpoints{}), crm, &pmKeys{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Handle(ctx, given[0]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-crm.entered:
+	case <-time.After(pmWait):
+		t.Fatal("no attempt was made")
+	}
+
+	// When the returner is stopped (a clean shutdown) in the middle of it
+	r.Stop()
+
+	// Then the attempt is closed as interrupted, due again at once: its
+	// claim no longer holds
+	appended := pmAppended(t, store, pmContact, len(given))
+	want := []domain.Event{domain.PasswordReturnFailed{KeyID: "k1", Field: "pw", Attempt: 1, Error: command.InterruptedAttempt, NextAttemptAt: pmNow()}}
+	if got := pmResults(t, appended); !reflect.DeepEqual(got, want) {
+		t.Fatalf("appended %#v, want %#v (claims aside)", got, want)
+	}
+	st, err := domain.LoadContact(pmContact, pmRecords(t, store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if step := domain.NextReturnStep(st.Password, "another", true, pmNow(), time.Minute); step.Kind != domain.StepClaim || step.Attempt != 2 {
+		t.Errorf("next step on another node holding the key: %v %+v, want a claim of attempt 2 at once", step.Kind, step)
+	}
+}
+
+// pmRecords is the stream of pmContact as recorded.
+func pmRecords(t *testing.T, store domain.EventStore) []domain.RecordedEvent {
+	t.Helper()
+	recs, err := store.ReadStream(context.Background(), pmContact.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}

@@ -160,7 +160,13 @@ func (w *Welcomer) Stop() {
 // Handle acts on UserCreated with welcome_email; other events only move
 // the checkpoint.
 func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
-	if rec.Type != domain.TypeUserCreated {
+	switch rec.Type {
+	case domain.TypeUserCreated:
+		w.wake(rec)
+	case domain.TypeWelcomeEmailClaimed, domain.TypeWelcomeEmailSent, domain.TypeWelcomeEmailFailed:
+		w.wake(rec)
+		return w.done(ctx, rec.Position, false)
+	default:
 		return w.done(ctx, rec.Position, false)
 	}
 	id, ok := domain.ContactIDFromStream(rec.Stream)
@@ -249,7 +255,7 @@ func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh s
 				*handedOff = true
 				return nil
 			}
-			if !c.Wait(ctx, step.At) {
+			if !w.waitOn(ctx, c, id, s.Version, step.At) {
 				return ctx.Err()
 			}
 		case domain.StepClaim:
@@ -288,23 +294,30 @@ func (w *Welcomer) attempt(ctx context.Context, c *clock, id domain.ContactID, w
 		w.log.Warn("welcome email claim too close to its end; left to expire", "webhook_id", wh, "contact_id", id, "attempt", n, "until", until)
 		return false, nil
 	}
+	if ctx.Err() != nil {
+		return false, w.release(ctx, id, wh, mail.To, n)
+	}
 	sctx, cancel := context.WithTimeout(ctx, w.effect)
 	transport, err := w.mail.SendWelcome(sctx, msgID, mail.To, mail.Login)
 	cancel()
 	if err == nil {
 		w.result("sent")
 		w.log.Info("welcome email sent", "webhook_id", wh, "contact_id", id, "transport", transport, "attempt", n)
-		return true, w.record(ctx, id, wh, domain.WelcomeEmailSent{To: mail.To, Transport: transport, Attempt: n})
+		rctx, cancel := settle(ctx)
+		defer cancel()
+		return true, w.record(rctx, id, wh, domain.WelcomeEmailSent{To: mail.To, Transport: transport, Attempt: n})
 	}
 	if ctx.Err() != nil {
-		return false, ctx.Err()
+		return false, w.release(ctx, id, wh, mail.To, n)
 	}
 	giveUp := n >= w.maxAttempts || !domain.Temporary(err)
 	failed := domain.WelcomeEmailFailed{To: mail.To, Attempt: n, Error: err.Error(), GaveUp: giveUp}
 	if !giveUp {
 		failed.NextAttemptAt = w.now().Add(w.retry.Jittered(n, w.rand())).UTC()
 	}
-	if err := w.record(ctx, id, wh, failed); err != nil {
+	rctx, cancel := settle(ctx)
+	defer cancel()
+	if err := w.record(rctx, id, wh, failed); err != nil {
 		return false, err
 	}
 	if giveUp {
@@ -315,4 +328,19 @@ func (w *Welcomer) attempt(ctx context.Context, c *clock, id domain.ContactID, w
 	w.result("failed")
 	w.log.Warn("welcome email failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", n, "err", err)
 	return false, nil
+}
+
+// release closes attempt n, which a stop (ctx ended) cut off after its
+// claim won, with a failure due again at once (InterruptedAttempt), so
+// that another node need not wait out the claim. It returns ctx's error.
+func (w *Welcomer) release(ctx context.Context, id domain.ContactID, wh, to string, n int) error {
+	rctx, cancel := settle(ctx)
+	defer cancel()
+	failed := domain.WelcomeEmailFailed{To: to, Attempt: n, Error: InterruptedAttempt, NextAttemptAt: w.now().UTC()}
+	if err := w.record(rctx, id, wh, failed); err != nil {
+		w.log.Error("welcome email attempt interrupted by the stop; its claim holds until its end", "webhook_id", wh, "contact_id", id, "attempt", n, "err", err)
+		return errors.Join(ctx.Err(), err)
+	}
+	w.log.Warn("welcome email attempt interrupted by the stop; released to the other nodes", "webhook_id", wh, "contact_id", id, "attempt", n)
+	return ctx.Err()
 }

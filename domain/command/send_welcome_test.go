@@ -198,9 +198,12 @@ func TestWelcomer_HandleFailures(t *testing.T) {
 		wantMsg   string
 		wantFail  bool
 		wantSends int
+		// wantRelease: the attempt is closed as interrupted, so that no
+		// node waits out its claim
+		wantRelease bool
 	}{
 		{name: "the stream cannot be read", failReads: 1, wantMsg: "read contact-7: " + pmStoreDown},
-		{name: "stopped while sending", cancel: true, wantErr: context.Canceled, wantSends: 1},
+		{name: "stopped while sending: the attempt is released", cancel: true, wantErr: context.Canceled, wantSends: 1, wantRelease: true},
 		{name: "undecodable", rec: func(r domain.RecordedEvent) domain.RecordedEvent { r.Data = []byte("{"); return r }, wantFail: true},
 		{name: "not a contact's stream: only the checkpoint moves",
 			rec: func(r domain.RecordedEvent) domain.RecordedEvent { r.Stream = "tags"; return r }},
@@ -231,8 +234,9 @@ func TestWelcomer_HandleFailures(t *testing.T) {
 			// When it is handled.
 			err = w.Handle(ctx, rec)
 
-			// Then the error says why (the pipeline retries it), nothing is
-			// recorded, and the checkpoint is not saved.
+			// Then the error says why (the pipeline retries it), no result
+			// is recorded (an interrupted attempt is released), and the
+			// checkpoint is not saved.
 			switch {
 			case tt.wantMsg != "":
 				if err == nil || err.Error() != tt.wantMsg {
@@ -248,8 +252,12 @@ func TestWelcomer_HandleFailures(t *testing.T) {
 			if n := len(mail.sent()); n != tt.wantSends {
 				t.Errorf("SendWelcome called %d times, want %d", n, tt.wantSends)
 			}
-			if got := pmResults(t, pmAppended(t, store, pmContact, len(given))); len(got) != 0 {
-				t.Errorf("appended %#v, want no result (claims only)", got)
+			var want []domain.Event
+			if tt.wantRelease {
+				want = []domain.Event{domain.WelcomeEmailFailed{To: "ann@example.com", Attempt: 1, Error: command.InterruptedAttempt, NextAttemptAt: pmNow()}}
+			}
+			if got := pmResults(t, pmAppended(t, store, pmContact, len(given))); !reflect.DeepEqual(got, want) {
+				t.Errorf("appended %#v, want %#v (claims aside)", got, want)
 			}
 			if _, saves := cps.saved(command.WelcomeEmailName); saves != 0 {
 				t.Errorf("checkpoint saved %d times, want 0", saves)

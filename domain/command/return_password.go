@@ -407,7 +407,13 @@ func (p *PasswordReturner) replace(ctx context.Context, id domain.ContactID, wh 
 			p.log.Error("shredding an unused replacement key failed", "contact_id", id, "key_id", keyID, "err", shredErr)
 		}
 		if errors.Is(err, domain.ErrConcurrency) {
-			p.lostIfClaimed(ctx, id, old.KeyID, old.Attempts+1)
+			// Lost to a replacement, or to the issuer's claim of the
+			// next attempt (past an expired claim, if any).
+			next := old.Attempts + 1
+			if old.Claim != nil && old.Claim.Attempt >= next {
+				next = old.Claim.Attempt + 1
+			}
+			p.lostIfClaimed(ctx, id, old.KeyID, next)
 			return nil
 		}
 		return err

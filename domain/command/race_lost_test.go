@@ -62,7 +62,9 @@ func (k raceKeys) Has(_ context.Context, keyID string) (bool, error) {
 
 type nopFieldWriter struct{}
 
-func (nopFieldWriter) SetFields(context.Context, domain.ContactID, map[string]string) error { return nil }
+func (nopFieldWriter) SetFields(context.Context, domain.ContactID, map[string]string) error {
+	return nil
+}
 
 type nopMailer struct{}
 

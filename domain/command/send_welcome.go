@@ -121,24 +121,34 @@ type welcomeJob struct {
 // process holds (watching): until it is settled, the welcomer stops, or
 // another node's live claim hands it to a watch.
 func (w *Welcomer) resumeOne(j welcomeJob) {
-	handedOff := false
+	// Any wait (a claim, a retry) goes to a watch: the next resumed mail
+	// need not wait for it.
+	h := &handOff{waits: true}
 	defer func() {
-		if !handedOff {
+		if !h.done {
 			w.flight.Lock()
 			delete(w.watching, j.created.UserID)
 			w.flight.Unlock()
 		}
 	}()
-	w.keep(w.clock(), j, &handedOff)
+	w.keep(w.clock(), j, h)
+}
+
+// handOff lets send leave a wait to a watch in the background: a wait for
+// another node's live claim, or with waits any wait (a retry's too). done
+// reports that it did.
+type handOff struct {
+	waits bool
+	done  bool
 }
 
 // keep runs send for the mail j until it is settled, the welcomer stops,
-// or (with handedOff) a watch took it over; a failing store is tried
-// again with backoff.
-func (w *Welcomer) keep(c *clock, j welcomeJob, handedOff *bool) {
+// or (with h) a watch took it over; a failing store is tried again with
+// backoff.
+func (w *Welcomer) keep(c *clock, j welcomeJob, h *handOff) {
 	for round := 1; ; round++ {
-		err := w.send(w.ctx, c, j.id, j.wh, j.created, handedOff)
-		if err == nil || w.ctx.Err() != nil || handedOff != nil && *handedOff {
+		err := w.send(w.ctx, c, j.id, j.wh, j.created, h)
+		if err == nil || w.ctx.Err() != nil || h != nil && h.done {
 			return
 		}
 		w.log.Error("welcome email interrupted; trying again", "webhook_id", j.wh, "contact_id", j.id, "err", err)
@@ -192,9 +202,9 @@ func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
 	if busy {
 		return w.done(ctx, rec.Position, true)
 	}
-	handedOff := false
-	err = w.send(ctx, w.clock(), id, env.WebhookID, created, &handedOff)
-	if !handedOff {
+	h := &handOff{}
+	err = w.send(ctx, w.clock(), id, env.WebhookID, created, h)
+	if !h.done {
 		w.flight.Lock()
 		delete(w.watching, created.UserID)
 		w.flight.Unlock()
@@ -229,10 +239,11 @@ func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCrea
 
 // send makes the attempts left for the welcome email of one user, from
 // what the contact's stream says was already tried (domain.NextWelcomeStep).
-// A permanent failure gives up at once. With handedOff (from Handle), a
-// live claim of another node is left to a watch in the background, and
-// send returns with *handedOff true; without (in the watch), it waits.
-func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh string, created domain.UserCreated, handedOff *bool) error {
+// A permanent failure gives up at once. With h (from Handle and Resume), a
+// live claim of another node (with h.waits, any wait) is left to a watch
+// in the background, and send returns with h.done; without (in the
+// watch), it waits.
+func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh string, created domain.UserCreated, h *handOff) error {
 	for range pmMaxStepsPerRound {
 		s, err := w.load(ctx, id)
 		if err != nil {
@@ -248,11 +259,11 @@ func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh s
 		case domain.StepDone:
 			return nil
 		case domain.StepWait:
-			if mail.Claim != nil && mail.Claim.Attempt > mail.Attempts && handedOff != nil {
+			if h != nil && (h.waits || mail.Claim != nil && mail.Claim.Attempt > mail.Attempts) {
 				if !w.watch(id, wh, created, c) {
 					return fmt.Errorf("welcome email stopping: %w", context.Canceled)
 				}
-				*handedOff = true
+				h.done = true
 				return nil
 			}
 			if !w.waitOn(ctx, c, id, s.Version, step.At) {

@@ -368,3 +368,54 @@ func TestWelcomer_ClaimHoldsTwiceTheEffectPlusTheClockSkew(t *testing.T) {
 		})
 	}
 }
+
+func TestWelcomer_Resume_AMailWaitingForItsRetryHoldsBackNoOther(t *testing.T) {
+	// Given two pending mails, the first failed with its retry an hour
+	// ahead, the second never tried, and a clock on which that hour does
+	// not pass
+	store := pmNewStore(t)
+	pmGiven(t, store, pmContact, pmCreated(true),
+		domain.WelcomeEmailFailed{To: "ann@example.com", Attempt: 1, Error: "451 later", NextAttemptAt: pmNow().Add(time.Hour)})
+	bob := domain.UserCreated{UserID: "u-2", ContactID: pmContact + 1, Login: "bob", Email: "bob@example.com", Role: "subscriber", WelcomeEmail: true}
+	pmGiven(t, store, pmContact+1, bob)
+	cfg := pmConfig(store, &pmCheckpoints{})
+	waiting := make(chan time.Time, 4)
+	cfg.Wait = func(ctx context.Context, until time.Time) bool {
+		if !until.After(pmNow()) {
+			return ctx.Err() == nil
+		}
+		waiting <- until
+		<-ctx.Done()
+		return false
+	}
+	mail := &pmMailer{}
+	w, err := command.NewWelcomer(cfg, mail)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// When both are resumed, the first first
+	err = w.Resume(context.Background(), []command.PendingWelcome{{ContactID: pmContact, UserID: "u-1"}, {ContactID: pmContact + 1, UserID: "u-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Then the second is sent while the first waits for its retry in the
+	// background
+	deadline := time.Now().Add(pmWait)
+	for len(mail.sent()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case until := <-waiting:
+		if !until.Equal(pmNow().Add(time.Hour)) {
+			t.Errorf("waits until %s, want the retry's %s", until, pmNow().Add(time.Hour))
+		}
+	case <-time.After(pmWait):
+		t.Fatal("the first mail does not wait for its retry")
+	}
+	w.Stop()
+	if sent := mail.sent(); len(sent) != 1 || sent[0].To != "bob@example.com" {
+		t.Fatalf("sent %+v, want bob's mail only", sent)
+	}
+}

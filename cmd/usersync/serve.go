@@ -240,9 +240,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	proc, err := command.NewProcessWebhook(command.ProcessWebhookConfig{
 		Policy: policy, Store: store, CRM: crm,
 		CRMConcurrency: cfg.FunnelKitConcurrency, ContactCache: cfg.ContactCache,
-		Secrets: keystore.Secrets{Keys: a.keys, Hasher: hasher},
-		NewID:   func() string { return uuid.NewString() },
-		Retry:   retry,
+		Secrets:    keystore.Secrets{Keys: a.keys, Hasher: hasher},
+		NewID:      func() string { return uuid.NewString() },
+		Retry:      retry,
+		OnRaceLost: m.RaceLost, OnCRMReadWasted: m.CRMReadWasted,
 	})
 	if err != nil {
 		return nil, err
@@ -250,6 +251,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	a.disp, err = command.NewDispatcher(proc, command.DispatcherConfig{
 		Concurrency: cfg.ProcessingConcurrency,
 		OnError: func(id domain.ContactID, err error) {
+			if errors.Is(err, command.ErrRacesLost) {
+				log.Warn("processing a contact lost every race to other writers; left for a later attempt", "contact_id", id, "err", err)
+				return
+			}
 			log.Error("processing a webhook failed; retrying", "contact_id", id, "err", err)
 		},
 	})

@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -234,6 +235,9 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		if o := w.owner; o != nil {
 			// The user a link copies must not have changed since it was read.
 			if err := w.p.contacts.Unchanged(ctx, o.contact.Stream(), o.version); err != nil {
+				if errors.Is(err, domain.ErrConcurrency) {
+					err = fmt.Errorf("%w: %w", errStale, err) // a race of the claim, not of this stream
+				}
 				return nil, Outcome{}, err
 			}
 		}

@@ -32,10 +32,10 @@ type cluster struct {
 var (
 	raceUseCases = []string{"webhook", "claim", "password_return", "welcome_email"}
 	// crmWasteReasons: read_again (the webhook left to decide was recorded
-	// after the read, so the contact was read again), closed_elsewhere
-	// (another writer closed what the read was for), gave_up (the
-	// re-decisions' bound was reached; the work is left for later).
-	crmWasteReasons = []string{"read_again", "closed_elsewhere", "gave_up"}
+	// after the read, so the contact was read again), unused (another
+	// writer closed what the read was for), gave_up (the re-decisions'
+	// bound was reached; the work is left for later).
+	crmWasteReasons = []string{"read_again", "unused", "gave_up"}
 	workResults     = []string{"acked", "nacked", "lost"}
 )
 
@@ -45,7 +45,7 @@ func (m *Metrics) newCluster() []prometheus.Collector {
 		Help: "Appends at an expected version that lost to another writer (the stream moved on, or what the decision read changed), by use case (webhook, claim, password_return, welcome_email); each is decided again or left for later."},
 		[]string{"use_case"})
 	c.crmWasted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "crm_reads_wasted_total",
-		Help: "FunnelKit contact reads no recorded decision used because the decision lost a race, by what followed (read_again, closed_elsewhere, gave_up)."},
+		Help: "FunnelKit contact reads no recorded decision used because the decision lost a race, by what followed (read_again, unused, gave_up)."},
 		[]string{"reason"})
 	for _, u := range raceUseCases {
 		c.racesLost.WithLabelValues(u)
@@ -63,7 +63,7 @@ func (m *Metrics) RaceLost(useCase string) {
 }
 
 // CRMReadWasted counts a FunnelKit contact read that a lost race made
-// useless, by reason (read_again, closed_elsewhere, gave_up).
+// useless, by reason (read_again, unused, gave_up).
 func (m *Metrics) CRMReadWasted(reason string) {
 	m.cluster.crmWasted.WithLabelValues(bounded(reason, crmWasteReasons, "other")).Inc()
 }

@@ -35,6 +35,12 @@ import (
 //     they were (an intake, a process manager) needs no new read: it is
 //     bounded by the conflict policy's attempts (20) only.
 
+// errClaimBusy asks for a new decision because another webhook of this
+// process holds a claim lock the decision needs (claims.go): no race lost
+// in the store, and not counted as one (bounded by the conflict policy's
+// attempts only, as a busy lock is released within one decision).
+var errClaimBusy = fmt.Errorf("%w: an address or login is being claimed by another webhook of this process", errStale)
+
 // MaxRedecisions is how many times one NextBatch decides again after
 // losing to another decision before it leaves the work for later.
 const MaxRedecisions = 3
@@ -63,6 +69,9 @@ func decidedOnOf(s *domain.ContactState) decidedOn {
 // lostRace is the conflict hook of NextBatch's update loop.
 func (w *work) lostRace(err error) {
 	w.lost = err
+	if errors.Is(err, errClaimBusy) {
+		return
+	}
 	useCase := "webhook"
 	if errors.Is(err, errStale) {
 		useCase = "claim"
@@ -77,7 +86,7 @@ func (w *work) again(s *domain.ContactState) error {
 	if w.lost == nil {
 		return nil
 	}
-	if errors.Is(w.lost, errStale) || decidedOnOf(s) != w.first {
+	if (errors.Is(w.lost, errStale) && !errors.Is(w.lost, errClaimBusy)) || decidedOnOf(s) != w.first {
 		w.redecided++
 	}
 	if w.redecided > MaxRedecisions && len(s.Pending) > 0 {

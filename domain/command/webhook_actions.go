@@ -224,11 +224,11 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		// has the user before it unlinks another. The claim locks spare
 		// this process its own races.
 		if !w.claim(emailKey(after.User.Email)) || !w.claim(loginKey(after.User.Login)) {
-			return nil, Outcome{}, errStale
+			return nil, Outcome{}, errClaimBusy
 		}
 		if s.User != nil && domain.EmailKey(s.User.Email) != domain.EmailKey(after.User.Email) {
 			if !w.claim(emailKey(s.User.Email)) {
-				return nil, Outcome{}, errStale // the address given up is being claimed
+				return nil, Outcome{}, errClaimBusy // the address given up is being claimed
 			}
 			w.releaseEmail = s.User.Email
 		}

@@ -3,7 +3,9 @@ package command
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,6 +61,28 @@ type racer struct {
 	lost     map[string]int
 	wasted   map[string]int
 	errs     []error
+	// decided counts the appends that recorded an outcome: the decisions
+	// that used a FunnelKit read (every webhook here needs one).
+	decided atomic.Int32
+}
+
+// decisionCounter counts a node's appends that record an outcome.
+type decisionCounter struct {
+	domain.EventStore
+	r *racer
+}
+
+func (c decisionCounter) Append(ctx context.Context, stream string, expected domain.ExpectedVersion, events ...domain.NewEvent) (domain.AppendResult, error) {
+	res, err := c.EventStore.Append(ctx, stream, expected, events...)
+	if err == nil {
+		for _, e := range events {
+			if e.Type == domain.TypeWebhookProcessed {
+				c.r.decided.Add(1)
+				break
+			}
+		}
+	}
+	return res, err
 }
 
 func (r *racer) counts() (lost, wasted map[string]int) {
@@ -99,7 +123,7 @@ func racingNodes(t *testing.T, shared *fakeCRM) []*racer {
 		}
 		r := &racer{store: store, crm: &countingCRM{crm: shared}, lost: map[string]int{}, wasted: map[string]int{}}
 		r.proc, err = NewProcessWebhook(ProcessWebhookConfig{
-			Policy: testPolicy(), Store: store, CRM: r.crm, Secrets: &fakeSecrets{keys: map[string]string{}},
+			Policy: testPolicy(), Store: decisionCounter{EventStore: store, r: r}, CRM: r.crm, Secrets: &fakeSecrets{keys: map[string]string{}},
 			NewID: func() string { return "n" + strconv.Itoa(i) + "-" + strconv.Itoa(int(ids.Add(1))) },
 			Retry: domain.Backoff{Initial: time.Millisecond, Max: 10 * time.Millisecond},
 			OnRaceLost: func(u string) {
@@ -361,4 +385,92 @@ func equalCounts(a, b map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// TestTwoNodes_BothDispatchersOnOneContact_EveryReadUsedOrCounted: given
+// two nodes whose dispatchers are both told of every webhook of one
+// contact (as a work item delivered to both would), while the contact's
+// tags change in FunnelKit before each webhook, then every webhook has one
+// outcome, the contact ends with FunnelKit's last tags, and every FunnelKit
+// read of either node either informed a recorded decision or was counted
+// as wasted (reads = decisions recorded + wasted).
+func TestTwoNodes_BothDispatchersOnOneContact_EveryReadUsedOrCounted(t *testing.T) {
+	t.Parallel()
+	const webhooks = 40
+	crm := &fakeCRM{contacts: map[domain.ContactID]domain.CRMContact{}, tags: []domain.Tag{vip, trial}}
+	crm.set(contact(7, "ada@example.com", vip))
+	nodes := racingNodes(t, crm)
+	recorder := nodes[0].store
+	record(t, recorder, 1, domain.ActionAdd)
+	for _, n := range nodes {
+		if err := n.dispatch.Submit(7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := vip
+	for i := 2; i <= webhooks; i++ {
+		last = []domain.Tag{vip, trial}[i%2]
+		crm.set(contact(7, "ada@example.com", last))
+		record(t, recorder, i, domain.ActionUpdateTags)
+		for _, n := range nodes {
+			if err := n.dispatch.Submit(7); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := nodes[0].proc.contacts.Load(context.Background(), 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Pending) == 0 {
+			if len(s.User.Tags) != 1 || s.User.Tags[0] != last {
+				t.Errorf("tags %v, want FunnelKit's last %v", s.User.Tags, last)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d webhooks still open after 30s", len(s.Pending))
+		}
+		// (A node that gave up tries again after its error pause.)
+		time.Sleep(2 * time.Millisecond) // poll the condition, bounded by the deadline
+	}
+	got := outcomes(t, recorder)
+	if len(got) != webhooks {
+		t.Errorf("%d webhooks have an outcome, want %d", len(got), webhooks)
+	}
+	for wh, n := range got {
+		if n != 1 {
+			t.Errorf("%s has %d outcomes", wh, n)
+		}
+	}
+	// Every run has ended once nothing is open and no run is under way:
+	// wait for the counts to add up, or fail with them.
+	check := func() (string, bool) {
+		var reads, used, wasted int
+		var story []string
+		for i, n := range nodes {
+			lost, w := n.counts()
+			nw := 0
+			for _, v := range w {
+				nw += v
+			}
+			r, d := int(n.crm.reads.Load()), int(n.decided.Load())
+			reads, used, wasted = reads+r, used+d, wasted+nw
+			story = append(story, fmt.Sprintf("node %d: %d reads, %d decisions recorded, wasted %v, races lost %v, gave up %v", i, r, d, w, lost, n.gaveUp()))
+		}
+		return strings.Join(story, "; "), reads == used+wasted
+	}
+	for end := time.Now().Add(10 * time.Second); ; {
+		story, ok := check()
+		if ok {
+			t.Log(story)
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("reads are not decisions + wasted: %s", story)
+		}
+		time.Sleep(2 * time.Millisecond) // poll, bounded by end
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore/esdb"
+	"github.com/usersync/usersync/http/metrics"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -36,23 +37,31 @@ type feedWorker struct {
 	feed *esdb.WorkFeed
 	disp contactWork
 	log  *slog.Logger
+	obs  *metrics.WorkFeedMetrics // nil: not counted
 
 	stop context.CancelFunc
 	done chan struct{}
 	acks sync.WaitGroup
 }
 
-// startFeedWorker joins the group on s and starts handing items to disp.
-func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger) (*feedWorker, error) {
+// startFeedWorker joins the group on s and starts handing items to disp;
+// obs (nil: none) counts the feed's items and subscription state.
+func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger, obs *metrics.WorkFeedMetrics) (*feedWorker, error) {
 	// The feed lives until close, not until ctx (the start's) is done.
 	feed, err := s.Work(context.WithoutCancel(ctx), workGroup, esdb.WorkOptions{
-		OnDropped: func(err error) { log.Warn("work feed dropped; joining again", "err", err) },
+		OnRedelivery: func(esdb.WorkItem) { obs.Redelivered() },
+		OnInFlight:   obs.InFlight,
+		OnSubscribed: obs.Subscribed,
+		OnDropped: func(err error) {
+			obs.Dropped()
+			log.Warn("work feed dropped; joining again", "group", workGroup, "err", err)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("join the work feed %s: %w", workGroup, err)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
-	w := &feedWorker{feed: feed, disp: disp, log: log, stop: stop, done: make(chan struct{})}
+	w := &feedWorker{feed: feed, disp: disp, log: log, obs: obs, stop: stop, done: make(chan struct{})}
 	go w.run(runCtx)
 	return w, nil
 }
@@ -93,11 +102,16 @@ func (w *feedWorker) settle(it esdb.WorkItem, nack string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var err error
+		result := "acked"
 		if nack != "" {
-			err = it.Nack(ctx, nack)
+			err, result = it.Nack(ctx, nack), "nacked"
 		} else {
 			err = it.Ack(ctx)
 		}
+		if err != nil {
+			result = "lost"
+		}
+		w.obs.Settled(result)
 		if err != nil {
 			// Not fatal: the server gives the item out again, and its
 			// contact's stream says there is nothing left to do.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -73,25 +74,8 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("m%d@example.com", id), FirstName: fmt.Sprintf("M%d", id),
 			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
 	}
-	// One simulator, one loopback address per node: what each node read.
-	reads := make([]*crmReads, nodes)
-	srvs := make([]*crashServer, nodes)
-	for n := range nodes {
-		reads[n] = &crmReads{reads: map[domain.ContactID]int{}}
-		fk := httptest.NewServer(reads[n].wrap(sim.Handler()))
-		t.Cleanup(fk.Close)
-		srvs[n] = newCrashServer(t, bin, []string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir(),
-			"--store", standin.ConnString(),
-			"--funnelkit-url", fk.URL, "--funnelkit-user", "automation", "--funnelkit-password", testFKPass,
-			"--funnelkit-timeout", "2s", "--access-key", testKey, "--admin-token", testToken,
-			"--log-format", "json", "--log-level", "info", "--password-hash-cost", "4",
-			"--wait", "20s", "--retry-initial", "5ms", "--retry-max", "50ms"})
-		srvs[n].start()
-	}
-	base := func(n int) string {
-		b, _, _ := srvs[n].current()
-		return b
-	}
+	c := startCluster(t, bin, standin, sim, nodes)
+	srvs, reads, base := c.srvs, c.reads, c.base
 
 	type sent struct {
 		node    int
@@ -167,22 +151,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	}
 
 	// Both nodes drain: nothing open, views at the head.
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for n := range nodes {
-		addr := base(n)[len("http://"):]
-		for {
-			fams, _ := scrape(t, addr)
-			if fams["usersync_webhooks_open"].get(nil) == 0 && fams["usersync_projection_lag_events"].get(nil) == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %d did not drain: open %v\n%s", n, fams["usersync_webhooks_open"].get(nil), srvs[n].logs.String())
-			}
-			<-tick.C
-		}
-	}
+	c.drain(t, time.Now().Add(30*time.Second))
 	for n := range nodes {
 		if err := srvs[n].stop(syscall.SIGTERM); err != nil {
 			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, srvs[n].logs.String())
@@ -216,27 +185,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	// stream received them, whichever node decided each.
 	for i := range contacts {
 		id := domain.ContactID(firstID + i)
-		recs, err := store.ReadStream(ctx, id.Stream())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var received, closed []string
-		for _, rec := range recs {
-			env, err := domain.Decode(rec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch e := env.Event.(type) {
-			case domain.WebhookReceived:
-				received = append(received, e.WebhookID)
-			case domain.WebhookProcessed:
-				closed = append(closed, e.WebhookID)
-			case domain.WebhookIgnored:
-				closed = append(closed, e.WebhookID)
-			case domain.WebhookFailed:
-				closed = append(closed, e.WebhookID)
-			}
-		}
+		received, closed := streamOrder(ctx, t, store, id)
 		if fmt.Sprint(closed) != fmt.Sprint(received) {
 			t.Errorf("contact %d: outcomes in the order %v, received %v", id, closed, received)
 		}
@@ -252,4 +201,116 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	}
 	t.Logf("%d nodes, %d webhooks (%d contacts; contacts read per node %v), %d sync answers from the node that did not process them, %d events; %s",
 		nodes, len(answers), contacts, processedBy, crossNode, log.events, time.Since(began).Round(time.Millisecond))
+}
+
+// cluster is usersync serve processes (the real binary) on one stand-in,
+// each reaching the FunnelKit simulator through its own loopback server, so
+// that reads[n] says which contacts node n read.
+type cluster struct {
+	srvs  []*crashServer
+	reads []*crmReads
+	dirs  []string
+}
+
+// startCluster starts nodes serve processes on standin, each with its own
+// data directory and the flags extra after the shared ones.
+func startCluster(t *testing.T, bin string, standin *esdbtest.Server, sim *simulator.Simulator, nodes int, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{}
+	for range nodes {
+		reads := &crmReads{reads: map[domain.ContactID]int{}}
+		fk := httptest.NewServer(reads.wrap(sim.Handler()))
+		t.Cleanup(fk.Close)
+		dir := t.TempDir()
+		srv := newCrashServer(t, bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", dir,
+			"--store", standin.ConnString(),
+			"--funnelkit-url", fk.URL, "--funnelkit-user", "automation", "--funnelkit-password", testFKPass,
+			"--funnelkit-timeout", "2s", "--access-key", testKey, "--admin-token", testToken,
+			"--log-format", "json", "--log-level", "info", "--password-hash-cost", "4",
+			"--wait", "20s", "--retry-initial", "5ms", "--retry-max", "50ms"}, extra...))
+		srv.start()
+		c.srvs, c.reads, c.dirs = append(c.srvs, srv), append(c.reads, reads), append(c.dirs, dir)
+	}
+	return c
+}
+
+// base is node n's URL, "" while it is down.
+func (c *cluster) base(n int) string {
+	b, _, _ := c.srvs[n].current()
+	return b
+}
+
+// settled says whether a node's metrics show nothing open and every view
+// and process manager at the head of the log, and what is left if not.
+func settled(fams map[string]*familyValues) (bool, string) {
+	open := fams["usersync_webhooks_open"].get(nil)
+	head := fams["usersync_head_position"].get(nil)
+	var behind []string
+	if f := fams["usersync_projection_position"]; f != nil {
+		for _, s := range f.samples {
+			if s.value < head {
+				behind = append(behind, fmt.Sprintf("%s at %.0f", s.labels["projection"], s.value))
+			}
+		}
+	}
+	return open == 0 && len(behind) == 0, fmt.Sprintf("open %v, head %.0f, behind %v", open, head, behind)
+}
+
+// waitFor polls every up node's metrics until ok holds on each, or fails
+// the test at the deadline with what is left.
+func (c *cluster) waitFor(t *testing.T, what string, deadline time.Time, ok func(map[string]*familyValues) (bool, string)) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n := range c.srvs {
+		b := c.base(n)
+		if b == "" {
+			continue
+		}
+		for {
+			fams, _ := scrape(t, strings.TrimPrefix(b, "http://"))
+			done, left := ok(fams)
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: not %s: %s\n%s", n, what, left, c.srvs[n].logs.String())
+			}
+			<-tick.C
+		}
+	}
+}
+
+// drain waits until every up node has nothing open and its views and
+// process managers at the head.
+func (c *cluster) drain(t *testing.T, deadline time.Time) {
+	t.Helper()
+	c.waitFor(t, "drained", deadline, settled)
+}
+
+// streamOrder reads a contact stream: the webhooks in the order it
+// received them, and in the order their outcomes closed them.
+func streamOrder(ctx context.Context, t *testing.T, store *esdb.Store, id domain.ContactID) (received, closed []string) {
+	t.Helper()
+	recs, err := store.ReadStream(ctx, id.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range recs {
+		env, err := domain.Decode(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch e := env.Event.(type) {
+		case domain.WebhookReceived:
+			received = append(received, e.WebhookID)
+		case domain.WebhookProcessed:
+			closed = append(closed, e.WebhookID)
+		case domain.WebhookIgnored:
+			closed = append(closed, e.WebhookID)
+		case domain.WebhookFailed:
+			closed = append(closed, e.WebhookID)
+		}
+	}
+	return received, closed
 }

@@ -515,6 +515,7 @@ type crashLog struct {
 	welcomeWanted map[domain.ContactID]bool
 	welcomeSent   map[domain.ContactID]int
 	returned      map[string]int // key id → PasswordReturned
+	returnedFor   map[domain.ContactID]int
 }
 
 // readLog opens the stopped process's store and reads every event.
@@ -537,7 +538,8 @@ func scanLog(t *testing.T, store interface {
 	ctx := context.Background()
 	l := crashLog{received: map[string]string{}, outcomes: map[string]int{}, outcomeType: map[string]string{},
 		created: map[domain.ContactID]int{}, emails: map[string]int{}, issued: map[domain.ContactID]int{},
-		welcomeWanted: map[domain.ContactID]bool{}, welcomeSent: map[domain.ContactID]int{}, returned: map[string]int{}}
+		welcomeWanted: map[domain.ContactID]bool{}, welcomeSent: map[domain.ContactID]int{}, returned: map[string]int{},
+		returnedFor: map[domain.ContactID]int{}}
 	outcome := func(id, typ string) {
 		l.outcomes[id]++
 		l.outcomeType[id] = typ
@@ -580,6 +582,7 @@ func scanLog(t *testing.T, store interface {
 				l.issued[contact]++
 			case domain.PasswordReturned:
 				l.returned[e.KeyID]++
+			l.returnedFor[contact]++
 			case domain.WelcomeEmailSent:
 				l.welcomeSent[contact]++
 			}

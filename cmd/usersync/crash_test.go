@@ -582,7 +582,7 @@ func scanLog(t *testing.T, store interface {
 				l.issued[contact]++
 			case domain.PasswordReturned:
 				l.returned[e.KeyID]++
-			l.returnedFor[contact]++
+				l.returnedFor[contact]++
 			case domain.WelcomeEmailSent:
 				l.welcomeSent[contact]++
 			}

@@ -53,7 +53,9 @@ type threeHook struct {
 	err     error // the transport failed: never acknowledged
 }
 
-func (h threeHook) acked() bool { return h.err == nil && h.code >= 200 && h.code <= 299 && h.a.WebhookID != "" }
+func (h threeHook) acked() bool {
+	return h.err == nil && h.code >= 200 && h.code <= 299 && h.a.WebhookID != ""
+}
 
 // takeOver is what the log says about the work open when the node died.
 type takeOver struct {

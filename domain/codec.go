@@ -164,6 +164,12 @@ func newEvent(typ string) Event {
 		return &EmailReleased{}
 	case TypeLoginReserved:
 		return &LoginReserved{}
+	case TypePasswordReturnClaimed:
+		return &PasswordReturnClaimed{}
+	case TypePasswordReplaced:
+		return &PasswordReplaced{}
+	case TypeWelcomeEmailClaimed:
+		return &WelcomeEmailClaimed{}
 	}
 	return nil
 }
@@ -209,6 +215,12 @@ func deref(e Event) Event {
 	case *EmailReleased:
 		return *v
 	case *LoginReserved:
+		return *v
+	case *PasswordReturnClaimed:
+		return *v
+	case *PasswordReplaced:
+		return *v
+	case *WelcomeEmailClaimed:
 		return *v
 	}
 	return e

@@ -389,13 +389,13 @@ func TestApply_Passwords(t *testing.T) {
 			name:  "PasswordIssued_WaitsToBeReturned",
 			given: []domain.Event{annCreated},
 			when:  issued,
-			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed")},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1)},
 		},
 		{
 			name:  "PasswordReturnFailed_CountsTheAttemptAndKeepsWaiting",
 			given: []domain.Event{annCreated, issued},
 			when:  domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 1, Error: "503", NextAttemptAt: at(30)},
-			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 1},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 1, IssuedAt: at(1), NextAttemptAt: at(30)},
 		},
 		{
 			name: "PasswordReturnFailed_GaveUp_IsDone",
@@ -403,31 +403,57 @@ func TestApply_Passwords(t *testing.T) {
 				domain.PasswordReturnFailed{KeyID: "k1", Attempt: 1},
 				domain.PasswordReturnFailed{KeyID: "k1", Attempt: 2}},
 			when: domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 3, Error: "400", GaveUp: true},
-			want: &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 3, Done: true},
+			want: &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 3, Done: true, IssuedAt: at(1)},
 		},
 		{
 			name:  "PasswordReturned_IsDone",
 			given: []domain.Event{annCreated, issued, domain.PasswordReturnFailed{KeyID: "k1", Attempt: 1}},
 			when:  domain.PasswordReturned{KeyID: "k1", Field: "7", Attempt: 2},
-			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 2, Done: true},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), Attempts: 2, Done: true, IssuedAt: at(1)},
 		},
 		{
 			name:  "PasswordReturned_ForAnotherKey_ChangesNothing",
 			given: []domain.Event{annCreated, issued},
 			when:  domain.PasswordReturned{KeyID: "k0", Field: "7", Attempt: 1},
-			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed")},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1)},
 		},
 		{
 			name:  "PasswordReturnFailed_ForAnotherKey_ChangesNothing",
 			given: []domain.Event{annCreated, issued},
 			when:  domain.PasswordReturnFailed{KeyID: "k0", Attempt: 4, GaveUp: true},
-			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed")},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1)},
 		},
 		{
 			name:  "PasswordIssued_Again_ReplacesTheEarlierPassword",
 			given: []domain.Event{annCreated, issued, domain.PasswordReturnFailed{KeyID: "k1", Attempt: 3, GaveUp: true}},
 			when:  domain.PasswordIssued{KeyID: "k2", Field: "8", Sealed: []byte("other")},
-			want:  &domain.PasswordReturn{KeyID: "k2", Field: "8", Sealed: []byte("other")},
+			want:  &domain.PasswordReturn{KeyID: "k2", Field: "8", Sealed: []byte("other"), IssuedAt: at(3)},
+		},
+		{
+			name:  "PasswordReturnClaimed_HoldsTheAttempt",
+			given: []domain.Event{annCreated, issued},
+			when:  domain.PasswordReturnClaimed{KeyID: "k1", Field: "7", Attempt: 1, Until: at(10)},
+			want: &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1),
+				Claim: &domain.AttemptClaim{Attempt: 1, Until: at(10)}},
+		},
+		{
+			name:  "PasswordReturnClaimed_ForAnotherKey_ChangesNothing",
+			given: []domain.Event{annCreated, issued},
+			when:  domain.PasswordReturnClaimed{KeyID: "k0", Field: "7", Attempt: 1, Until: at(10)},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1)},
+		},
+		{
+			name: "PasswordReplaced_StartsAfreshUnderTheNewKeyAndSupersedesTheOld",
+			given: []domain.Event{annCreated, issued,
+				domain.PasswordReturnClaimed{KeyID: "k1", Field: "7", Attempt: 1, Until: at(3)}},
+			when: domain.PasswordReplaced{OldKeyID: "k1", KeyID: "k2", Field: "7", Sealed: []byte("new"), PasswordHash: "$2a$new"},
+			want: &domain.PasswordReturn{KeyID: "k2", Field: "7", Sealed: []byte("new"), IssuedAt: at(3), Superseded: []string{"k1"}},
+		},
+		{
+			name:  "PasswordReplaced_OfAnotherKey_ChangesNothing",
+			given: []domain.Event{annCreated, issued},
+			when:  domain.PasswordReplaced{OldKeyID: "k0", KeyID: "k2", Field: "7", Sealed: []byte("new"), PasswordHash: "$2a$new"},
+			want:  &domain.PasswordReturn{KeyID: "k1", Field: "7", Sealed: []byte("sealed"), IssuedAt: at(1)},
 		},
 		{
 			name: "PasswordReturned_WithoutAnIssuedPassword_LeavesNone",
@@ -445,6 +471,67 @@ func TestApply_Passwords(t *testing.T) {
 			s := replay(append(slices.Clone(tt.given), tt.when)...)
 			if !reflect.DeepEqual(s.Password, tt.want) {
 				t.Fatalf("password:\n got %+v\nwant %+v", s.Password, tt.want)
+			}
+		})
+	}
+}
+
+func TestApply_PasswordReplaced_GivesTheUserTheNewHash(t *testing.T) {
+	// Given a user with an issued password
+	s := replay(annCreated, domain.PasswordIssued{KeyID: "k1", Field: "7"})
+
+	// When another node replaces the password
+	s.Apply(domain.Envelope{Event: domain.PasswordReplaced{OldKeyID: "k1", KeyID: "k2", Field: "7", PasswordHash: "$2a$new"}, OccurredAt: at(5)})
+
+	// Then the user's hash is the replacement's
+	if s.User == nil || s.User.PasswordHash != "$2a$new" || !s.User.UpdatedAt.Equal(at(5)) {
+		t.Fatalf("user %+v", s.User)
+	}
+}
+
+func TestApply_WelcomeMail(t *testing.T) {
+	welcomed := annCreated
+	welcomed.WelcomeEmail = true
+	fresh := func() *domain.WelcomeMail {
+		return &domain.WelcomeMail{UserID: "u-12", To: "ann@example.com", Login: "ann"}
+	}
+	tests := []struct {
+		name  string
+		given []domain.Event
+		want  func() *domain.WelcomeMail
+	}{
+		{"UserCreated_WithoutTheEmail_AsksForNone", []domain.Event{annCreated}, func() *domain.WelcomeMail { return nil }},
+		{"UserCreated_WithTheEmail_WaitsToBeSent", []domain.Event{welcomed}, fresh},
+		{"WelcomeEmailClaimed_HoldsTheAttemptAndFixesTheMessageID", []domain.Event{welcomed,
+			domain.WelcomeEmailClaimed{To: "ann@example.com", Attempt: 1, MessageID: "<m1@x>", Until: at(9)}},
+			func() *domain.WelcomeMail {
+				w := fresh()
+				w.MessageID, w.Claim = "<m1@x>", &domain.AttemptClaim{Attempt: 1, Until: at(9)}
+				return w
+			}},
+		{"WelcomeEmailClaimed_Again_KeepsTheFirstMessageID", []domain.Event{welcomed,
+			domain.WelcomeEmailClaimed{To: "ann@example.com", Attempt: 1, MessageID: "<m1@x>", Until: at(9)},
+			domain.WelcomeEmailClaimed{To: "ann@example.com", Attempt: 2, MessageID: "<other@x>", Until: at(19)}},
+			func() *domain.WelcomeMail {
+				w := fresh()
+				w.MessageID, w.Claim = "<m1@x>", &domain.AttemptClaim{Attempt: 2, Until: at(19)}
+				return w
+			}},
+		{"WelcomeEmailFailed_CountsTheAttempt", []domain.Event{welcomed,
+			domain.WelcomeEmailFailed{To: "ann@example.com", Attempt: 1, NextAttemptAt: at(20)}},
+			func() *domain.WelcomeMail { w := fresh(); w.Attempts, w.NextAttemptAt = 1, at(20); return w }},
+		{"WelcomeEmailFailed_GaveUp_IsDone", []domain.Event{welcomed,
+			domain.WelcomeEmailFailed{To: "ann@example.com", Attempt: 1, GaveUp: true}},
+			func() *domain.WelcomeMail { w := fresh(); w.Attempts, w.Done = 1, true; return w }},
+		{"WelcomeEmailSent_IsDone", []domain.Event{welcomed,
+			domain.WelcomeEmailSent{To: "ann@example.com", Transport: "smtp", Attempt: 1}},
+			func() *domain.WelcomeMail { w := fresh(); w.Attempts, w.Done = 1, true; return w }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := replay(tt.given...)
+			if want := tt.want(); !reflect.DeepEqual(s.Welcome, want) {
+				t.Fatalf("welcome:\n got %+v\nwant %+v", s.Welcome, want)
 			}
 		})
 	}

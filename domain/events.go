@@ -10,25 +10,28 @@ type Event interface {
 
 // Event type names as stored. They never change once released.
 const (
-	TypeWebhookReceived      = "WebhookReceived"
-	TypeWebhookProcessed     = "WebhookProcessed"
-	TypeWebhookIgnored       = "WebhookIgnored"
-	TypeWebhookFailed        = "WebhookFailed"
-	TypeWebhookRetrying      = "WebhookRetrying"
-	TypeUserCreated          = "UserCreated"
-	TypeUserLinked           = "UserLinked"
-	TypeUserUnlinked         = "UserUnlinked"
-	TypeMetaPulled           = "MetaPulled"
-	TypeTagsUpdated          = "TagsUpdated"
-	TypeRoleChanged          = "RoleChanged"
-	TypePasswordIssued       = "PasswordIssued"
-	TypePasswordReturned     = "PasswordReturned"
-	TypePasswordReturnFailed = "PasswordReturnFailed"
-	TypeWelcomeEmailSent     = "WelcomeEmailSent"
-	TypeWelcomeEmailFailed   = "WelcomeEmailFailed"
-	TypeEmailReserved        = "EmailReserved"
-	TypeEmailReleased        = "EmailReleased"
-	TypeLoginReserved        = "LoginReserved"
+	TypeWebhookReceived       = "WebhookReceived"
+	TypeWebhookProcessed      = "WebhookProcessed"
+	TypeWebhookIgnored        = "WebhookIgnored"
+	TypeWebhookFailed         = "WebhookFailed"
+	TypeWebhookRetrying       = "WebhookRetrying"
+	TypeUserCreated           = "UserCreated"
+	TypeUserLinked            = "UserLinked"
+	TypeUserUnlinked          = "UserUnlinked"
+	TypeMetaPulled            = "MetaPulled"
+	TypeTagsUpdated           = "TagsUpdated"
+	TypeRoleChanged           = "RoleChanged"
+	TypePasswordIssued        = "PasswordIssued"
+	TypePasswordReturned      = "PasswordReturned"
+	TypePasswordReturnFailed  = "PasswordReturnFailed"
+	TypeWelcomeEmailSent      = "WelcomeEmailSent"
+	TypeWelcomeEmailFailed    = "WelcomeEmailFailed"
+	TypePasswordReturnClaimed = "PasswordReturnClaimed"
+	TypePasswordReplaced      = "PasswordReplaced"
+	TypeWelcomeEmailClaimed   = "WelcomeEmailClaimed"
+	TypeEmailReserved         = "EmailReserved"
+	TypeEmailReleased         = "EmailReleased"
+	TypeLoginReserved         = "LoginReserved"
 )
 
 // EventTypes lists every event type name this build writes and reads.
@@ -38,6 +41,7 @@ func EventTypes() []string {
 		TypeUserCreated, TypeUserLinked, TypeUserUnlinked, TypeMetaPulled, TypeTagsUpdated, TypeRoleChanged,
 		TypePasswordIssued, TypePasswordReturned, TypePasswordReturnFailed, TypeWelcomeEmailSent,
 		TypeWelcomeEmailFailed, TypeEmailReserved, TypeEmailReleased, TypeLoginReserved,
+		TypePasswordReturnClaimed, TypePasswordReplaced, TypeWelcomeEmailClaimed,
 	}
 }
 
@@ -188,6 +192,44 @@ type PasswordReturnFailed struct {
 	GaveUp        bool      `json:"gave_up"`
 }
 
+// PasswordReturnClaimed records that one node takes attempt Attempt of a
+// password return, until Until. It is appended at the version of the
+// contact's stream the node read, so of two nodes claiming at once one
+// wins; only the winner writes to FunnelKit. A claim that no
+// PasswordReturned or PasswordReturnFailed of its attempt closes by Until
+// is expired: the attempt counts as made, and the next may be claimed.
+type PasswordReturnClaimed struct {
+	KeyID   string    `json:"key_id"`
+	Field   string    `json:"field"`
+	Attempt int       `json:"attempt"`
+	Until   time.Time `json:"until"`
+}
+
+// PasswordReplaced records a new password in place of one whose key only
+// the issuing node holds, when that node showed no sign of life for the
+// take-over delay: a new hash for the user, and the new password sealed
+// under KeyID, a key of the replacing node. The old password is never
+// returned; its key is shredded where it is. Appended at the version read.
+type PasswordReplaced struct {
+	OldKeyID string `json:"old_key_id"`
+	KeyID    string `json:"key_id"`
+	Sealed   []byte `json:"sealed"`
+	Field    string `json:"field"`
+	// PasswordHash is the bcrypt hash of the new password: the user's
+	// password from now on.
+	PasswordHash string `json:"password_hash"`
+}
+
+// WelcomeEmailClaimed records that one node sends attempt Attempt of the
+// welcome email, until Until, with the Message-ID every attempt of this
+// mail carries. Appended at the version read (see PasswordReturnClaimed).
+type WelcomeEmailClaimed struct {
+	To        string    `json:"to"`
+	Attempt   int       `json:"attempt"`
+	MessageID string    `json:"message_id"`
+	Until     time.Time `json:"until"`
+}
+
 // WelcomeEmailSent records the welcome email (login and login link, never
 // the password).
 type WelcomeEmailSent struct {
@@ -227,22 +269,25 @@ type LoginReserved struct {
 	UserID    string    `json:"user_id"`
 }
 
-func (LoginReserved) EventType() string        { return TypeLoginReserved }
-func (WebhookReceived) EventType() string      { return TypeWebhookReceived }
-func (WebhookProcessed) EventType() string     { return TypeWebhookProcessed }
-func (WebhookIgnored) EventType() string       { return TypeWebhookIgnored }
-func (WebhookFailed) EventType() string        { return TypeWebhookFailed }
-func (WebhookRetrying) EventType() string      { return TypeWebhookRetrying }
-func (UserCreated) EventType() string          { return TypeUserCreated }
-func (UserLinked) EventType() string           { return TypeUserLinked }
-func (UserUnlinked) EventType() string         { return TypeUserUnlinked }
-func (MetaPulled) EventType() string           { return TypeMetaPulled }
-func (TagsUpdated) EventType() string          { return TypeTagsUpdated }
-func (RoleChanged) EventType() string          { return TypeRoleChanged }
-func (PasswordIssued) EventType() string       { return TypePasswordIssued }
-func (PasswordReturned) EventType() string     { return TypePasswordReturned }
-func (PasswordReturnFailed) EventType() string { return TypePasswordReturnFailed }
-func (WelcomeEmailSent) EventType() string     { return TypeWelcomeEmailSent }
-func (WelcomeEmailFailed) EventType() string   { return TypeWelcomeEmailFailed }
-func (EmailReserved) EventType() string        { return TypeEmailReserved }
-func (EmailReleased) EventType() string        { return TypeEmailReleased }
+func (LoginReserved) EventType() string         { return TypeLoginReserved }
+func (WebhookReceived) EventType() string       { return TypeWebhookReceived }
+func (WebhookProcessed) EventType() string      { return TypeWebhookProcessed }
+func (WebhookIgnored) EventType() string        { return TypeWebhookIgnored }
+func (WebhookFailed) EventType() string         { return TypeWebhookFailed }
+func (WebhookRetrying) EventType() string       { return TypeWebhookRetrying }
+func (UserCreated) EventType() string           { return TypeUserCreated }
+func (UserLinked) EventType() string            { return TypeUserLinked }
+func (UserUnlinked) EventType() string          { return TypeUserUnlinked }
+func (MetaPulled) EventType() string            { return TypeMetaPulled }
+func (TagsUpdated) EventType() string           { return TypeTagsUpdated }
+func (RoleChanged) EventType() string           { return TypeRoleChanged }
+func (PasswordIssued) EventType() string        { return TypePasswordIssued }
+func (PasswordReturned) EventType() string      { return TypePasswordReturned }
+func (PasswordReturnFailed) EventType() string  { return TypePasswordReturnFailed }
+func (WelcomeEmailSent) EventType() string      { return TypeWelcomeEmailSent }
+func (WelcomeEmailFailed) EventType() string    { return TypeWelcomeEmailFailed }
+func (EmailReserved) EventType() string         { return TypeEmailReserved }
+func (EmailReleased) EventType() string         { return TypeEmailReleased }
+func (PasswordReturnClaimed) EventType() string { return TypePasswordReturnClaimed }
+func (PasswordReplaced) EventType() string      { return TypePasswordReplaced }
+func (WelcomeEmailClaimed) EventType() string   { return TypeWelcomeEmailClaimed }

@@ -23,12 +23,22 @@ type User struct {
 
 // PasswordReturn is the state of a generated password on its way to the CRM.
 type PasswordReturn struct {
-	KeyID    string
-	Field    string
-	Sealed   []byte
+	KeyID  string
+	Field  string
+	Sealed []byte
+	// Attempts is the last attempt a result (returned, failed) closed.
 	Attempts int
 	// Done is true once returned or given up; the key is then shredded.
 	Done bool
+	// IssuedAt is when the password was issued or replaced.
+	IssuedAt time.Time
+	// NextAttemptAt is when the last failure said to try again.
+	NextAttemptAt time.Time
+	// Claim is the latest claim of an attempt (nil before the first).
+	Claim *AttemptClaim
+	// Superseded are the keys of the passwords this one replaced: whoever
+	// holds one shreds it, and never returns its password.
+	Superseded []string
 }
 
 // ContactState is the aggregate of one contact stream.
@@ -48,6 +58,9 @@ type ContactState struct {
 	Former  *User
 	// Password is the latest issued password, nil if none was issued.
 	Password *PasswordReturn
+	// Welcome is the welcome email of the latest user created with one
+	// asked for, nil if none was.
+	Welcome *WelcomeMail
 	// Webhooks maps the id of every webhook recorded in the stream to
 	// whether an outcome (processed, ignored, failed) closed it.
 	Webhooks map[string]bool
@@ -117,17 +130,31 @@ func (s *ContactState) Apply(env Envelope) {
 		s.close(e.WebhookID)
 	case WebhookFailed:
 		s.close(e.WebhookID)
-	case UserCreated, UserLinked, UserUnlinked, MetaPulled, TagsUpdated, RoleChanged:
+	case UserCreated, UserLinked, UserUnlinked, MetaPulled, TagsUpdated, RoleChanged, PasswordReplaced:
 		before := s.User
 		s.User = EvolveUser(s.User, s.ContactID, env)
 		switch e := env.Event.(type) {
 		case UserUnlinked:
 			s.MovedTo, s.Former = e.ToContactID, before
-		case UserCreated, UserLinked:
+		case UserCreated:
 			s.MovedTo, s.Former = 0, nil
+			if e.WelcomeEmail {
+				s.Welcome = &WelcomeMail{UserID: e.UserID, To: e.Email, Login: e.Login}
+			}
+		case UserLinked:
+			s.MovedTo, s.Former = 0, nil
+		case PasswordReplaced:
+			if p := s.Password; p != nil && p.KeyID == e.OldKeyID {
+				s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed, IssuedAt: env.OccurredAt,
+					Superseded: append(slices.Clip(p.Superseded), p.KeyID)}
+			}
 		}
 	case PasswordIssued:
-		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed}
+		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed, IssuedAt: env.OccurredAt}
+	case PasswordReturnClaimed:
+		if p := s.Password; p != nil && p.KeyID == e.KeyID {
+			p.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until}
+		}
 	case PasswordReturned:
 		if p := s.Password; p != nil && p.KeyID == e.KeyID {
 			p.Attempts = e.Attempt
@@ -137,6 +164,22 @@ func (s *ContactState) Apply(env Envelope) {
 		if p := s.Password; p != nil && p.KeyID == e.KeyID {
 			p.Attempts = e.Attempt
 			p.Done = e.GaveUp
+			p.NextAttemptAt = e.NextAttemptAt
+		}
+	case WelcomeEmailClaimed:
+		if w := s.Welcome; w != nil {
+			w.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until}
+			if w.MessageID == "" {
+				w.MessageID = e.MessageID
+			}
+		}
+	case WelcomeEmailSent:
+		if w := s.Welcome; w != nil {
+			w.Attempts, w.Done = e.Attempt, true
+		}
+	case WelcomeEmailFailed:
+		if w := s.Welcome; w != nil {
+			w.Attempts, w.Done, w.NextAttemptAt = e.Attempt, e.GaveUp, e.NextAttemptAt
 		}
 	}
 }
@@ -184,6 +227,8 @@ func EvolveUser(u *User, contact ContactID, env Envelope) *User {
 		u.Tags = slices.Clone(e.Tags)
 	case RoleChanged:
 		u.Role = e.New
+	case PasswordReplaced:
+		u.PasswordHash = e.PasswordHash
 	default:
 		return u
 	}

@@ -51,15 +51,25 @@ func NewMailer(cfg Config) (*Mailer, error) {
 // Transport names the delivery: TransportSMTP or TransportOutbox.
 func (w *Mailer) Transport() string { return w.sender.Transport() }
 
+// MessageID is the Message-ID SendWelcome gives the mail named key.
+// usersync records it in the mail's claim (WelcomeEmailClaimed) and sends
+// every attempt with it.
+func (w *Mailer) MessageID(key string) string { return welcomeMessageID(key, w.from) }
+
 // SendWelcome composes the welcome email for login and sends it to to.
 // key names the mail: its Message-ID is made from it, so a mail sent again
 // with the same key (after a crash before its record) is the same mail:
-// the outbox replaces its file, and SMTP receivers can tell the repeat.
+// the outbox replaces its file, and SMTP receivers can tell the repeat. A
+// key that is itself a Message-ID (<left@right>, as MessageID makes and a
+// claim records) is the mail's Message-ID as it is.
 // It returns the transport used, "" when the mail could not be composed
 // (a *FieldError). Send failures are *SendError as they are: their
 // Temporary method tells whether to try again.
 func (w *Mailer) SendWelcome(ctx context.Context, key, to, login string) (transport string, err error) {
-	id := welcomeMessageID(key, w.from)
+	id := key
+	if !isMessageID(key) {
+		id = welcomeMessageID(key, w.from)
+	}
 	msg, err := Compose(w.from, Welcome{To: to, Login: login, LoginURL: w.loginURL}, time.Now(), id)
 	if err != nil {
 		return "", err
@@ -84,6 +94,17 @@ func welcomeMessageID(key, from string) string {
 		host = strings.Trim(from[at+1:], "<> ")
 	}
 	return "<welcome." + hex.EncodeToString(sum[:16]) + "@" + host + ">"
+}
+
+// isMessageID reports whether key has the form <left@right>.
+func isMessageID(key string) bool {
+	inner, ok := strings.CutPrefix(key, "<")
+	if !ok {
+		return false
+	}
+	inner, ok = strings.CutSuffix(inner, ">")
+	at := strings.IndexByte(inner, '@')
+	return ok && at > 0 && at < len(inner)-1
 }
 
 // messageFile is the outbox file name of a message with Message-ID id.

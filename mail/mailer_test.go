@@ -162,3 +162,37 @@ func TestMailerSMTP(t *testing.T) {
 	}
 	assertNoSecret(t, "message", string(m.Data))
 }
+
+func TestMailerSMTP_AMessageIDKeyIsTheMessageID(t *testing.T) {
+	// Given a mailer on an SMTP relay, and the Message-ID a claim recorded
+	srv := startServer(t, smtptest.WithAuth("alice", testPass))
+	w, err := NewMailer(Config{From: testFrom, SMTPURL: "smtp://alice:" + testPass + "@" + srv.Addr(), Timeout: shortWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := w.MessageID("user-1")
+	if id != welcomeMessageID("user-1", testFrom) {
+		t.Fatalf("MessageID = %q, want the one SendWelcome makes from the key", id)
+	}
+
+	// When the mail is sent twice with it (a resend after a crash), and
+	// once with the plain key
+	for _, key := range []string{id, id, "user-1"} {
+		if _, err := w.SendWelcome(context.Background(), key, testRcpt, "jane"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Then the relay got three messages with that one Message-ID
+	ctx, cancel := context.WithTimeout(context.Background(), shortWait)
+	defer cancel()
+	msgs, err := srv.WaitFor(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range msgs {
+		if got := parse(t, m.Data).header.Get("Message-ID"); got != id {
+			t.Errorf("message %d: Message-ID %q, want %q", i, got, id)
+		}
+	}
+}

@@ -17,6 +17,10 @@ const (
 	PasswordFailed   = "failed"
 )
 
+// ReplacedNote is the last error of a return whose password was replaced
+// (PasswordReplaced) until an attempt of the new one fails.
+const ReplacedNote = "replaced: the node holding the first password's key was silent for the take-over delay; a new password is returned instead"
+
 // PasswordReturn is a row of the password-return view: where a generated
 // password stands on its way to FunnelKit. It never holds the password.
 type PasswordReturn struct {
@@ -101,6 +105,29 @@ func (b *batch) applyPassword(rec *domain.RecordedEvent, env *domain.Envelope) e
 		}
 		s.r = &PasswordReturn{ContactID: id, KeyID: e.KeyID, Field: e.Field, Status: PasswordPending, IssuedAt: at, UpdatedAt: at}
 		s.dirty = true
+	case domain.PasswordReplaced:
+		// The return goes on under the new key, from attempt 1; it has
+		// been pending since the first password was issued.
+		s, err := b.password(id, true)
+		if err != nil {
+			return err
+		}
+		if r := s.r; r != nil && r.KeyID == e.OldKeyID {
+			r.KeyID, r.Field, r.Status, r.Attempts, r.NextAttemptAt, r.UpdatedAt = e.KeyID, e.Field, PasswordPending, 0, time.Time{}, at
+			r.LastError = ReplacedNote
+			s.dirty = true
+		}
+	case domain.PasswordReturnClaimed:
+		// A node is at the attempt: if it closes none by the claim's end,
+		// the next attempt may be made then.
+		s, err := b.password(id, true)
+		if err != nil {
+			return err
+		}
+		if r := s.r; r != nil && r.KeyID == e.KeyID && r.Status == PasswordPending {
+			r.NextAttemptAt, r.UpdatedAt = e.Until.UTC(), at
+			s.dirty = true
+		}
 	case domain.PasswordReturned:
 		s, err := b.password(id, true)
 		if err != nil {

@@ -212,7 +212,9 @@ func (e *env) story() {
 	e.append(c1.Stream(), "w3", webhook("w3", "update_tags", "1"),
 		domain.TagsUpdated{Tags: []domain.Tag{trial, gold}, Added: []domain.Tag{gold}, Removed: []domain.Tag{vip}},
 		domain.WebhookProcessed{WebhookID: "w3", Action: "update_tags", UserID: "u1"})
-	e.append(c1.Stream(), "", domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 1, Error: "503", NextAttemptAt: t0.Add(time.Hour)},
+	e.append(c1.Stream(), "", domain.PasswordReturnClaimed{KeyID: "k1", Field: "7", Attempt: 1, Until: t0.Add(time.Minute)},
+		domain.PasswordReturnFailed{KeyID: "k1", Field: "7", Attempt: 1, Error: "503", NextAttemptAt: t0.Add(time.Hour)},
+		domain.PasswordReturnClaimed{KeyID: "k1", Field: "7", Attempt: 2, Until: t0.Add(time.Hour + time.Minute)},
 		domain.PasswordReturned{KeyID: "k1", Field: "7", Attempt: 2})
 	// Contact 3 carries bob's address: his user moves to it.
 	e.append(c3.Stream(), "w4", webhook("w4", "add", "3"),
@@ -227,8 +229,11 @@ func (e *env) story() {
 	e.append(c5.Stream(), "w7", webhook("w7", "add", "5"),
 		domain.UserCreated{UserID: "u5", ContactID: c5, Login: "cy@example.com", Email: "cy@example.com", Role: "subscriber"},
 		domain.PasswordIssued{KeyID: "k5", Sealed: []byte("sealed"), Field: "7"},
+		domain.PasswordReplaced{OldKeyID: "k5", KeyID: "k5b", Sealed: []byte("sealed"), Field: "7", PasswordHash: "$2a$y"},
+		domain.PasswordReturnClaimed{KeyID: "k5", Field: "7", Attempt: 1, Until: t0.Add(time.Minute)},
 		domain.RoleChanged{Old: "subscriber", New: "customer"},
-		domain.PasswordReturnFailed{KeyID: "k5", Field: "7", Attempt: 8, Error: "401 bad application password", GaveUp: true},
+		domain.PasswordReturnClaimed{KeyID: "k5b", Field: "7", Attempt: 8, Until: t0.Add(time.Minute)},
+		domain.PasswordReturnFailed{KeyID: "k5b", Field: "7", Attempt: 8, Error: "401 bad application password", GaveUp: true},
 		domain.WebhookProcessed{WebhookID: "w7", Action: "add", UserID: "u5"})
 	e.append(c5.Stream(), "w8", webhook("w8", "update", "5"))
 }
@@ -331,7 +336,7 @@ func TestViews_FollowTheEvents(t *testing.T) {
 	if pr.Status != projections.PasswordReturned || pr.Attempts != 2 || pr.Field != "7" {
 		t.Fatalf("password return 1: %+v", pr)
 	}
-	if failed := e.passwords(projections.PasswordFailed); len(failed) != 1 || failed[0].ContactID != 5 || failed[0].LastError == "" {
+	if failed := e.passwords(projections.PasswordFailed); len(failed) != 1 || failed[0].ContactID != 5 || failed[0].KeyID != "k5b" || failed[0].LastError == "" {
 		t.Fatalf("failed returns: %+v", failed)
 	}
 	for id, want := range map[string]string{"w1": "processed", "w5": "failed", "w6": "ignored", "w8": "queued"} {

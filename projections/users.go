@@ -75,7 +75,7 @@ func (b *batch) user(id domain.ContactID) (*userSlot, error) {
 
 func (b *batch) applyUser(rec *domain.RecordedEvent, env *domain.Envelope) error {
 	switch env.Event.(type) {
-	case domain.UserCreated, domain.UserLinked, domain.UserUnlinked, domain.MetaPulled, domain.TagsUpdated, domain.RoleChanged:
+	case domain.UserCreated, domain.UserLinked, domain.UserUnlinked, domain.MetaPulled, domain.TagsUpdated, domain.RoleChanged, domain.PasswordReplaced:
 	default:
 		return nil
 	}

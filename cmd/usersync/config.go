@@ -54,6 +54,7 @@ type serveConfig struct {
 	MetricsAddr       string
 	PprofAddr         string
 	FunnelKitTimeout  time.Duration
+	TakeoverAfter     time.Duration
 	DiskReserve       byteSize
 	AuthFailRate      float64
 	AuthFailBurst     int
@@ -123,6 +124,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's profiler (/debug/pprof/) on this loopback address, for measurements; off by default")
 	fs.DurationVar(&c.FunnelKitTimeout, "funnelkit-timeout", 15*time.Second, "timeout of each FunnelKit request")
+	fs.DurationVar(&c.TakeoverAfter, "takeover-after", command.DefaultTakeoverAfter, "with several nodes on one store: how long after the issuing node's last sign of life another node replaces a generated password it cannot unseal (1s to 24h)")
 	c.DiskReserve = 64 << 20
 	fs.Var(&c.DiskReserve, "disk-reserve", "free space kept on the data disk: below it new webhooks are refused with 503 (FunnelKit sends them again) and /readyz is not ready; 0 turns it off")
 	fs.Float64Var(&c.AuthFailRate, "auth-fail-rate", 1, "wrong access keys or admin tokens per second a source address may keep making after --auth-fail-burst (then 429); 0 turns throttling off")
@@ -308,6 +310,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.PasswordHashWorkers < 0 {
 		return fmt.Errorf("--password-hash-workers %d must be 0 (one per CPU) or more", c.PasswordHashWorkers)
+	}
+	if c.TakeoverAfter < time.Second || c.TakeoverAfter > 24*time.Hour {
+		return fmt.Errorf("--takeover-after %s must be between 1s and 24h: another node replaces a password it cannot unseal that long after its issuing node's last sign of life", c.TakeoverAfter)
 	}
 	if c.FunnelKitTimeout <= 0 {
 		return errors.New("--funnelkit-timeout must be positive")

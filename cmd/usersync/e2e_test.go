@@ -89,7 +89,7 @@ func testConfig(dir, simURL string) *serveConfig {
 		// a loaded CI machine must not turn it into 202.
 		Wait: 30 * time.Second, RetryInitial: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
 		ReturnAttempts: 5, MailAttempts: 3, Concurrency: 8, LogFormat: "json", LogLevel: "debug",
-		FunnelKitTimeout: 2 * time.Second,
+		FunnelKitTimeout: 2 * time.Second, TakeoverAfter: time.Minute,
 		// The least bcrypt cost: hashing is not what these tests test.
 		ProcessingConcurrency: 64, FunnelKitConcurrency: 16, ContactCache: 1000, PasswordHashCost: 4,
 	}

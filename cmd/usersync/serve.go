@@ -70,6 +70,7 @@ type app struct {
 	disp        *command.Dispatcher
 	feed        *feedWorker // on EventStoreDB: what brings the webhooks to disp
 	returner    *command.PasswordReturner
+	welcomer    *command.Welcomer
 	servers     []*nethttp.Server
 	serveErr    chan error
 	addr        string
@@ -173,6 +174,17 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
 	returnCfg.Concurrency = cfg.Concurrency
+	// Several nodes: a claim outlasts its attempt (the FunnelKit request,
+	// the SMTP session), and a node replaces a password whose key only a
+	// silent node holds.
+	returnCfg.EffectTimeout, mailCfg.EffectTimeout = cfg.FunnelKitTimeout, mail.DefaultTimeout
+	returnCfg.Lease = max(command.DefaultLease, 4*cfg.FunnelKitTimeout)
+	returnCfg.TakeoverAfter = cfg.TakeoverAfter
+	hasher, err := keystore.NewHasher(cfg.PasswordHashCost, cfg.PasswordHashWorkers)
+	if err != nil {
+		return nil, err
+	}
+	returnCfg.Secrets = keystore.Secrets{Keys: a.keys, Hasher: hasher}
 	// The views apply events in batches, all four in one transaction; far
 	// behind the log at the start (no views.db), they are first built aside
 	// at rebuild speed and swapped in.
@@ -195,17 +207,18 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	if err != nil {
 		return nil, err
 	}
+	a.welcomer = welcomer
 	// A process manager as far behind as the views waits while they are
 	// built aside (afterViews).
 	held := func(c pipeline.Consumer) pipeline.Consumer {
 		return &afterViews{Consumer: c, views: viewsBatch, head: a.store.Head, minBehind: minBehind}
 	}
-	consumers, processes[welcomer.Name()] = append(consumers, acting{held(welcomer), domain.TypeUserCreated}), welcomer
+	consumers, processes[welcomer.Name()] = append(consumers, acting{held(welcomer), domain.TypeUserCreated, ""}), welcomer
 	if policy.PasswordField != "" {
 		if a.returner, err = command.NewPasswordReturner(returnCfg, crm, a.keys); err != nil {
 			return nil, err
 		}
-		consumers, processes[a.returner.Name()] = append(consumers, acting{held(a.returner), domain.TypePasswordIssued}), a.returner
+		consumers, processes[a.returner.Name()] = append(consumers, acting{held(a.returner), domain.TypePasswordIssued, domain.TypePasswordReplaced}), a.returner
 	}
 	wm := wmetrics.NewPrometheusMetricsBuilder(m.Registry, "usersync", "watermill")
 	a.pipe, err = pipeline.New(pipeline.Config{
@@ -233,10 +246,6 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		return nil, fmt.Errorf("start pipeline: %w", err)
 	}
 
-	hasher, err := keystore.NewHasher(cfg.PasswordHashCost, cfg.PasswordHashWorkers)
-	if err != nil {
-		return nil, err
-	}
 	proc, err := command.NewProcessWebhook(command.ProcessWebhookConfig{
 		Policy: policy, Store: store, CRM: crm,
 		CRMConcurrency: cfg.FunnelKitConcurrency, ContactCache: cfg.ContactCache,
@@ -593,6 +602,9 @@ func (a *app) shutdown() error {
 		if a.returner != nil {
 			a.returner.Stop()
 		}
+		if a.welcomer != nil {
+			a.welcomer.Stop()
+		}
 		if a.views != nil {
 			errs = append(errs, a.views.Close())
 		}
@@ -645,11 +657,11 @@ func redactedURL(raw string) string {
 // so the pipeline hands it those directly, without a Watermill message.
 type acting struct {
 	pipeline.Consumer
-	acts string
+	acts, alsoActs string
 }
 
 // Wants reports whether the process manager acts on events of type t.
-func (a acting) Wants(t string) bool { return t == a.acts }
+func (a acting) Wants(t string) bool { return t == a.acts || a.alsoActs != "" && t == a.alsoActs }
 
 // observedStore counts appends and their latency.
 type observedStore struct {

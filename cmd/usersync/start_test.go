@@ -349,6 +349,7 @@ func TestEnvironment_EveryVariableNamedInItsError(t *testing.T) {
 		"auth-fail-rate":           {"fast", "a number such as", false},
 		"auth-fail-burst":          {"many", "a whole number", false},
 		"receipt-retention":        {"a month", "a duration such as", false},
+		"takeover-after":           {"0s", "must be between 1s and 24h", false},
 		"store":                    {"postgres://app:hunter2@db/usersync", "unknown scheme", true},
 	}
 	valid := map[string]string{

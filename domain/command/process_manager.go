@@ -6,6 +6,8 @@ package command
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,12 +63,51 @@ type ProcessManagerConfig struct {
 	// OnResult, if set, is told the outcome of each attempt (for metrics):
 	// returned or sent, failed, gave_up.
 	OnResult func(outcome string)
+
+	// Several nodes on one store: before each attempt a node appends a
+	// claim (PasswordReturnClaimed, WelcomeEmailClaimed) at the version of
+	// the contact's stream it read, and acts only if its append won.
+
+	// Lease is how long a claim holds (default 2 minutes): an attempt not
+	// closed by a result by then is taken as lost (its node died) and the
+	// next may be claimed by any node. It must exceed EffectTimeout.
+	Lease time.Duration
+	// EffectTimeout bounds one attempt's call to FunnelKit or the mail
+	// relay (default 30 s, at least the FunnelKit client's and the SMTP
+	// session's own timeouts). A node whose claim has less than this left
+	// does not start the effect.
+	EffectTimeout time.Duration
+	// TakeoverAfter is how long the PasswordReturner of a node that does
+	// not hold a password's key waits after the issuing node's last sign
+	// of life (the issue, its last claim's end, its last failure's next
+	// attempt) before it replaces the password (default 60 s). Only with
+	// Secrets.
+	TakeoverAfter time.Duration
+	// Secrets makes replacement passwords (PasswordReturner). Without it a
+	// password whose key this node lacks is tried, and fails, as if the
+	// key were here (the behaviour of a single node).
+	Secrets domain.Secrets
+	// NewKeyID makes the key id of a replacement password, unique across
+	// nodes (default: 128 random bits in hex).
+	NewKeyID func() string
+	// OnRaceLost, if set, is called each time a claim or replacement lost
+	// its append to another node's (for metrics).
+	OnRaceLost func()
+	// Wait waits until the clock (Now) reaches until, or ctx ends, and
+	// reports whether it did (default: a timer). Tests with a fixed clock
+	// make time pass at once.
+	Wait func(ctx context.Context, until time.Time) bool
 }
 
 // Defaults of ProcessManagerConfig.
 const (
-	defaultPMMaxAttempts = 8
-	defaultPMConcurrency = 4
+	defaultPMMaxAttempts   = 8
+	defaultPMConcurrency   = 4
+	DefaultLease           = 2 * time.Minute
+	DefaultEffectTimeout   = 30 * time.Second
+	DefaultTakeoverAfter   = 60 * time.Second
+	pmMaxStepsPerRound     = 64
+	pmReplacementKeyPrefix = "pw-"
 )
 
 // setDefaults fills in the optional fields left at their zero value.
@@ -86,6 +127,29 @@ func (c *ProcessManagerConfig) setDefaults() {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.EffectTimeout == 0 {
+		c.EffectTimeout = min(DefaultEffectTimeout, c.Lease/2)
+	}
+	if c.TakeoverAfter == 0 {
+		c.TakeoverAfter = DefaultTakeoverAfter
+	}
+	if c.NewKeyID == nil {
+		c.NewKeyID = randomKeyID
+	}
+	if c.Wait == nil {
+		now := c.Now
+		c.Wait = func(ctx context.Context, until time.Time) bool { return pause(ctx, time.Now().Add(until.Sub(now()))) }
+	}
+}
+
+// randomKeyID is 128 random bits in hex.
+func randomKeyID() string {
+	var b [16]byte
+	_, _ = crand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
 }
 
 // Validate reports what is missing or wrong in the configuration, after
@@ -103,6 +167,11 @@ func (c ProcessManagerConfig) Validate() error {
 	}
 	if c.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("Concurrency is %d, want at least 1 (0 for the default %d)", c.Concurrency, defaultPMConcurrency))
+	}
+	if c.Lease < 0 || c.EffectTimeout < 0 || c.TakeoverAfter < 0 {
+		errs = append(errs, fmt.Errorf("a negative duration (Lease %s, EffectTimeout %s, TakeoverAfter %s)", c.Lease, c.EffectTimeout, c.TakeoverAfter))
+	} else if c.Lease > 0 && c.EffectTimeout >= c.Lease {
+		errs = append(errs, fmt.Errorf("EffectTimeout %s is not below Lease %s: a claim must outlast its attempt", c.EffectTimeout, c.Lease))
 	}
 	if c.Retry.Initial < 0 || c.Retry.Max < 0 {
 		errs = append(errs, fmt.Errorf("Retry has a negative delay (Initial %s, Max %s)", c.Retry.Initial, c.Retry.Max))
@@ -128,6 +197,10 @@ type processManager struct {
 	now         func() time.Time
 	log         *slog.Logger
 	onResult    func(outcome string)
+	lease       time.Duration
+	effect      time.Duration
+	onRaceLost  func()
+	wait        func(ctx context.Context, until time.Time) bool
 
 	mu    sync.Mutex
 	pos   uint64
@@ -148,7 +221,8 @@ func pmConfigure(name string, cfg *ProcessManagerConfig) error {
 // a configuration pmConfigure accepted.
 func newProcessManager(name string, cfg ProcessManagerConfig) processManager {
 	return processManager{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry, rand: cfg.Rand,
-		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult}
+		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult,
+		lease: cfg.Lease, effect: cfg.EffectTimeout, onRaceLost: cfg.OnRaceLost, wait: cfg.Wait}
 }
 
 // Name names the process manager and its checkpoint.
@@ -198,12 +272,6 @@ func (p *processManager) Current() uint64 {
 	return p.pos
 }
 
-// nextAttempt is when to try again after attempt failures: the jittered
-// backoff from now.
-func (p *processManager) nextAttempt(attempt int) time.Time {
-	return p.now().Add(p.retry.Jittered(attempt, p.rand()))
-}
-
 func (p *processManager) result(outcome string) {
 	if p.onResult != nil {
 		p.onResult(outcome)
@@ -212,12 +280,63 @@ func (p *processManager) result(outcome string) {
 
 // record appends an event caused by the webhook wh to the contact's stream.
 func (p *processManager) record(ctx context.Context, id domain.ContactID, wh string, e domain.Event) error {
+	return p.recordAt(ctx, id, wh, domain.AnyVersion(), e)
+}
+
+// recordAt appends e at the expected version; a lost race is an error
+// matching domain.ErrConcurrency.
+func (p *processManager) recordAt(ctx context.Context, id domain.ContactID, wh string, expected domain.ExpectedVersion, e domain.Event) error {
 	raw, err := domain.Encode(domain.Envelope{Event: e, OccurredAt: p.now().UTC(), WebhookID: wh})
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", e.EventType(), err)
 	}
-	if _, err := p.store.Append(ctx, id.Stream(), domain.AnyVersion(), raw); err != nil {
+	if _, err := p.store.Append(ctx, id.Stream(), expected, raw); err != nil {
 		return fmt.Errorf("record %s in %s: %w", e.EventType(), id.Stream(), err)
 	}
 	return nil
+}
+
+// load reads and folds a contact's stream.
+func (p *processManager) load(ctx context.Context, id domain.ContactID) (*domain.ContactState, error) {
+	recs, err := p.store.ReadStream(ctx, id.Stream())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", id.Stream(), err)
+	}
+	return domain.LoadContact(id, recs)
+}
+
+// raceLost tells OnRaceLost.
+func (p *processManager) raceLost() {
+	if p.onRaceLost != nil {
+		p.onRaceLost()
+	}
+}
+
+// clock is the process manager's view of the time: its clock, but never
+// before a time it already waited for (a fixed test clock then moves on).
+type clock struct {
+	now     func() time.Time
+	waited  time.Time
+	waitFor func(ctx context.Context, until time.Time) bool
+}
+
+func (p *processManager) clock() *clock { return &clock{now: p.now, waitFor: p.wait} }
+
+// Now is the later of the clock and the last time waited for.
+func (c *clock) Now() time.Time {
+	if n := c.now(); n.After(c.waited) {
+		return n
+	}
+	return c.waited
+}
+
+// Wait waits until until; false if ctx ended first.
+func (c *clock) Wait(ctx context.Context, until time.Time) bool {
+	if !c.waitFor(ctx, until) {
+		return false
+	}
+	if until.After(c.waited) {
+		c.waited = until
+	}
+	return true
 }

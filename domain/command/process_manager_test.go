@@ -107,6 +107,39 @@ func pmEvents(envs []domain.Envelope) []domain.Event {
 	return out
 }
 
+// pmResults is the events of envs but the claims (nil for none), after
+// checking that each result follows the claim of its attempt, and each
+// claim names the next attempt.
+func pmResults(t *testing.T, envs []domain.Envelope) []domain.Event {
+	t.Helper()
+	var out []domain.Event
+	claimed := 0
+	for i, e := range envs {
+		var attempt int
+		switch e := e.Event.(type) {
+		case domain.PasswordReturnClaimed:
+			claimed = e.Attempt
+			continue
+		case domain.WelcomeEmailClaimed:
+			claimed = e.Attempt
+			continue
+		case domain.PasswordReturned:
+			attempt = e.Attempt
+		case domain.PasswordReturnFailed:
+			attempt = e.Attempt
+		case domain.WelcomeEmailSent:
+			attempt = e.Attempt
+		case domain.WelcomeEmailFailed:
+			attempt = e.Attempt
+		}
+		if attempt != 0 && (i == 0 || claimed != attempt) {
+			t.Errorf("%s of attempt %d follows no claim of it (last claim: attempt %d)", e.Event.EventType(), attempt, claimed)
+		}
+		out = append(out, e.Event)
+	}
+	return out
+}
+
 // pmCheckpoints is an in-memory Checkpoints that counts its saves.
 type pmCheckpoints struct {
 	mu    sync.Mutex
@@ -195,8 +228,12 @@ func (l *pmLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, n
 func pmConfig(store domain.EventStore, cps command.Checkpoints) command.ProcessManagerConfig {
 	return command.ProcessManagerConfig{Store: store, Checkpoints: cps,
 		Retry: domain.Backoff{Initial: time.Second, Max: time.Minute}, Now: pmNow,
-		Rand: func() float64 { return 0 }}
+		Rand: func() float64 { return 0 }, Wait: pmInstant}
 }
+
+// pmInstant is a wait in which the time passes at once (the process
+// managers' fixed clock then moves on to the time waited for).
+func pmInstant(ctx context.Context, _ time.Time) bool { return ctx.Err() == nil }
 
 func TestProcessManagerConfig_Validate(t *testing.T) {
 	store := pmNewStore(t)

@@ -288,7 +288,7 @@ func TestPasswordReturner_Handle(t *testing.T) {
 				}
 			}
 			appended := pmAppended(t, store, pmContact, len(given))
-			if got := pmEvents(appended); !reflect.DeepEqual(got, tt.want) {
+			if got := pmResults(t, appended); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("appended\n%#v\nwant\n%#v", got, tt.want)
 			}
 			pmCheckCause(t, appended)
@@ -370,7 +370,7 @@ func TestPasswordReturner_StoreFailureIsRetried(t *testing.T) {
 
 	// Then the return is tried again, and succeeds.
 	want := []domain.Event{domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: 1}}
-	if got := pmEvents(pmAppended(t, store, pmContact, len(given))); !reflect.DeepEqual(got, want) {
+	if got := pmResults(t, pmAppended(t, store, pmContact, len(given))); !reflect.DeepEqual(got, want) {
 		t.Errorf("appended %#v, want %#v", got, want)
 	}
 	if n := strings.Count(log.String(), "password return interrupted; trying again"); n != 2 {
@@ -386,7 +386,7 @@ func TestPasswordReturner_StopThenResume(t *testing.T) {
 	cps := &pmCheckpoints{}
 	crm := &pmFieldWriter{errs: []error{errors.New("funnelkit: 502 Bad Gateway")}, entered: make(chan struct{}, 4)}
 	cfg := pmConfig(store, cps)
-	cfg.Retry, cfg.Now = domain.Backoff{Initial: time.Hour, Max: time.Hour}, time.Now
+	cfg.Retry, cfg.Now, cfg.Wait = domain.Backoff{Initial: time.Hour, Max: time.Hour}, time.Now, nil
 	first, err := command.NewPasswordReturner(cfg, crm, &pmKeys{})
 	if err != nil {
 		t.Fatal(err)
@@ -416,7 +416,7 @@ func TestPasswordReturner_StopThenResume(t *testing.T) {
 	}
 	keys := &pmKeys{shredded: make(chan string, 4)}
 	crm2 := &pmFieldWriter{}
-	cfg.Retry, cfg.Now = domain.Backoff{}, pmNow
+	cfg.Retry, cfg.Now, cfg.Wait = domain.Backoff{}, pmNow, pmInstant
 	second, err := command.NewPasswordReturner(cfg, crm2, keys)
 	if err != nil {
 		t.Fatal(err)
@@ -426,7 +426,7 @@ func TestPasswordReturner_StopThenResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	pmWaitShred(t, keys, "k1")
-	got := pmEvents(pmAppended(t, store, pmContact, len(given)))
+	got := pmResults(t, pmAppended(t, store, pmContact, len(given)))
 	if len(got) == 0 {
 		t.Fatal("nothing appended")
 	}

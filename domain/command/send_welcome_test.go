@@ -159,7 +159,7 @@ func TestWelcomer_Handle(t *testing.T) {
 				}
 			}
 			appended := pmAppended(t, store, pmContact, len(given))
-			if got := pmEvents(appended); !reflect.DeepEqual(got, tt.want) {
+			if got := pmResults(t, appended); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("appended\n%#v\nwant\n%#v", got, tt.want)
 			}
 			pmCheckCause(t, appended)
@@ -248,8 +248,8 @@ func TestWelcomer_HandleFailures(t *testing.T) {
 			if n := len(mail.sent()); n != tt.wantSends {
 				t.Errorf("SendWelcome called %d times, want %d", n, tt.wantSends)
 			}
-			if got := pmAppended(t, store, pmContact, len(given)); len(got) != 0 {
-				t.Errorf("appended %#v, want nothing", pmEvents(got))
+			if got := pmResults(t, pmAppended(t, store, pmContact, len(given))); len(got) != 0 {
+				t.Errorf("appended %#v, want no result (claims only)", got)
 			}
 			if _, saves := cps.saved(command.WelcomeEmailName); saves != 0 {
 				t.Errorf("checkpoint saved %d times, want 0", saves)

@@ -273,6 +273,25 @@ func (k *Keys) Shred(ctx context.Context, keyID string) error {
 	return nil
 }
 
+// Has reports whether the key file holds a live key for keyID: false for
+// a key id it never had, and for a shredded key. With several nodes on one
+// event log each holds the keys of the passwords it issued; a node returns
+// a password only if it has its key (domain/command asks through Has).
+func (k *Keys) Has(ctx context.Context, keyID string) (bool, error) {
+	if err := checkKeyID(keyID); err != nil {
+		return false, fmt.Errorf("keystore: has: %w", err)
+	}
+	var live bool
+	err := k.db.QueryRowContext(ctx, `SELECT shredded_at IS NULL AND key IS NOT NULL FROM keys WHERE key_id = ?`, keyID).Scan(&live)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("keystore: look up key id %q: %w", keyID, err)
+	}
+	return live, nil
+}
+
 // Close closes the key file. Calls on a closed Keys return errors.
 func (k *Keys) Close() error {
 	if err := k.db.Close(); err != nil {

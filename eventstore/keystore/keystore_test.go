@@ -578,3 +578,27 @@ func rawDB(t *testing.T, path string, pragmas ...string) *sql.DB {
 	db.SetMaxOpenConns(1)
 	return db
 }
+
+func TestHas_OnlyLiveKeys(t *testing.T) {
+	// Given a key file with a sealed key and a shredded one
+	k, _ := openTemp(t)
+	ctx := t.Context()
+	mustSeal(t, k, "pw-live", []byte("secret"))
+	mustSeal(t, k, "pw-gone", []byte("secret"))
+	if err := k.Shred(ctx, "pw-gone"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		keyID string
+		want  bool
+	}{{"pw-live", true}, {"pw-gone", false}, {"pw-never", false}} {
+		// When asked, then only the live key is there
+		got, err := k.Has(ctx, tt.keyID)
+		if err != nil || got != tt.want {
+			t.Errorf("Has(%q) = %v, %v; want %v", tt.keyID, got, err, tt.want)
+		}
+	}
+	if _, err := k.Has(ctx, ""); !errors.Is(err, ErrInvalidKeyID) {
+		t.Errorf("Has(\"\") = %v, want ErrInvalidKeyID", err)
+	}
+}

@@ -1,0 +1,152 @@
+package domain
+
+import "time"
+
+// Claims make an effect outside the log (a password written to FunnelKit,
+// a welcome mail sent) happen on one node at a time when several nodes
+// share the log: before acting, a node appends a claim of the next attempt
+// at the version of the contact's stream it read, and only the node whose
+// append wins acts. The decisions below say, from a contact's state, what
+// a node may do now; the use cases in domain/command carry them out.
+
+// AttemptClaim is the latest claim of an attempt: who claimed is not
+// recorded, only the attempt and how long the claim holds.
+type AttemptClaim struct {
+	Attempt int
+	Until   time.Time
+}
+
+// liveAt reports whether the claim still holds at now and no result closed
+// its attempt (closed is the last attempt with a result).
+func (c *AttemptClaim) liveAt(now time.Time, closed int) bool {
+	return c != nil && c.Attempt > closed && now.Before(c.Until)
+}
+
+// StepKind is what a node is to do next about a password return or a
+// welcome mail.
+type StepKind int
+
+// The steps.
+const (
+	// StepDone: nothing is left to do (returned, sent, given up, or the
+	// password was replaced by a newer one).
+	StepDone StepKind = iota
+	// StepWait: nothing to do before Step.At (another claim holds, a retry
+	// is not due yet, or the take-over delay runs); decide again then.
+	StepWait
+	// StepClaim: claim attempt Step.Attempt now, and act if the claim wins.
+	StepClaim
+	// StepReplace: the password's key is not here and its issuing node
+	// showed no sign of life for the take-over delay: issue a replacement.
+	StepReplace
+)
+
+func (k StepKind) String() string {
+	switch k {
+	case StepDone:
+		return "done"
+	case StepWait:
+		return "wait"
+	case StepClaim:
+		return "claim"
+	case StepReplace:
+		return "replace"
+	}
+	return "unknown"
+}
+
+// Step is a decision: its kind, the attempt to claim (StepClaim) and when
+// to decide again (StepWait).
+type Step struct {
+	Kind    StepKind
+	Attempt int
+	At      time.Time
+}
+
+// nextAttempt is the number of the next attempt: one more than any
+// attempt claimed or closed.
+func nextAttempt(closed int, c *AttemptClaim) int {
+	n := closed
+	if c != nil && c.Attempt > n {
+		n = c.Attempt
+	}
+	return n + 1
+}
+
+// NextReturnStep decides what a node does about the password return p at
+// now. haveKey says whether this node's key store holds p's key: only such
+// a node may claim an attempt. A node without the key waits for takeover
+// after the issuing node's last sign of life (the issue, its last claim's
+// Until, its last failure's next attempt), then replaces the password.
+func NextReturnStep(p *PasswordReturn, haveKey bool, now time.Time, takeover time.Duration) Step {
+	if p == nil || p.Done {
+		return Step{Kind: StepDone}
+	}
+	if p.Claim.liveAt(now, p.Attempts) {
+		return Step{Kind: StepWait, At: p.Claim.Until}
+	}
+	if !haveKey {
+		if at := p.LastSign().Add(takeover); now.Before(at) {
+			return Step{Kind: StepWait, At: at}
+		}
+		return Step{Kind: StepReplace}
+	}
+	if now.Before(p.NextAttemptAt) {
+		return Step{Kind: StepWait, At: p.NextAttemptAt}
+	}
+	return Step{Kind: StepClaim, Attempt: nextAttempt(p.Attempts, p.Claim)}
+}
+
+// LastSign is the last time the node issuing p showed it was at work on
+// it: the issue (or replacement), its latest claim's Until, its latest
+// failure's next attempt.
+func (p *PasswordReturn) LastSign() time.Time {
+	t := p.IssuedAt
+	if p.Claim != nil && p.Claim.Until.After(t) {
+		t = p.Claim.Until
+	}
+	if p.NextAttemptAt.After(t) {
+		t = p.NextAttemptAt
+	}
+	return t
+}
+
+// NextWelcomeStep decides what a node does about the welcome mail w at
+// now: any node may claim it once no live claim holds and its retry is
+// due.
+func NextWelcomeStep(w *WelcomeMail, now time.Time) Step {
+	if w == nil || w.Done {
+		return Step{Kind: StepDone}
+	}
+	if w.Claim.liveAt(now, w.Attempts) {
+		return Step{Kind: StepWait, At: w.Claim.Until}
+	}
+	if now.Before(w.NextAttemptAt) {
+		return Step{Kind: StepWait, At: w.NextAttemptAt}
+	}
+	return Step{Kind: StepClaim, Attempt: nextAttempt(w.Attempts, w.Claim)}
+}
+
+// MayAct reports whether a node whose claim holds until until may start an
+// effect at now that can take up to need: a claim about to expire is left
+// to expire (another node may claim the next attempt by then).
+func MayAct(until, now time.Time, need time.Duration) bool {
+	return !now.Add(need).After(until)
+}
+
+// WelcomeMail is the state of the welcome email of the contact's latest
+// user created with the email asked for.
+type WelcomeMail struct {
+	UserID string
+	To     string
+	Login  string
+	// MessageID is the Message-ID of the first claim; every attempt
+	// sends with it ("" before the first claim).
+	MessageID string
+	// Attempts is the last attempt a result (sent, failed) closed.
+	Attempts      int
+	NextAttemptAt time.Time
+	// Done is true once sent or given up.
+	Done  bool
+	Claim *AttemptClaim
+}

@@ -92,7 +92,8 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
 	}
 	c := startCluster(t, bin, standin, sim, threeNodes,
-		"--password-field", passwordFld, "--smtp-url", "smtp://"+smtp.Addr(), "--mail-from", "usersync@example.com")
+		"--password-field", passwordFld, "--smtp-url", "smtp://"+smtp.Addr(), "--mail-from", "usersync@example.com",
+		"--takeover-after", "2s")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
@@ -462,9 +463,11 @@ func measureTakeOver(ctx context.Context, t *testing.T, store *esdb.Store, kille
 // server, one WelcomeEmailSent per contact).
 func checkPasswordsAndMailsOnce(ctx context.Context, t *testing.T, c *cluster, store *esdb.Store, sim *simulator.Simulator, smtp *smtptest.Server) {
 	t.Helper()
-	// Wait (bounded) for the returns and the mails to settle on every node.
-	deadline := time.Now().Add(15 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
+	// Wait (bounded) for the returns and the mails to settle on every node
+	// and in the log: a replacement of a dead node's password waits for
+	// --takeover-after.
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var left string
 	for time.Now().Before(deadline) {
@@ -481,13 +484,22 @@ func checkPasswordsAndMailsOnce(ctx context.Context, t *testing.T, c *cluster, s
 		if got := len(smtp.Messages()); got < threeContacts {
 			left += fmt.Sprintf("%d of %d welcome mails sent; ", got, threeContacts)
 		}
+		log := scanLog(t, store)
+		for contact := range log.created {
+			if log.returnedFor[contact] == 0 {
+				left += fmt.Sprintf("contact %d: no PasswordReturned yet; ", contact)
+			}
+			if log.welcomeWanted[contact] && log.welcomeSent[contact] == 0 {
+				left += fmt.Sprintf("contact %d: no WelcomeEmailSent yet; ", contact)
+			}
+		}
 		if left == "" {
 			break
 		}
 		<-tick.C
 	}
 	if left != "" {
-		t.Errorf("password returns and welcome mails did not settle within 15 s: %s", left)
+		t.Errorf("password returns and welcome mails did not settle within 20 s: %s", left)
 	}
 	for n := range c.srvs {
 		if b := c.base(n); b != "" {

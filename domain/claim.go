@@ -9,17 +9,21 @@ import "time"
 // append wins acts. The decisions below say, from a contact's state, what
 // a node may do now; the use cases in domain/command carry them out.
 
-// AttemptClaim is the latest claim of an attempt: who claimed is not
-// recorded, only the attempt and how long the claim holds.
+// AttemptClaim is the latest claim of an attempt: the attempt, how long
+// the claim holds, and the node that made it.
 type AttemptClaim struct {
 	Attempt int
 	Until   time.Time
+	Node    string
 }
 
-// liveAt reports whether the claim still holds at now and no result closed
-// its attempt (closed is the last attempt with a result).
-func (c *AttemptClaim) liveAt(now time.Time, closed int) bool {
-	return c != nil && c.Attempt > closed && now.Before(c.Until)
+// liveFor reports whether the claim holds against node at now: no result
+// closed its attempt (closed is the last attempt with a result), it has
+// not expired, and another node made it. A node asks only when it has no
+// attempt of its own in flight, so a claim it made itself is from before
+// a restart: nobody acts on it any more. An empty node is nobody's.
+func (c *AttemptClaim) liveFor(node string, now time.Time, closed int) bool {
+	return c != nil && c.Attempt > closed && now.Before(c.Until) && (node == "" || c.Node != node)
 }
 
 // StepKind is what a node is to do next about a password return or a
@@ -73,16 +77,17 @@ func nextAttempt(closed int, c *AttemptClaim) int {
 	return n + 1
 }
 
-// NextReturnStep decides what a node does about the password return p at
-// now. haveKey says whether this node's key store holds p's key: only such
-// a node may claim an attempt. A node without the key waits for takeover
-// after the issuing node's last sign of life (the issue, its last claim's
-// Until, its last failure's next attempt), then replaces the password.
-func NextReturnStep(p *PasswordReturn, haveKey bool, now time.Time, takeover time.Duration) Step {
+// NextReturnStep decides what node does about the password return p at
+// now, with no attempt of its own in flight. haveKey says whether node's
+// key store holds p's key: only such a node may claim an attempt. A node
+// without the key waits for takeover after the issuing node's last sign
+// of life (the issue, its last claim's Until, its last failure's next
+// attempt), then replaces the password.
+func NextReturnStep(p *PasswordReturn, node string, haveKey bool, now time.Time, takeover time.Duration) Step {
 	if p == nil || p.Done {
 		return Step{Kind: StepDone}
 	}
-	if p.Claim.liveAt(now, p.Attempts) {
+	if p.Claim.liveFor(node, now, p.Attempts) {
 		return Step{Kind: StepWait, At: p.Claim.Until}
 	}
 	if !haveKey {
@@ -111,14 +116,14 @@ func (p *PasswordReturn) LastSign() time.Time {
 	return t
 }
 
-// NextWelcomeStep decides what a node does about the welcome mail w at
-// now: any node may claim it once no live claim holds and its retry is
-// due.
-func NextWelcomeStep(w *WelcomeMail, now time.Time) Step {
+// NextWelcomeStep decides what node does about the welcome mail w at now,
+// with no attempt of its own in flight: any node may claim it once no
+// live claim of another node holds and its retry is due.
+func NextWelcomeStep(w *WelcomeMail, node string, now time.Time) Step {
 	if w == nil || w.Done {
 		return Step{Kind: StepDone}
 	}
-	if w.Claim.liveAt(now, w.Attempts) {
+	if w.Claim.liveFor(node, now, w.Attempts) {
 		return Step{Kind: StepWait, At: w.Claim.Until}
 	}
 	if now.Before(w.NextAttemptAt) {

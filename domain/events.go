@@ -10,28 +10,33 @@ type Event interface {
 
 // Event type names as stored. They never change once released.
 const (
-	TypeWebhookReceived       = "WebhookReceived"
-	TypeWebhookProcessed      = "WebhookProcessed"
-	TypeWebhookIgnored        = "WebhookIgnored"
-	TypeWebhookFailed         = "WebhookFailed"
-	TypeWebhookRetrying       = "WebhookRetrying"
-	TypeUserCreated           = "UserCreated"
-	TypeUserLinked            = "UserLinked"
-	TypeUserUnlinked          = "UserUnlinked"
-	TypeMetaPulled            = "MetaPulled"
-	TypeTagsUpdated           = "TagsUpdated"
-	TypeRoleChanged           = "RoleChanged"
-	TypePasswordIssued        = "PasswordIssued"
-	TypePasswordReturned      = "PasswordReturned"
-	TypePasswordReturnFailed  = "PasswordReturnFailed"
-	TypeWelcomeEmailSent      = "WelcomeEmailSent"
-	TypeWelcomeEmailFailed    = "WelcomeEmailFailed"
+	TypeWebhookReceived      = "WebhookReceived"
+	TypeWebhookProcessed     = "WebhookProcessed"
+	TypeWebhookIgnored       = "WebhookIgnored"
+	TypeWebhookFailed        = "WebhookFailed"
+	TypeWebhookRetrying      = "WebhookRetrying"
+	TypeUserCreated          = "UserCreated"
+	TypeUserLinked           = "UserLinked"
+	TypeUserUnlinked         = "UserUnlinked"
+	TypeMetaPulled           = "MetaPulled"
+	TypeTagsUpdated          = "TagsUpdated"
+	TypeRoleChanged          = "RoleChanged"
+	TypePasswordIssued       = "PasswordIssued"
+	TypePasswordReturned     = "PasswordReturned"
+	TypePasswordReturnFailed = "PasswordReturnFailed"
+	TypeWelcomeEmailSent     = "WelcomeEmailSent"
+	TypeWelcomeEmailFailed   = "WelcomeEmailFailed"
+	TypeEmailReserved        = "EmailReserved"
+	TypeEmailReleased        = "EmailReleased"
+	TypeLoginReserved        = "LoginReserved"
+)
+
+// Event types of the claims and replacements that make password returns
+// and welcome mails once across nodes (docs/scaling.md).
+const (
 	TypePasswordReturnClaimed = "PasswordReturnClaimed"
 	TypePasswordReplaced      = "PasswordReplaced"
 	TypeWelcomeEmailClaimed   = "WelcomeEmailClaimed"
-	TypeEmailReserved         = "EmailReserved"
-	TypeEmailReleased         = "EmailReleased"
-	TypeLoginReserved         = "LoginReserved"
 )
 
 // EventTypes lists every event type name this build writes and reads.
@@ -203,6 +208,9 @@ type PasswordReturnClaimed struct {
 	Field   string    `json:"field"`
 	Attempt int       `json:"attempt"`
 	Until   time.Time `json:"until"`
+	// Node names the claiming node, the same across its restarts: a node
+	// that finds its own claim live after a restart takes it over at once.
+	Node string `json:"node,omitempty"`
 }
 
 // PasswordReplaced records a new password in place of one whose key only
@@ -228,6 +236,8 @@ type WelcomeEmailClaimed struct {
 	Attempt   int       `json:"attempt"`
 	MessageID string    `json:"message_id"`
 	Until     time.Time `json:"until"`
+	// Node names the claiming node (see PasswordReturnClaimed).
+	Node string `json:"node,omitempty"`
 }
 
 // WelcomeEmailSent records the welcome email (login and login link, never
@@ -269,25 +279,26 @@ type LoginReserved struct {
 	UserID    string    `json:"user_id"`
 }
 
-func (LoginReserved) EventType() string         { return TypeLoginReserved }
-func (WebhookReceived) EventType() string       { return TypeWebhookReceived }
-func (WebhookProcessed) EventType() string      { return TypeWebhookProcessed }
-func (WebhookIgnored) EventType() string        { return TypeWebhookIgnored }
-func (WebhookFailed) EventType() string         { return TypeWebhookFailed }
-func (WebhookRetrying) EventType() string       { return TypeWebhookRetrying }
-func (UserCreated) EventType() string           { return TypeUserCreated }
-func (UserLinked) EventType() string            { return TypeUserLinked }
-func (UserUnlinked) EventType() string          { return TypeUserUnlinked }
-func (MetaPulled) EventType() string            { return TypeMetaPulled }
-func (TagsUpdated) EventType() string           { return TypeTagsUpdated }
-func (RoleChanged) EventType() string           { return TypeRoleChanged }
-func (PasswordIssued) EventType() string        { return TypePasswordIssued }
-func (PasswordReturned) EventType() string      { return TypePasswordReturned }
-func (PasswordReturnFailed) EventType() string  { return TypePasswordReturnFailed }
-func (WelcomeEmailSent) EventType() string      { return TypeWelcomeEmailSent }
-func (WelcomeEmailFailed) EventType() string    { return TypeWelcomeEmailFailed }
-func (EmailReserved) EventType() string         { return TypeEmailReserved }
-func (EmailReleased) EventType() string         { return TypeEmailReleased }
+func (LoginReserved) EventType() string        { return TypeLoginReserved }
+func (WebhookReceived) EventType() string      { return TypeWebhookReceived }
+func (WebhookProcessed) EventType() string     { return TypeWebhookProcessed }
+func (WebhookIgnored) EventType() string       { return TypeWebhookIgnored }
+func (WebhookFailed) EventType() string        { return TypeWebhookFailed }
+func (WebhookRetrying) EventType() string      { return TypeWebhookRetrying }
+func (UserCreated) EventType() string          { return TypeUserCreated }
+func (UserLinked) EventType() string           { return TypeUserLinked }
+func (UserUnlinked) EventType() string         { return TypeUserUnlinked }
+func (MetaPulled) EventType() string           { return TypeMetaPulled }
+func (TagsUpdated) EventType() string          { return TypeTagsUpdated }
+func (RoleChanged) EventType() string          { return TypeRoleChanged }
+func (PasswordIssued) EventType() string       { return TypePasswordIssued }
+func (PasswordReturned) EventType() string     { return TypePasswordReturned }
+func (PasswordReturnFailed) EventType() string { return TypePasswordReturnFailed }
+func (WelcomeEmailSent) EventType() string     { return TypeWelcomeEmailSent }
+func (WelcomeEmailFailed) EventType() string   { return TypeWelcomeEmailFailed }
+func (EmailReserved) EventType() string        { return TypeEmailReserved }
+func (EmailReleased) EventType() string        { return TypeEmailReleased }
+
 func (PasswordReturnClaimed) EventType() string { return TypePasswordReturnClaimed }
 func (PasswordReplaced) EventType() string      { return TypePasswordReplaced }
 func (WelcomeEmailClaimed) EventType() string   { return TypeWelcomeEmailClaimed }

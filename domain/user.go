@@ -153,7 +153,7 @@ func (s *ContactState) Apply(env Envelope) {
 		s.Password = &PasswordReturn{KeyID: e.KeyID, Field: e.Field, Sealed: e.Sealed, IssuedAt: env.OccurredAt}
 	case PasswordReturnClaimed:
 		if p := s.Password; p != nil && p.KeyID == e.KeyID {
-			p.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until}
+			p.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until, Node: e.Node}
 		}
 	case PasswordReturned:
 		if p := s.Password; p != nil && p.KeyID == e.KeyID {
@@ -168,7 +168,7 @@ func (s *ContactState) Apply(env Envelope) {
 		}
 	case WelcomeEmailClaimed:
 		if w := s.Welcome; w != nil {
-			w.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until}
+			w.Claim = &AttemptClaim{Attempt: e.Attempt, Until: e.Until, Node: e.Node}
 			if w.MessageID == "" {
 				w.MessageID = e.MessageID
 			}

@@ -169,7 +169,11 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	}
 
 	retry := domain.Backoff{Initial: cfg.RetryInitial, Max: cfg.RetryMax}
-	procCfg := command.ProcessManagerConfig{Store: store, Checkpoints: a.views, Retry: retry, Log: log}
+	node, err := loadNodeID(paths.dir)
+	if err != nil {
+		return nil, err
+	}
+	procCfg := command.ProcessManagerConfig{Store: store, Checkpoints: a.views, Retry: retry, Log: log, Node: node}
 	returnCfg, mailCfg := procCfg, procCfg
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail

@@ -68,6 +68,12 @@ type ProcessManagerConfig struct {
 	// claim (PasswordReturnClaimed, WelcomeEmailClaimed) at the version of
 	// the contact's stream it read, and acts only if its append won.
 
+	// Node names this node in its claims, the same across its restarts
+	// (serve keeps it in the data directory, beside keys.db): a claim of
+	// this node found live when no attempt of it is in flight is from
+	// before a restart, and is taken over at once instead of waited out.
+	// Empty: every live claim is waited out.
+	Node string
 	// Lease is how long a claim holds (default 2 minutes): an attempt not
 	// closed by a result by then is taken as lost (its node died) and the
 	// next may be claimed by any node. It must exceed EffectTimeout.
@@ -101,12 +107,27 @@ type ProcessManagerConfig struct {
 
 // Defaults of ProcessManagerConfig.
 const (
-	defaultPMMaxAttempts   = 8
-	defaultPMConcurrency   = 4
-	DefaultLease           = 2 * time.Minute
-	DefaultEffectTimeout   = 30 * time.Second
-	DefaultTakeoverAfter   = 60 * time.Second
-	pmMaxStepsPerRound     = 64
+	defaultPMMaxAttempts = 8
+	defaultPMConcurrency = 4
+)
+
+// Defaults of the claims (ProcessManagerConfig.Lease, EffectTimeout,
+// TakeoverAfter).
+const (
+	DefaultLease         = 2 * time.Minute
+	DefaultEffectTimeout = 30 * time.Second
+	DefaultTakeoverAfter = 60 * time.Second
+)
+
+const (
+	// pmMaxStepsPerRound bounds the decisions one round of a return or a
+	// mail makes (lost races, waits) before it counts as a store failure
+	// and backs off.
+	pmMaxStepsPerRound = 64
+	// pmShredTimeout bounds the shredding of a key after its return.
+	pmShredTimeout = 10 * time.Second
+	// pmReplacementKeyPrefix starts a replacement's key id, as an issued
+	// password's (pw-<contact>-<id>).
 	pmReplacementKeyPrefix = "pw-"
 )
 
@@ -197,6 +218,7 @@ type processManager struct {
 	now         func() time.Time
 	log         *slog.Logger
 	onResult    func(outcome string)
+	node        string
 	lease       time.Duration
 	effect      time.Duration
 	onRaceLost  func()
@@ -222,7 +244,7 @@ func pmConfigure(name string, cfg *ProcessManagerConfig) error {
 func newProcessManager(name string, cfg ProcessManagerConfig) processManager {
 	return processManager{name: name, store: cfg.Store, checkpoints: cfg.Checkpoints, retry: cfg.Retry, rand: cfg.Rand,
 		maxAttempts: cfg.MaxAttempts, now: cfg.Now, log: cfg.Log, onResult: cfg.OnResult,
-		lease: cfg.Lease, effect: cfg.EffectTimeout, onRaceLost: cfg.OnRaceLost, wait: cfg.Wait}
+		node: cfg.Node, lease: cfg.Lease, effect: cfg.EffectTimeout, onRaceLost: cfg.OnRaceLost, wait: cfg.Wait}
 }
 
 // Name names the process manager and its checkpoint.

@@ -241,7 +241,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 		if err != nil {
 			return err
 		}
-		step := domain.NextReturnStep(pr, have, c.Now(), p.takeover)
+		step := domain.NextReturnStep(pr, p.node, have, c.Now(), p.takeover)
 		switch step.Kind {
 		case domain.StepDone:
 			return nil
@@ -275,7 +275,7 @@ func (p *PasswordReturner) deliver(ctx context.Context, c *clock, id domain.Cont
 func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.ContactID, wh string, s *domain.ContactState, n int) (done bool, err error) {
 	pr := s.Password
 	until := p.now().Add(p.lease).UTC()
-	claim := domain.PasswordReturnClaimed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Until: until}
+	claim := domain.PasswordReturnClaimed{KeyID: pr.KeyID, Field: pr.Field, Attempt: n, Until: until, Node: p.node}
 	if err := p.recordAt(ctx, id, wh, domain.ExactVersion(s.Version), claim); err != nil {
 		if errors.Is(err, domain.ErrConcurrency) {
 			p.lostIfClaimed(ctx, id, pr.KeyID, n)
@@ -296,7 +296,7 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 		}
 		p.result("returned")
 		p.log.Info("password returned to FunnelKit", "webhook_id", wh, "contact_id", id, "field", pr.Field, "attempt", n)
-		return true, p.keys.Shred(ctx, pr.KeyID)
+		return true, p.shredNow(ctx, pr.KeyID)
 	}
 	if ctx.Err() != nil {
 		return false, ctx.Err()
@@ -315,11 +315,20 @@ func (p *PasswordReturner) attempt(ctx context.Context, c *clock, id domain.Cont
 	if giveUp {
 		p.result("gave_up")
 		p.log.Error("password return given up; the key is destroyed", "webhook_id", wh, "contact_id", id, "field", pr.Field, "attempts", n, "err", err)
-		return true, p.keys.Shred(ctx, pr.KeyID)
+		return true, p.shredNow(ctx, pr.KeyID)
 	}
 	p.result("failed")
 	p.log.Warn("password return failed; retrying", "webhook_id", wh, "contact_id", id, "attempt", n, "next_attempt_at", failed.NextAttemptAt, "err", err)
 	return false, nil
+}
+
+// shredNow shreds a key whose return was just recorded, even if the
+// returner is stopping meanwhile (a stop would otherwise leave the key
+// until the next start).
+func (p *PasswordReturner) shredNow(ctx context.Context, keyID string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pmShredTimeout)
+	defer cancel()
+	return p.keys.Shred(ctx, keyID)
 }
 
 // lostIfClaimed tells OnRaceLost when the append that just failed lost to

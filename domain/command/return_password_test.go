@@ -426,12 +426,20 @@ func TestPasswordReturner_StopThenResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	pmWaitShred(t, keys, "k1")
-	got := pmResults(t, pmAppended(t, store, pmContact, len(given)))
+	appended := pmAppended(t, store, pmContact, len(given))
+	got := pmResults(t, appended)
 	if len(got) == 0 {
 		t.Fatal("nothing appended")
 	}
-	tried := len(got) - 1 // the first returner's failure, if it was recorded before the stop
-	want := domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: tried + 1}
+	// Every attempt was claimed, the first returner's too (its failure
+	// recorded before the stop, or not): the last attempt is the return.
+	claims := 0
+	for _, e := range appended {
+		if _, ok := e.Event.(domain.PasswordReturnClaimed); ok {
+			claims++
+		}
+	}
+	want := domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: claims}
 	if last := got[len(got)-1]; !reflect.DeepEqual(last, want) {
 		t.Errorf("last appended %#v, want %#v (all: %#v)", last, want, got)
 	}
@@ -566,6 +574,66 @@ func TestPasswordReturner_Concurrency(t *testing.T) {
 			pmWaitShreds(t, keys, contacts)
 			if calls, maxIn := crm.snapshot(); len(calls) != contacts || maxIn != tt.wantInFlight {
 				t.Errorf("%d calls, at most %d at once; want %d, at most %d", len(calls), maxIn, contacts, tt.wantInFlight)
+			}
+		})
+	}
+}
+
+func TestPasswordReturner_OwnClaimFromBeforeARestart_TakenOverAtOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		claimedBy string
+		wantCalls int
+	}{
+		{"this node's claim: taken over", "node-a", 1},
+		{"another node's claim: waited out", "node-b", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// Given a password whose attempt 1 is claimed for an hour, by
+			// this node before a restart or by another node
+			store := pmNewStore(t)
+			pmGiven(t, store, pmContact, pmIssued("k1"),
+				domain.PasswordReturnClaimed{KeyID: "k1", Field: "pw", Attempt: 1, Until: pmNow().Add(time.Hour), Node: tt.claimedBy})
+			crm := &pmFieldWriter{}
+			keys := &pmKeys{shredded: make(chan string, 4)}
+			cfg := pmConfig(store, &pmCheckpoints{})
+			cfg.Node = "node-a"
+			waits := make(chan time.Time, 4)
+			cfg.Wait = func(ctx context.Context, until time.Time) bool {
+				waits <- until
+				<-ctx.Done() // the claim holds: wait until stopped
+				return false
+			}
+			r, err := command.NewPasswordReturner(cfg, crm, keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// When the node resumes the return
+			if err := r.Resume(context.Background(), []command.PendingReturn{{ContactID: pmContact, KeyID: "k1"}}); err != nil {
+				t.Fatal(err)
+			}
+
+			// Then it makes attempt 2 at once, or waits for the claim's end
+			if tt.wantCalls == 1 {
+				pmWaitShred(t, keys, "k1")
+				got := pmResults(t, pmAppended(t, store, pmContact, 2))
+				if want := []domain.Event{domain.PasswordReturned{KeyID: "k1", Field: "pw", Attempt: 2}}; !reflect.DeepEqual(got, want) {
+					t.Errorf("appended %#v, want %#v", got, want)
+				}
+			} else {
+				select {
+				case until := <-waits:
+					if !until.Equal(pmNow().Add(time.Hour)) {
+						t.Errorf("waits until %s, want the claim's end", until)
+					}
+				case <-time.After(pmWait):
+					t.Fatal("no wait")
+				}
+			}
+			r.Stop()
+			if calls, _ := crm.snapshot(); len(calls) != tt.wantCalls {
+				t.Errorf("SetFields called %d times, want %d", len(calls), tt.wantCalls)
 			}
 		})
 	}

@@ -77,20 +77,39 @@ func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
 	if !created.WelcomeEmail {
 		return w.done(ctx, rec.Position, false)
 	}
-	if err := w.send(ctx, w.clock(), id, env.WebhookID, created, false); err != nil {
+	// One attempt at a time per mail in this process: a mail watched in
+	// the background is left to its watch.
+	w.flight.Lock()
+	busy := w.watching[created.UserID]
+	if !busy {
+		w.watching[created.UserID] = true
+	}
+	w.flight.Unlock()
+	if busy {
+		return w.done(ctx, rec.Position, true)
+	}
+	handedOff := false
+	err = w.send(ctx, w.clock(), id, env.WebhookID, created, &handedOff)
+	if !handedOff {
+		w.flight.Lock()
+		delete(w.watching, created.UserID)
+		w.flight.Unlock()
+	}
+	if err != nil {
 		return err
 	}
 	return w.done(ctx, rec.Position, true)
 }
 
-// watch runs send in the background for a mail another node claimed.
-func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCreated, c *clock) {
+// watch runs send in the background for a mail another node claimed; the
+// caller holds the mail (watching) and hands it to the watch, which lets
+// it go when done. It reports false if the welcomer is stopped.
+func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCreated, c *clock) bool {
 	w.flight.Lock()
 	defer w.flight.Unlock()
-	if w.stopped || w.watching[created.UserID] {
-		return
+	if w.stopped {
+		return false
 	}
-	w.watching[created.UserID] = true
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -100,7 +119,7 @@ func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCrea
 			w.flight.Unlock()
 		}()
 		for round := 1; ; round++ {
-			err := w.send(w.ctx, c, id, wh, created, true)
+			err := w.send(w.ctx, c, id, wh, created, nil)
 			if err == nil || w.ctx.Err() != nil {
 				return
 			}
@@ -110,13 +129,15 @@ func (w *Welcomer) watch(id domain.ContactID, wh string, created domain.UserCrea
 			}
 		}
 	}()
+	return true
 }
 
 // send makes the attempts left for the welcome email of one user, from
 // what the contact's stream says was already tried (domain.NextWelcomeStep).
-// A permanent failure gives up at once. Unless inBackground, a live claim
-// of another node is left to watch (in the background) and send returns.
-func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh string, created domain.UserCreated, inBackground bool) error {
+// A permanent failure gives up at once. With handedOff (from Handle), a
+// live claim of another node is left to a watch in the background, and
+// send returns with *handedOff true; without (in the watch), it waits.
+func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh string, created domain.UserCreated, handedOff *bool) error {
 	for range pmMaxStepsPerRound {
 		s, err := w.load(ctx, id)
 		if err != nil {
@@ -127,13 +148,16 @@ func (w *Welcomer) send(ctx context.Context, c *clock, id domain.ContactID, wh s
 			// A later user of the contact has its own mail.
 			return nil
 		}
-		step := domain.NextWelcomeStep(mail, c.Now())
+		step := domain.NextWelcomeStep(mail, w.node, c.Now())
 		switch step.Kind {
 		case domain.StepDone:
 			return nil
 		case domain.StepWait:
-			if mail.Claim != nil && mail.Claim.Attempt > mail.Attempts && !inBackground {
-				w.watch(id, wh, created, c)
+			if mail.Claim != nil && mail.Claim.Attempt > mail.Attempts && handedOff != nil {
+				if !w.watch(id, wh, created, c) {
+					return fmt.Errorf("welcome email stopping: %w", context.Canceled)
+				}
+				*handedOff = true
 				return nil
 			}
 			if !c.Wait(ctx, step.At) {
@@ -161,7 +185,7 @@ func (w *Welcomer) attempt(ctx context.Context, c *clock, id domain.ContactID, w
 		}
 	}
 	until := w.now().Add(w.lease).UTC()
-	claim := domain.WelcomeEmailClaimed{To: mail.To, Attempt: n, MessageID: msgID, Until: until}
+	claim := domain.WelcomeEmailClaimed{To: mail.To, Attempt: n, MessageID: msgID, Until: until, Node: w.node}
 	if err := w.recordAt(ctx, id, wh, domain.ExactVersion(s.Version), claim); err != nil {
 		if errors.Is(err, domain.ErrConcurrency) {
 			if s, err := w.load(ctx, id); err == nil && s.Welcome != nil && s.Welcome.Claim != nil && s.Welcome.Claim.Attempt >= n {

@@ -8,12 +8,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	nethttp "net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,16 +26,31 @@ import (
 	"github.com/usersync/usersync/funnelkit/simulator"
 )
 
-// crmReads counts, per contact, the FunnelKit requests one node made.
+// crmReads counts, per contact, the FunnelKit requests one node made; while
+// holdWrites is set, that node's field writes (password returns) hang until
+// it gives up on them (or released is closed), never reaching FunnelKit.
 type crmReads struct {
-	mu    sync.Mutex
-	reads map[domain.ContactID]int
+	mu         sync.Mutex
+	reads      map[domain.ContactID]int
+	holdWrites atomic.Bool
+	released   chan struct{}
 }
 
 var contactPath = regexp.MustCompile(`contacts/(\d+)`)
 
 func (c *crmReads) wrap(h nethttp.Handler) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if c.holdWrites.Load() && r.Method == nethttp.MethodPost && strings.HasSuffix(r.URL.Path, "/fields") {
+			// Read the body first: only then does the server notice a
+			// client that goes away and cancel the request's context.
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-r.Context().Done():
+			case <-c.released:
+			}
+			nethttp.Error(w, "held by the test", nethttp.StatusServiceUnavailable)
+			return
+		}
 		if m := contactPath.FindStringSubmatch(r.URL.Path); m != nil {
 			id, _ := strconv.ParseUint(m[1], 10, 64)
 			c.mu.Lock()
@@ -218,9 +235,10 @@ func startCluster(t *testing.T, bin string, standin *esdbtest.Server, sim *simul
 	t.Helper()
 	c := &cluster{}
 	for range nodes {
-		reads := &crmReads{reads: map[domain.ContactID]int{}}
+		reads := &crmReads{reads: map[domain.ContactID]int{}, released: make(chan struct{})}
 		fk := httptest.NewServer(reads.wrap(sim.Handler()))
 		t.Cleanup(fk.Close)
+		t.Cleanup(func() { close(reads.released) }) // before fk.Close
 		dir := t.TempDir()
 		srv := newCrashServer(t, bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", dir,
 			"--store", standin.ConnString(),

@@ -84,13 +84,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	bin := buildUsersync(t)
 	standin := esdbtest.New(t)
 
-	sim := simulator.New("automation", testFKPass)
-	sim.SampleData()
-	for i := range contacts {
-		id := domain.ContactID(firstID + i)
-		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("m%d@example.com", id), FirstName: fmt.Sprintf("M%d", id),
-			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
-	}
+	sim := newContactsSim(firstID, contacts, "m")
 	c := startCluster(t, bin, standin, sim, nodes)
 	srvs, reads, base := c.srvs, c.reads, c.base
 
@@ -146,12 +140,12 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 
 	// Every answer 2xx; every sync one processed with its user.
 	crossNode := 0
-	acked := map[string]bool{}
+	acked := map[string]string{}
 	for _, s := range answers {
 		if s.err != nil || s.code < 200 || s.code > 299 {
 			t.Fatalf("node %d, contact %d: answer %d %+v, err %v", s.node, s.contact, s.code, s.a, s.err)
 		}
-		acked[s.a.WebhookID] = true
+		acked[s.a.WebhookID] = fmt.Sprintf("node %d, contact %d", s.node, s.contact)
 		if s.async {
 			continue
 		}
@@ -182,36 +176,11 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 		t.Fatal(err)
 	}
 	defer store.Close()
-	log := scanLog(t, store)
-	for id := range acked {
-		if _, ok := log.received[id]; !ok {
-			t.Errorf("webhook %s was acknowledged and is not in the log", id)
-		}
-	}
-	for id := range log.received {
-		if n := log.outcomes[id]; n != 1 {
-			t.Errorf("webhook %s has %d outcomes, want 1", id, n)
-		}
-	}
+	ids := make([]domain.ContactID, contacts)
 	for i := range contacts {
-		if id := domain.ContactID(firstID + i); log.created[id] != 1 {
-			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
-		}
+		ids[i] = domain.ContactID(firstID + i)
 	}
-	// Per-contact order: the outcomes close the webhooks in the order the
-	// stream received them, whichever node decided each.
-	for i := range contacts {
-		id := domain.ContactID(firstID + i)
-		received, closed := streamOrder(ctx, t, store, id)
-		if fmt.Sprint(closed) != fmt.Sprint(received) {
-			t.Errorf("contact %d: outcomes in the order %v, received %v", id, closed, received)
-		}
-	}
-	for email, n := range log.emails {
-		if n != 1 {
-			t.Errorf("%s: %d users, want 1", email, n)
-		}
-	}
+	log := checkOnceInOrder(ctx, t, store, acked, ids)
 	processedBy := make([]int, nodes)
 	for n := range nodes {
 		processedBy[n] = len(reads[n].reads)
@@ -306,9 +275,16 @@ func (c *cluster) drain(t *testing.T, deadline time.Time) {
 	c.waitFor(t, "drained", deadline, settled)
 }
 
+// closing is a webhook's outcome in a contact stream: which webhook, and
+// when the store recorded it.
+type closing struct {
+	webhook string
+	at      time.Time
+}
+
 // streamOrder reads a contact stream: the webhooks in the order it
-// received them, and in the order their outcomes closed them.
-func streamOrder(ctx context.Context, t *testing.T, store *esdb.Store, id domain.ContactID) (received, closed []string) {
+// received them, and their outcomes in the order they closed them.
+func streamOrder(ctx context.Context, t *testing.T, store *esdb.Store, id domain.ContactID) (received []string, closed []closing) {
 	t.Helper()
 	recs, err := store.ReadStream(ctx, id.Stream())
 	if err != nil {
@@ -323,12 +299,69 @@ func streamOrder(ctx context.Context, t *testing.T, store *esdb.Store, id domain
 		case domain.WebhookReceived:
 			received = append(received, e.WebhookID)
 		case domain.WebhookProcessed:
-			closed = append(closed, e.WebhookID)
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
 		case domain.WebhookIgnored:
-			closed = append(closed, e.WebhookID)
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
 		case domain.WebhookFailed:
-			closed = append(closed, e.WebhookID)
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
 		}
 	}
 	return received, closed
+}
+
+// checkOnceInOrder reads the log after a multi-node run and checks that
+// every acknowledged webhook (id → what sent it) is in it, each recorded
+// webhook has exactly one outcome and none failed, each contact has one
+// user and each address one, and each contact's outcomes close its
+// webhooks in the order its stream received them, whichever node decided
+// each.
+func checkOnceInOrder(ctx context.Context, t *testing.T, store *esdb.Store, acked map[string]string, contacts []domain.ContactID) crashLog {
+	t.Helper()
+	log := scanLog(t, store)
+	for id, what := range acked {
+		if _, ok := log.received[id]; !ok {
+			t.Errorf("webhook %s (%s) was acknowledged and is not in the log", id, what)
+		}
+	}
+	for id := range log.received {
+		if n := log.outcomes[id]; n != 1 {
+			t.Errorf("webhook %s has %d outcomes, want 1", id, n)
+		}
+	}
+	for _, reason := range log.failed {
+		t.Errorf("a webhook failed: %s", reason)
+	}
+	for email, n := range log.emails {
+		if n != 1 {
+			t.Errorf("%s: %d users, want 1", email, n)
+		}
+	}
+	for _, id := range contacts {
+		if log.created[id] != 1 {
+			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
+		}
+		received, closed := streamOrder(ctx, t, store, id)
+		order := make([]string, len(closed))
+		for i, c := range closed {
+			order[i] = c.webhook
+		}
+		if fmt.Sprint(order) != fmt.Sprint(received) {
+			t.Errorf("contact %d: outcomes in the order %v, received %v", id, order, received)
+		}
+	}
+	return log
+}
+
+// newContactsSim is the FunnelKit simulator with its sample data and n
+// contacts first, first+1, …, each with its own address (prefix + id +
+// "@example.com") and one of the tags 1–3.
+func newContactsSim(first domain.ContactID, n int, prefix string) *simulator.Simulator {
+	sim := simulator.New("automation", testFKPass)
+	sim.SampleData()
+	for i := range n {
+		id := first + domain.ContactID(i)
+		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("%s%d@example.com", prefix, id), FirstName: fmt.Sprintf("%s%d", strings.ToUpper(prefix), id),
+			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
+	}
+	return sim
 }

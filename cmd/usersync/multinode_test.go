@@ -230,14 +230,16 @@ func (c *cluster) base(n int) string {
 // settled says whether a node's metrics show nothing open and every view
 // and process manager at the head of the log, and what is left if not.
 func settled(fams map[string]*familyValues) (bool, string) {
+	positions := fams["usersync_projection_position"]
+	if fams["usersync_webhooks_open"] == nil || fams["usersync_head_position"] == nil || positions == nil || len(positions.samples) == 0 {
+		return false, "the metrics lack usersync_webhooks_open, usersync_head_position or usersync_projection_position"
+	}
 	open := fams["usersync_webhooks_open"].get(nil)
 	head := fams["usersync_head_position"].get(nil)
 	var behind []string
-	if f := fams["usersync_projection_position"]; f != nil {
-		for _, s := range f.samples {
-			if s.value < head {
-				behind = append(behind, fmt.Sprintf("%s at %.0f", s.labels["projection"], s.value))
-			}
+	for _, s := range positions.samples {
+		if s.value < head {
+			behind = append(behind, fmt.Sprintf("%s at %.0f", s.labels["projection"], s.value))
 		}
 	}
 	return open == 0 && len(behind) == 0, fmt.Sprintf("open %v, head %.0f, behind %v", open, head, behind)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/usersync/usersync/funnelkit"
+	"github.com/usersync/usersync/http/metrics"
 )
 
 // scrape reads /metrics from addr and parses it.
@@ -194,6 +195,18 @@ func TestDashboardAndAlerts_UseOnlyExportedMetrics(t *testing.T) {
 		exported[name] = true
 		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
 			exported[name+suffix] = true
+		}
+	}
+	// The work feed's metrics exist only on a node on EventStoreDB.
+	feedOnly := metrics.New()
+	feedOnly.WorkFeed()
+	families, err := feedOnly.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "usersync_work_") {
+			exported[f.GetName()] = true
 		}
 	}
 	var texts []string

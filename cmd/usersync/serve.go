@@ -177,6 +177,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	returnCfg, mailCfg := procCfg, procCfg
 	returnCfg.MaxAttempts, mailCfg.MaxAttempts = cfg.ReturnAttempts, cfg.MailAttempts
 	returnCfg.OnResult, mailCfg.OnResult = m.PasswordReturn, m.WelcomeEmail
+	returnCfg.OnRaceLost = func() { m.RaceLost("password_return") }
+	mailCfg.OnRaceLost = func() { m.RaceLost("welcome_email") }
 	returnCfg.Concurrency = cfg.Concurrency
 	// Several nodes: a claim outlasts its attempt (the FunnelKit request,
 	// the SMTP session), and a node replaces a password whose key only a
@@ -253,9 +255,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	proc, err := command.NewProcessWebhook(command.ProcessWebhookConfig{
 		Policy: policy, Store: store, CRM: crm,
 		CRMConcurrency: cfg.FunnelKitConcurrency, ContactCache: cfg.ContactCache,
-		Secrets: keystore.Secrets{Keys: a.keys, Hasher: hasher},
-		NewID:   func() string { return uuid.NewString() },
-		Retry:   retry,
+		Secrets:    keystore.Secrets{Keys: a.keys, Hasher: hasher},
+		NewID:      func() string { return uuid.NewString() },
+		Retry:      retry,
+		OnRaceLost: m.RaceLost, OnCRMReadWasted: m.CRMReadWasted,
 	})
 	if err != nil {
 		return nil, err
@@ -263,6 +266,10 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	a.disp, err = command.NewDispatcher(proc, command.DispatcherConfig{
 		Concurrency: cfg.ProcessingConcurrency,
 		OnError: func(id domain.ContactID, err error) {
+			if errors.Is(err, command.ErrRacesLost) {
+				log.Warn("processing a contact lost every race to other writers; left for a later attempt", "contact_id", id, "err", err)
+				return
+			}
 			log.Error("processing a webhook failed; retrying", "contact_id", id, "err", err)
 		},
 	})
@@ -275,7 +282,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	var queue usershttp.Queue = a.disp
 	var outcomes usershttp.Outcomes
 	if es, ok := a.store.logStore.(*esdb.Store); ok {
-		if a.feed, err = startFeedWorker(ctx, es, a.disp, log); err != nil {
+		if a.feed, err = startFeedWorker(ctx, es, a.disp, log, m.WorkFeed()); err != nil {
 			return nil, a.store.redact(err)
 		}
 		queue, outcomes = feedQueue{}, viewOutcomes{views: a.views, store: store}

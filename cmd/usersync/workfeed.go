@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
 	"github.com/usersync/usersync/eventstore/esdb"
+	"github.com/usersync/usersync/http/metrics"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -36,23 +36,31 @@ type feedWorker struct {
 	feed *esdb.WorkFeed
 	disp contactWork
 	log  *slog.Logger
+	obs  *metrics.WorkFeedMetrics // nil: not counted
 
 	stop context.CancelFunc
 	done chan struct{}
 	acks sync.WaitGroup
 }
 
-// startFeedWorker joins the group on s and starts handing items to disp.
-func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger) (*feedWorker, error) {
+// startFeedWorker joins the group on s and starts handing items to disp;
+// obs (nil: none) counts the feed's items and subscription state.
+func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger, obs *metrics.WorkFeedMetrics) (*feedWorker, error) {
 	// The feed lives until close, not until ctx (the start's) is done.
 	feed, err := s.Work(context.WithoutCancel(ctx), workGroup, esdb.WorkOptions{
-		OnDropped: func(err error) { log.Warn("work feed dropped; joining again", "err", err) },
+		OnRedelivery: func(esdb.WorkItem) { obs.Redelivered() },
+		OnInFlight:   obs.InFlight,
+		OnSubscribed: obs.Subscribed,
+		OnDropped: func(err error) {
+			obs.Dropped()
+			log.Warn("work feed dropped; joining again", "group", workGroup, "err", err)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("join the work feed %s: %w", workGroup, err)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
-	w := &feedWorker{feed: feed, disp: disp, log: log, stop: stop, done: make(chan struct{})}
+	w := &feedWorker{feed: feed, disp: disp, log: log, obs: obs, stop: stop, done: make(chan struct{})}
 	go w.run(runCtx)
 	return w, nil
 }
@@ -93,11 +101,16 @@ func (w *feedWorker) settle(it esdb.WorkItem, nack string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var err error
+		result := "acked"
 		if nack != "" {
-			err = it.Nack(ctx, nack)
+			err, result = it.Nack(ctx, nack), "nacked"
 		} else {
 			err = it.Ack(ctx)
 		}
+		if err != nil {
+			result = "lost"
+		}
+		w.obs.Settled(result)
 		if err != nil {
 			// Not fatal: the server gives the item out again, and its
 			// contact's stream says there is nothing left to do.
@@ -173,45 +186,67 @@ func (o viewOutcomes) WaitOutcome(ctx context.Context, webhookID string) (comman
 }
 
 // outcome is the receipt w as an Outcome; pos is a position the views have
-// applied (all views move together), for the answer's user.
+// applied (all views move together), for the answer's user. The answer is
+// the webhook's first outcome, as on one node (Dispatcher.Await): a
+// webhook retried and then processed before the views applied either (one
+// batch) is answered as retrying (202), as its first decision was.
 func (o viewOutcomes) outcome(ctx context.Context, w projections.Webhook, pos uint64) command.Outcome {
 	out := command.Outcome{WebhookID: w.ID, ContactID: w.ContactID, Status: w.Status, Message: w.Message, Position: pos}
-	switch w.Status {
-	case projections.WebhookRetrying:
-		out.Err = domain.Fail(domain.ErrCRMUnavailable, w.Message)
-	case projections.WebhookFailed:
-		out.Err = domain.Fail(o.failureKind(ctx, w), w.Message)
+	if w.Status == projections.WebhookFailed || (w.Attempts > 0 && w.Status != projections.WebhookRetrying) {
+		if first, ok := o.firstOutcome(ctx, w); ok {
+			out.Status, out.Message = first.Status, first.Message
+			out.Err = first.Err
+		}
+	}
+	switch {
+	case out.Status == projections.WebhookRetrying && out.Err == nil:
+		out.Err = domain.Fail(domain.ErrCRMUnavailable, out.Message)
+	case out.Status == projections.WebhookFailed && out.Err == nil:
+		out.Err = domain.Fail(domain.ErrImportFailed, out.Message)
 	}
 	return out
 }
 
-// failureKind is the kind of a failed webhook's failure, from the status
-// its WebhookFailed event records (the receipt does not keep it).
-func (o viewOutcomes) failureKind(ctx context.Context, w projections.Webhook) error {
-	kind := domain.ErrImportFailed
+// firstOutcome reads w's first outcome event from its contact stream (the
+// receipt keeps only the latest): its status, message and, for a failure,
+// the kind its recorded HTTP status stands for. ok is false when the stream
+// cannot be read or holds none.
+func (o viewOutcomes) firstOutcome(ctx context.Context, w projections.Webhook) (command.Outcome, bool) {
 	stream, version, ok, err := o.views.Webhooks.Locate(ctx, w.ID)
 	if err != nil || !ok {
-		return kind
+		return command.Outcome{}, false
 	}
 	evs, err := o.store.ReadStreamFrom(ctx, stream, version)
 	if err != nil {
-		return kind
+		return command.Outcome{}, false
 	}
-	for _, e := range evs {
-		if e.Type != domain.TypeWebhookFailed {
+	for _, rec := range evs {
+		env, err := domain.Decode(rec)
+		if err != nil {
 			continue
 		}
-		var f domain.WebhookFailed
-		if json.Unmarshal(e.Data, &f) != nil || f.WebhookID != w.ID {
-			continue
+		var out command.Outcome
+		var id string
+		switch e := env.Event.(type) {
+		case domain.WebhookRetrying:
+			id, out = e.WebhookID, command.Outcome{Status: command.StatusRetrying, Message: e.Error, Err: domain.Fail(domain.ErrCRMUnavailable, e.Error)}
+		case domain.WebhookProcessed:
+			id, out = e.WebhookID, command.Outcome{Status: command.StatusProcessed, Message: e.Message}
+		case domain.WebhookIgnored:
+			id, out = e.WebhookID, command.Outcome{Status: command.StatusIgnored, Message: e.Reason}
+		case domain.WebhookFailed:
+			kind := domain.ErrImportFailed
+			switch e.Status {
+			case 400:
+				kind = domain.ErrInvalidRequest
+			case 502:
+				kind = domain.ErrCRMRefused
+			}
+			id, out = e.WebhookID, command.Outcome{Status: command.StatusFailed, Message: e.Reason, Err: domain.Fail(kind, e.Reason)}
 		}
-		switch f.Status {
-		case 400:
-			return domain.ErrInvalidRequest
-		case 502:
-			return domain.ErrCRMRefused
+		if id != "" && id == w.ID {
+			return out, true
 		}
-		return kind
 	}
-	return kind
+	return command.Outcome{}, false
 }

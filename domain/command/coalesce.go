@@ -67,7 +67,9 @@ func (w *work) decideJoined(ctx context.Context, cur *domain.ContactState) ([]do
 		return nil, Outcome{}, false
 	}
 	pw := cur.Pending[0]
-	if pw.NextAttemptAt.After(w.p.now()) {
+	if pw.NextAttemptAt.After(w.p.now()) || !w.covered(pw.WebhookID) {
+		// Waiting for its retry, or recorded after the CRM read (a
+		// decision made again after a lost race): decided next, alone.
 		return nil, Outcome{}, false
 	}
 	req, err := domain.ParseRequest(pw.WebhookReceived)

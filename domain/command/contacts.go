@@ -23,7 +23,15 @@ func conflict(err error) bool {
 type conflicts struct {
 	backoff domain.Backoff
 	max     int
+	// lost, if set, is told of each race lost (the conflict's error)
+	// before the next attempt: a metrics hook.
+	lost func(err error)
 }
+
+// ErrRacesLost is the error of an update that gave up because other
+// writers kept changing what it decided on. Nothing was appended; the
+// work is still open and is tried again later.
+var ErrRacesLost = errors.New("other writers kept winning; left for a later attempt")
 
 // defaultConflicts waits 1 ms, 2 ms, 4 ms … up to 20 ms between attempts,
 // 20 attempts in all.
@@ -45,8 +53,11 @@ func update[S any](ctx context.Context, store domain.EventStore, c conflicts, st
 		if !conflict(err) {
 			return res, err
 		}
+		if c.lost != nil {
+			c.lost(err)
+		}
 		if n >= c.max {
-			return domain.AppendResult{}, fmt.Errorf("update %s: gave up after %d concurrent changes", stream, c.max)
+			return domain.AppendResult{}, fmt.Errorf("update %s: gave up after %d concurrent changes: %w", stream, c.max, ErrRacesLost)
 		}
 		if !pause(ctx, time.Now().Add(c.backoff.Delay(n))) {
 			return domain.AppendResult{}, ctx.Err()
@@ -143,7 +154,12 @@ func (c *Contacts) Load(ctx context.Context, id domain.ContactID) (*domain.Conta
 // won meanwhile, or decide returns errStale, it loads and decides again,
 // pausing a little longer each time.
 func (c *Contacts) Update(ctx context.Context, id domain.ContactID, decide func(*domain.ContactState) ([]domain.Envelope, error)) (domain.AppendResult, error) {
-	return update(ctx, c.store, c.conflicts, id.Stream(),
+	return c.updateWith(ctx, id, c.conflicts, decide)
+}
+
+// updateWith is Update with its own conflict policy.
+func (c *Contacts) updateWith(ctx context.Context, id domain.ContactID, cf conflicts, decide func(*domain.ContactState) ([]domain.Envelope, error)) (domain.AppendResult, error) {
+	return update(ctx, c.store, cf, id.Stream(),
 		func(ctx context.Context) (*domain.ContactState, error) { return c.Load(ctx, id) },
 		func(s *domain.ContactState) uint64 { return s.Version },
 		decide)

@@ -29,6 +29,9 @@ type ProcessWebhook struct {
 	rand      func() float64
 	conflicts conflicts
 	locks     keyLocks
+	// raceLost and crmWasted are the metrics hooks (never nil).
+	raceLost  func(useCase string)
+	crmWasted func(reason string)
 }
 
 // ProcessWebhookConfig configures NewProcessWebhook.
@@ -55,6 +58,17 @@ type ProcessWebhookConfig struct {
 	// number in [0, 1) (default math/rand/v2's Float64). A constant makes
 	// the schedule exact, as tests want.
 	Rand func() float64
+	// OnRaceLost, if set, is told of each append that lost to another
+	// writer: use case "webhook" (the contact's stream moved on) or
+	// "claim" (an email or login reservation, or the user a link copies,
+	// changed meanwhile). A metrics hook; it must not block.
+	OnRaceLost func(useCase string)
+	// OnCRMReadWasted, if set, is told of each FunnelKit contact read that
+	// no recorded decision used because the decision lost a race, with
+	// what followed: "read_again" (the webhook left to decide was recorded
+	// after the read), "unused" (another writer closed what it was read
+	// for) or "gave_up" (MaxRedecisions reached). A metrics hook.
+	OnCRMReadWasted func(reason string)
 }
 
 func (c *ProcessWebhookConfig) setDefaults() {
@@ -72,6 +86,12 @@ func (c *ProcessWebhookConfig) setDefaults() {
 	}
 	if c.Retry == (domain.Backoff{}) {
 		c.Retry = domain.Backoff{Initial: 500 * time.Millisecond, Max: 5 * time.Minute}
+	}
+	if c.OnRaceLost == nil {
+		c.OnRaceLost = func(string) {}
+	}
+	if c.OnCRMReadWasted == nil {
+		c.OnCRMReadWasted = func(string) {}
 	}
 }
 
@@ -114,10 +134,13 @@ func NewProcessWebhook(cfg ProcessWebhookConfig) (*ProcessWebhook, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &ProcessWebhook{
+	p := &ProcessWebhook{
 		policy: cfg.Policy, store: cfg.Store, contacts: NewContacts(cfg.Store, cfg.ContactCache), crm: limitCRM(cfg.CRM, cfg.CRMConcurrency), secrets: cfg.Secrets,
 		newID: cfg.NewID, now: cfg.Now, retry: cfg.Retry, rand: cfg.Rand, conflicts: defaultConflicts(),
-	}, nil
+		raceLost: cfg.OnRaceLost, crmWasted: cfg.OnCRMReadWasted,
+	}
+	p.conflicts.lost = func(error) { p.raceLost("claim") }
+	return p, nil
 }
 
 // Next processes the oldest open webhook of a contact. ok is false when
@@ -148,8 +171,13 @@ func (p *ProcessWebhook) NextBatch(ctx context.Context, id domain.ContactID, lim
 	w := &work{p: p, id: id}
 	defer w.cleanup(ctx)
 	defer w.releaseClaims()
-	res, err := p.contacts.Update(ctx, id, func(s *domain.ContactState) ([]domain.Envelope, error) {
+	cf := p.contacts.conflicts
+	cf.lost = w.lostRace
+	res, err := p.contacts.updateWith(ctx, id, cf, func(s *domain.ContactState) ([]domain.Envelope, error) {
 		w.releaseClaims()
+		if err := w.again(s); err != nil {
+			return nil, err
+		}
 		envs, o, err := w.decideBatch(ctx, s, limit)
 		if err != nil {
 			// Let the others have what this attempt holds while it waits.
@@ -158,6 +186,7 @@ func (p *ProcessWebhook) NextBatch(ctx context.Context, id domain.ContactID, lim
 		outs = o
 		return envs, err
 	})
+	w.countWasted(res.Position != 0, err)
 	if err != nil {
 		return nil, fmt.Errorf("process contact %d: %w", id, err)
 	}
@@ -185,7 +214,21 @@ type work struct {
 	// contactErr is the CRM's failure, kept like its answer: a decision
 	// made again after a conflict sees the same CRM answer.
 	contactErr error
-	catalog    []domain.Tag
+	// covers are the webhooks open when the contact was read: the read is
+	// what deciding them right then would have seen. A webhook recorded
+	// after it (found open after a lost race) needs a read of its own.
+	covers map[string]bool
+	// pending are the open webhooks of the state being decided.
+	pending []domain.PendingWebhook
+	// readUsed: the current attempt used the read (contact or contactErr).
+	readUsed bool
+	// lost is the last race lost (nil: none yet); redecided counts the
+	// attempts MaxRedecisions bounds; first is what the last attempt
+	// decided on (see again).
+	lost      error
+	redecided int
+	first     decidedOn
+	catalog   []domain.Tag
 	// held are the claim locks this attempt holds (see keyLocks).
 	held map[string]func()
 	// owner is the other contact a link copies its user from, as read.
@@ -223,10 +266,12 @@ func (w *work) cleanup(ctx context.Context) {
 // (its outcome last) and the outcome to report.
 func (w *work) decide(ctx context.Context, s *domain.ContactState) ([]domain.Envelope, Outcome, error) {
 	w.owner, w.releaseEmail, w.decidedAt = nil, "", s.Version
+	w.pending, w.readUsed = s.Pending, false
 	if len(s.Pending) == 0 {
 		return nil, Outcome{}, nil
 	}
 	pw := s.Pending[0]
+	w.first = decidedOnOf(s)
 	w.wh = pw.WebhookID
 	if pw.NextAttemptAt.After(w.p.now()) {
 		return nil, Outcome{WebhookID: pw.WebhookID, ContactID: w.id, Status: StatusRetrying,
@@ -272,8 +317,21 @@ func failCRM(prefix string, err error) error {
 	return domain.Fail(domain.ErrCRMRefused, prefix+": "+err.Error())
 }
 
-// contactFromCRM reads the contact once per Next.
+// contactFromCRM reads the contact once per Next, and again only for a
+// webhook the read does not cover (see work.covers).
 func (w *work) contactFromCRM(ctx context.Context) (domain.CRMContact, error) {
+	if w.hasRead() && !w.covers[w.wh] {
+		w.p.crmWasted("read_again")
+		w.contact, w.contactErr = nil, nil
+	}
+	if w.hasRead() {
+		w.readUsed = true
+	} else {
+		w.covers = make(map[string]bool, len(w.pending))
+		for _, pw := range w.pending {
+			w.covers[pw.WebhookID] = true
+		}
+	}
 	if w.contactErr != nil {
 		return domain.CRMContact{}, w.contactErr
 	}
@@ -281,6 +339,7 @@ func (w *work) contactFromCRM(ctx context.Context) (domain.CRMContact, error) {
 		return *w.contact, nil
 	}
 	c, err := w.p.crm.Contact(ctx, w.id)
+	w.readUsed = true
 	switch {
 	case err != nil:
 		w.contactErr = failCRM("read contact from FunnelKit", err)

@@ -308,7 +308,7 @@ func (p *ProcessWebhook) settleStream(ctx context.Context, wh string, id domain.
 			} else if h != nil && h.User != nil && owner.UserID == u.UserID && h.ContactID != id {
 				from = h.ContactID
 			}
-			_, err := p.contacts.Update(ctx, from, func(old *domain.ContactState) ([]domain.Envelope, error) {
+			_, err := p.contacts.updateWith(ctx, from, p.conflicts, func(old *domain.ContactState) ([]domain.Envelope, error) {
 				switch {
 				case old.User != nil && old.User.UserID != u.UserID:
 					return nil, errHeldByOther

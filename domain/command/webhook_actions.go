@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -223,17 +224,20 @@ func (w *work) finish(ctx context.Context, s *domain.ContactState, pw domain.Pen
 		// has the user before it unlinks another. The claim locks spare
 		// this process its own races.
 		if !w.claim(emailKey(after.User.Email)) || !w.claim(loginKey(after.User.Login)) {
-			return nil, Outcome{}, errStale
+			return nil, Outcome{}, errClaimBusy
 		}
 		if s.User != nil && domain.EmailKey(s.User.Email) != domain.EmailKey(after.User.Email) {
 			if !w.claim(emailKey(s.User.Email)) {
-				return nil, Outcome{}, errStale // the address given up is being claimed
+				return nil, Outcome{}, errClaimBusy // the address given up is being claimed
 			}
 			w.releaseEmail = s.User.Email
 		}
 		if o := w.owner; o != nil {
 			// The user a link copies must not have changed since it was read.
 			if err := w.p.contacts.Unchanged(ctx, o.contact.Stream(), o.version); err != nil {
+				if errors.Is(err, domain.ErrConcurrency) {
+					err = fmt.Errorf("%w: %w", errStale, err) // a race of the claim, not of this stream
+				}
 				return nil, Outcome{}, err
 			}
 		}

@@ -47,6 +47,8 @@ type Metrics struct {
 	pipelineRead    prometheus.Counter
 	batchEvents     *prometheus.CounterVec
 	batchDuration   *prometheus.HistogramVec
+
+	cluster cluster
 }
 
 // Webhook actions and outcomes used as label values; anything else is
@@ -115,6 +117,7 @@ func New() *Metrics {
 		m.fkDuration, m.fkErrors, m.parkedTotal, m.welcomeEmails, m.passwordResults,
 		m.rebuildRunning, m.rebuildPosition, m.rebuildHead, m.rebuildEvents,
 	)
+	m.Registry.MustRegister(m.newCluster()...)
 	// Every label combination that can occur is exported at zero, so that
 	// rates and alerts work from the first scrape.
 	for _, a := range actions {

@@ -515,6 +515,9 @@ type crashLog struct {
 	welcomeWanted map[domain.ContactID]bool
 	welcomeSent   map[domain.ContactID]int
 	returned      map[string]int // key id → PasswordReturned
+	returnedFor   map[domain.ContactID]int
+	replaced      map[domain.ContactID]int    // PasswordReplaced (a node replaced a password it could not unseal)
+	passwordHash  map[domain.ContactID]string // the user's password hash now
 }
 
 // readLog opens the stopped process's store and reads every event.
@@ -537,7 +540,8 @@ func scanLog(t *testing.T, store interface {
 	ctx := context.Background()
 	l := crashLog{received: map[string]string{}, outcomes: map[string]int{}, outcomeType: map[string]string{},
 		created: map[domain.ContactID]int{}, emails: map[string]int{}, issued: map[domain.ContactID]int{},
-		welcomeWanted: map[domain.ContactID]bool{}, welcomeSent: map[domain.ContactID]int{}, returned: map[string]int{}}
+		welcomeWanted: map[domain.ContactID]bool{}, welcomeSent: map[domain.ContactID]int{}, returned: map[string]int{},
+		returnedFor: map[domain.ContactID]int{}, replaced: map[domain.ContactID]int{}, passwordHash: map[domain.ContactID]string{}}
 	outcome := func(id, typ string) {
 		l.outcomes[id]++
 		l.outcomeType[id] = typ
@@ -576,10 +580,15 @@ func scanLog(t *testing.T, store interface {
 				l.created[contact]++
 				l.emails[e.Email]++
 				l.welcomeWanted[contact] = e.WelcomeEmail
+				l.passwordHash[contact] = e.PasswordHash
+			case domain.PasswordReplaced:
+				l.replaced[contact]++
+				l.passwordHash[contact] = e.PasswordHash
 			case domain.PasswordIssued:
 				l.issued[contact]++
 			case domain.PasswordReturned:
 				l.returned[e.KeyID]++
+				l.returnedFor[contact]++
 			case domain.WelcomeEmailSent:
 				l.welcomeSent[contact]++
 			}

@@ -8,11 +8,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	nethttp "net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,16 +26,31 @@ import (
 	"github.com/usersync/usersync/funnelkit/simulator"
 )
 
-// crmReads counts, per contact, the FunnelKit requests one node made.
+// crmReads counts, per contact, the FunnelKit requests one node made; while
+// holdWrites is set, that node's field writes (password returns) hang until
+// it gives up on them (or released is closed), never reaching FunnelKit.
 type crmReads struct {
-	mu    sync.Mutex
-	reads map[domain.ContactID]int
+	mu         sync.Mutex
+	reads      map[domain.ContactID]int
+	holdWrites atomic.Bool
+	released   chan struct{}
 }
 
 var contactPath = regexp.MustCompile(`contacts/(\d+)`)
 
 func (c *crmReads) wrap(h nethttp.Handler) nethttp.Handler {
 	return nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		if c.holdWrites.Load() && r.Method == nethttp.MethodPost && strings.HasSuffix(r.URL.Path, "/fields") {
+			// Read the body first: only then does the server notice a
+			// client that goes away and cancel the request's context.
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-r.Context().Done():
+			case <-c.released:
+			}
+			nethttp.Error(w, "held by the test", nethttp.StatusServiceUnavailable)
+			return
+		}
 		if m := contactPath.FindStringSubmatch(r.URL.Path); m != nil {
 			id, _ := strconv.ParseUint(m[1], 10, 64)
 			c.mu.Lock()
@@ -66,32 +84,9 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	bin := buildUsersync(t)
 	standin := esdbtest.New(t)
 
-	sim := simulator.New("automation", testFKPass)
-	sim.SampleData()
-	for i := range contacts {
-		id := domain.ContactID(firstID + i)
-		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("m%d@example.com", id), FirstName: fmt.Sprintf("M%d", id),
-			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
-	}
-	// One simulator, one loopback address per node: what each node read.
-	reads := make([]*crmReads, nodes)
-	srvs := make([]*crashServer, nodes)
-	for n := range nodes {
-		reads[n] = &crmReads{reads: map[domain.ContactID]int{}}
-		fk := httptest.NewServer(reads[n].wrap(sim.Handler()))
-		t.Cleanup(fk.Close)
-		srvs[n] = newCrashServer(t, bin, []string{"serve", "--addr", "127.0.0.1:0", "--data", t.TempDir(),
-			"--store", standin.ConnString(),
-			"--funnelkit-url", fk.URL, "--funnelkit-user", "automation", "--funnelkit-password", testFKPass,
-			"--funnelkit-timeout", "2s", "--access-key", testKey, "--admin-token", testToken,
-			"--log-format", "json", "--log-level", "info", "--password-hash-cost", "4",
-			"--wait", "20s", "--retry-initial", "5ms", "--retry-max", "50ms"})
-		srvs[n].start()
-	}
-	base := func(n int) string {
-		b, _, _ := srvs[n].current()
-		return b
-	}
+	sim := newContactsSim(firstID, contacts, "m")
+	c := startCluster(t, bin, standin, sim, nodes)
+	srvs, reads, base := c.srvs, c.reads, c.base
 
 	type sent struct {
 		node    int
@@ -145,12 +140,12 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 
 	// Every answer 2xx; every sync one processed with its user.
 	crossNode := 0
-	acked := map[string]bool{}
+	acked := map[string]string{}
 	for _, s := range answers {
 		if s.err != nil || s.code < 200 || s.code > 299 {
 			t.Fatalf("node %d, contact %d: answer %d %+v, err %v", s.node, s.contact, s.code, s.a, s.err)
 		}
-		acked[s.a.WebhookID] = true
+		acked[s.a.WebhookID] = fmt.Sprintf("node %d, contact %d", s.node, s.contact)
 		if s.async {
 			continue
 		}
@@ -167,22 +162,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 	}
 
 	// Both nodes drain: nothing open, views at the head.
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for n := range nodes {
-		addr := base(n)[len("http://"):]
-		for {
-			fams, _ := scrape(t, addr)
-			if fams["usersync_webhooks_open"].get(nil) == 0 && fams["usersync_projection_lag_events"].get(nil) == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %d did not drain: open %v\n%s", n, fams["usersync_webhooks_open"].get(nil), srvs[n].logs.String())
-			}
-			<-tick.C
-		}
-	}
+	c.drain(t, time.Now().Add(30*time.Second))
 	for n := range nodes {
 		if err := srvs[n].stop(syscall.SIGTERM); err != nil {
 			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, srvs[n].logs.String())
@@ -196,10 +176,153 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 		t.Fatal(err)
 	}
 	defer store.Close()
+	ids := make([]domain.ContactID, contacts)
+	for i := range contacts {
+		ids[i] = domain.ContactID(firstID + i)
+	}
+	log := checkOnceInOrder(ctx, t, store, acked, ids)
+	processedBy := make([]int, nodes)
+	for n := range nodes {
+		processedBy[n] = len(reads[n].reads)
+	}
+	t.Logf("%d nodes, %d webhooks (%d contacts; contacts read per node %v), %d sync answers from the node that did not process them, %d events; %s",
+		nodes, len(answers), contacts, processedBy, crossNode, log.events, time.Since(began).Round(time.Millisecond))
+}
+
+// cluster is usersync serve processes (the real binary) on one stand-in,
+// each reaching the FunnelKit simulator through its own loopback server, so
+// that reads[n] says which contacts node n read.
+type cluster struct {
+	srvs  []*crashServer
+	reads []*crmReads
+	dirs  []string
+}
+
+// startCluster starts nodes serve processes on standin, each with its own
+// data directory and the flags extra after the shared ones.
+func startCluster(t *testing.T, bin string, standin *esdbtest.Server, sim *simulator.Simulator, nodes int, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{}
+	for range nodes {
+		reads := &crmReads{reads: map[domain.ContactID]int{}, released: make(chan struct{})}
+		fk := httptest.NewServer(reads.wrap(sim.Handler()))
+		t.Cleanup(fk.Close)
+		t.Cleanup(func() { close(reads.released) }) // before fk.Close
+		dir := t.TempDir()
+		srv := newCrashServer(t, bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--data", dir,
+			"--store", standin.ConnString(),
+			"--funnelkit-url", fk.URL, "--funnelkit-user", "automation", "--funnelkit-password", testFKPass,
+			"--funnelkit-timeout", "2s", "--access-key", testKey, "--admin-token", testToken,
+			"--log-format", "json", "--log-level", "info", "--password-hash-cost", "4",
+			"--wait", "20s", "--retry-initial", "5ms", "--retry-max", "50ms"}, extra...))
+		srv.start()
+		c.srvs, c.reads, c.dirs = append(c.srvs, srv), append(c.reads, reads), append(c.dirs, dir)
+	}
+	return c
+}
+
+// base is node n's URL, "" while it is down.
+func (c *cluster) base(n int) string {
+	b, _, _ := c.srvs[n].current()
+	return b
+}
+
+// settled says whether a node's metrics show nothing open and every view
+// and process manager at the head of the log, and what is left if not.
+func settled(fams map[string]*familyValues) (bool, string) {
+	positions := fams["usersync_projection_position"]
+	if fams["usersync_webhooks_open"] == nil || fams["usersync_head_position"] == nil || positions == nil || len(positions.samples) == 0 {
+		return false, "the metrics lack usersync_webhooks_open, usersync_head_position or usersync_projection_position"
+	}
+	open := fams["usersync_webhooks_open"].get(nil)
+	head := fams["usersync_head_position"].get(nil)
+	var behind []string
+	for _, s := range positions.samples {
+		if s.value < head {
+			behind = append(behind, fmt.Sprintf("%s at %.0f", s.labels["projection"], s.value))
+		}
+	}
+	return open == 0 && len(behind) == 0, fmt.Sprintf("open %v, head %.0f, behind %v", open, head, behind)
+}
+
+// waitFor polls every up node's metrics until ok holds on each, or fails
+// the test at the deadline with what is left.
+func (c *cluster) waitFor(t *testing.T, what string, deadline time.Time, ok func(map[string]*familyValues) (bool, string)) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for n := range c.srvs {
+		b := c.base(n)
+		if b == "" {
+			continue
+		}
+		for {
+			fams, _ := scrape(t, strings.TrimPrefix(b, "http://"))
+			done, left := ok(fams)
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: not %s: %s\n%s", n, what, left, c.srvs[n].logs.String())
+			}
+			<-tick.C
+		}
+	}
+}
+
+// drain waits until every up node has nothing open and its views and
+// process managers at the head.
+func (c *cluster) drain(t *testing.T, deadline time.Time) {
+	t.Helper()
+	c.waitFor(t, "drained", deadline, settled)
+}
+
+// closing is a webhook's outcome in a contact stream: which webhook, and
+// when the store recorded it.
+type closing struct {
+	webhook string
+	at      time.Time
+}
+
+// streamOrder reads a contact stream: the webhooks in the order it
+// received them, and their outcomes in the order they closed them.
+func streamOrder(ctx context.Context, t *testing.T, store *esdb.Store, id domain.ContactID) (received []string, closed []closing) {
+	t.Helper()
+	recs, err := store.ReadStream(ctx, id.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range recs {
+		env, err := domain.Decode(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch e := env.Event.(type) {
+		case domain.WebhookReceived:
+			received = append(received, e.WebhookID)
+		case domain.WebhookProcessed:
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
+		case domain.WebhookIgnored:
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
+		case domain.WebhookFailed:
+			closed = append(closed, closing{e.WebhookID, rec.RecordedAt})
+		}
+	}
+	return received, closed
+}
+
+// checkOnceInOrder reads the log after a multi-node run and checks that
+// every acknowledged webhook (id → what sent it) is in it, each recorded
+// webhook has exactly one outcome and none failed, each contact has one
+// user and each address one, and each contact's outcomes close its
+// webhooks in the order its stream received them, whichever node decided
+// each.
+func checkOnceInOrder(ctx context.Context, t *testing.T, store *esdb.Store, acked map[string]string, contacts []domain.ContactID) crashLog {
+	t.Helper()
 	log := scanLog(t, store)
-	for id := range acked {
+	for id, what := range acked {
 		if _, ok := log.received[id]; !ok {
-			t.Errorf("webhook %s was acknowledged and is not in the log", id)
+			t.Errorf("webhook %s (%s) was acknowledged and is not in the log", id, what)
 		}
 	}
 	for id := range log.received {
@@ -207,49 +330,40 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 			t.Errorf("webhook %s has %d outcomes, want 1", id, n)
 		}
 	}
-	for i := range contacts {
-		if id := domain.ContactID(firstID + i); log.created[id] != 1 {
-			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
-		}
-	}
-	// Per-contact order: the outcomes close the webhooks in the order the
-	// stream received them, whichever node decided each.
-	for i := range contacts {
-		id := domain.ContactID(firstID + i)
-		recs, err := store.ReadStream(ctx, id.Stream())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var received, closed []string
-		for _, rec := range recs {
-			env, err := domain.Decode(rec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch e := env.Event.(type) {
-			case domain.WebhookReceived:
-				received = append(received, e.WebhookID)
-			case domain.WebhookProcessed:
-				closed = append(closed, e.WebhookID)
-			case domain.WebhookIgnored:
-				closed = append(closed, e.WebhookID)
-			case domain.WebhookFailed:
-				closed = append(closed, e.WebhookID)
-			}
-		}
-		if fmt.Sprint(closed) != fmt.Sprint(received) {
-			t.Errorf("contact %d: outcomes in the order %v, received %v", id, closed, received)
-		}
+	for _, reason := range log.failed {
+		t.Errorf("a webhook failed: %s", reason)
 	}
 	for email, n := range log.emails {
 		if n != 1 {
 			t.Errorf("%s: %d users, want 1", email, n)
 		}
 	}
-	processedBy := make([]int, nodes)
-	for n := range nodes {
-		processedBy[n] = len(reads[n].reads)
+	for _, id := range contacts {
+		if log.created[id] != 1 {
+			t.Errorf("contact %d: %d users created, want 1", id, log.created[id])
+		}
+		received, closed := streamOrder(ctx, t, store, id)
+		order := make([]string, len(closed))
+		for i, c := range closed {
+			order[i] = c.webhook
+		}
+		if fmt.Sprint(order) != fmt.Sprint(received) {
+			t.Errorf("contact %d: outcomes in the order %v, received %v", id, order, received)
+		}
 	}
-	t.Logf("%d nodes, %d webhooks (%d contacts; contacts read per node %v), %d sync answers from the node that did not process them, %d events; %s",
-		nodes, len(answers), contacts, processedBy, crossNode, log.events, time.Since(began).Round(time.Millisecond))
+	return log
+}
+
+// newContactsSim is the FunnelKit simulator with its sample data and n
+// contacts first, first+1, …, each with its own address (prefix + id +
+// "@example.com") and one of the tags 1–3.
+func newContactsSim(first domain.ContactID, n int, prefix string) *simulator.Simulator {
+	sim := simulator.New("automation", testFKPass)
+	sim.SampleData()
+	for i := range n {
+		id := first + domain.ContactID(i)
+		sim.PutContact(simulator.Contact{ID: id, Email: fmt.Sprintf("%s%d@example.com", prefix, id), FirstName: fmt.Sprintf("%s%d", strings.ToUpper(prefix), id),
+			Fields: map[string]string{"7": "gold"}, TagIDs: []uint64{uint64(1 + i%3)}})
+	}
+	return sim
 }

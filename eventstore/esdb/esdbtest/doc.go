@@ -61,7 +61,8 @@
 //     is full), each consumer's buffer_size, retries before new events, retry_count on each
 //     delivery, Nack park/retry/skip/stop (stop as skip, unknown as retry), MaxRetryCount then
 //     parked as a "$>" link in $persistentsubscription-{stream}::{group}-parked, message
-//     timeouts retried, a leaving consumer's unacked events retried to the others, checkpoints
+//     timeouts retried, a leaving consumer's unacked events (all it was handed) retried to the
+//     others at once with retry_count one higher and never parked there, checkpoints
 //     ($SubscriptionCheckpoint in ...-checkpoint: a revision, or "C:x/P:y") after
 //     CheckpointLowerBound events and CheckpointAfter, or CheckpointUpperBound at once, at the
 //     last event before the oldest one not yet done; Restart resumes after the checkpoint, so

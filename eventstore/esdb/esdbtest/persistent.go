@@ -24,7 +24,8 @@ import (
 // one dispatcher per group reads the source ($all or a stream) in order, hands each event to a
 // consumer chosen by the strategy if it has room in its buffer (else it waits: head of line),
 // and puts retries before new events. A message is retried when Nacked with retry (or unknown),
-// when its timeout passes, or when its consumer goes away; at MaxRetryCount it is parked. The
+// when its timeout passes, or when its consumer goes away; at MaxRetryCount a Nack or a timeout
+// parks it (a consumer going away never does). The
 // checkpoint is the last event before the oldest one not yet acked, skipped or parked; a
 // restart resumes after it, so acknowledged events past the checkpoint come again.
 
@@ -491,7 +492,11 @@ func (g *group) wake() {
 	}
 }
 
-// removeLocked drops a consumer; its unacked messages are retried (to the others).
+// removeLocked drops a consumer; every message handed to it and not acked is retried (to the
+// others) at once, with its retry count one higher, as the real server's
+// RemoveClientByCorrelationId does when a member's call ends: that counts every message it
+// pushed, also those its gRPC writer had not sent yet, and parks none of them, even past
+// MaxRetryCount (parking happens only on a Nack or a timeout).
 func (g *group) removeLocked(c *consumer) {
 	i := slices.Index(g.consumers, c)
 	if i < 0 {
@@ -519,23 +524,13 @@ func (g *group) removeLocked(c *consumer) {
 			g.inflight[id] = keep
 		}
 	}
-	// Messages queued but not yet sent go back as they were (not a delivery).
-	for _, m := range c.queue {
-		lost = slices.DeleteFunc(lost, func(x *pmsg) bool { return x == m })
-		m.consumer = nil
-		m.retry--
-		g.retryLocked(m)
-	}
 	c.queue = nil
+	c.inflight = 0
 	slices.SortFunc(lost, func(a, b *pmsg) int { return int(a.seq - b.seq) })
-	var park []*pmsg
 	for _, m := range lost {
 		m.consumer = nil
-		if p := g.retryLocked(m); p != nil {
-			park = append(park, p)
-		}
+		g.requeueLocked(m)
 	}
-	g.parkLocked(park, fmt.Sprintf("Reached retry count of %d", g.settings.maxRetry))
 	c.drop()
 }
 
@@ -608,10 +603,15 @@ func (g *group) retryLocked(m *pmsg) *pmsg {
 	if m.retry >= g.settings.maxRetry {
 		return m
 	}
+	g.requeueLocked(m)
+	return nil
+}
+
+// requeueLocked queues m again, in seq order, with one more retry.
+func (g *group) requeueLocked(m *pmsg) {
 	m.retry++
 	i, _ := slices.BinarySearchFunc(g.retries, m.seq, func(x *pmsg, seq int64) int { return int(x.seq - seq) })
 	g.retries = slices.Insert(g.retries, i, m)
-	return nil
 }
 
 // parkedStream is where a group's parked messages go.

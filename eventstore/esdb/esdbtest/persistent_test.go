@@ -363,3 +363,46 @@ func TestPersistent_DropSubscriptions_ClientSeesDropped(t *testing.T) {
 		t.Fatalf("got %+v, want SubscriptionDropped", ev)
 	}
 }
+
+// The real server (PersistentSubscriptions.Read, then
+// PersistentSubscription.RemoveClientByCorrelationId) retries every message
+// it pushed to a member whose call ends, at once, each with its retry count
+// one higher, and parks none of them there, even past MaxRetryCount: parking
+// happens only on a Nack or a timeout.
+func TestPersistent_MemberConnectionDies_ItsMessagesGoToTheOthersAtOnceNoneParked(t *testing.T) {
+	// Given a member holding an event that has had MaxRetryCount retries,
+	// a message timeout far longer than the test, and a second member.
+	srv := esdbtest.New(t)
+	c := newClient(t, srv)
+	createAll(t, c, "dies", func(s *esdb.PersistentSubscriptionSettings) {
+		s.MaxRetryCount = 1
+		s.MessageTimeout = 600_000
+		s.ConsumerStrategyName = esdb.ConsumerStrategyPinned
+	})
+	dying := newClient(t, srv)
+	first := connectAll(t, dying, "dies", 10)
+	mustAppend(t, c, "user-x", esdb.NoStream{}, event("X"))
+	e := next(t, first)
+	if err := first.Nack("again", esdb.NackActionRetry, e.Event); err != nil {
+		t.Fatal(err)
+	}
+	if got := name(next(t, first)); got != "user-x/0#1" {
+		t.Fatalf("after a Nack the member got %s, want user-x/0#1", got)
+	}
+	second := connectAll(t, c, "dies", 10)
+	eventually(t, "two members", func() bool { return srv.PersistentConsumers("$all", "dies") == 2 })
+
+	// When the first member's connection goes away without an ack.
+	if err := dying.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Then the other member gets the event, retry count 2, long before
+	// the timeout, and nothing is parked.
+	if got := name(next(t, second)); got != "user-x/0#2" {
+		t.Fatalf("the remaining member got %s, want user-x/0#2", got)
+	}
+	if parked, err := readStream(t, c, "$persistentsubscription-$all::dies-parked", esdb.ReadStreamOptions{}, 10); err == nil && len(parked) > 0 {
+		t.Fatalf("parked %d events when a member went away, want none", len(parked))
+	}
+}

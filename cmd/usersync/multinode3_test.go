@@ -92,10 +92,10 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 		"--takeover-after", "2s")
 
 	// The node to be killed cannot reach FunnelKit with the passwords it
-	// issues, so some are still to be returned when it dies. It returns
-	// them itself once restarted (its claims name it); the others would
-	// replace them only after the claim's lease (2 minutes) and
-	// --takeover-after, beyond this test's bound.
+	// issues, so some are still to be returned when it dies, sealed under
+	// keys only it holds. It stays down until the others have replaced
+	// them (after its claim's lease, 2 × --funnelkit-timeout + 5 s = 9 s,
+	// and --takeover-after) and returned the replacements.
 	c.reads[threeKilled].holdWrites.Store(true)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
@@ -212,11 +212,26 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 	}
 	poll.Stop()
 	dropped := time.Since(killedAt)
-	to := measureTakeOver(ctx, t, store, killedAt, c.reads[threeKilled].contacts())
+	// The passwords the killed node had issued and not returned (its
+	// writes were held): read before any replacement can happen (9 s).
+	killedRead := c.reads[threeKilled].contacts()
+	atKill := scanLog(t, store)
+	var heldPasswords []domain.ContactID
+	for contact := range atKill.created {
+		if killedRead[contact] && atKill.returnedFor[contact] == 0 {
+			heldPasswords = append(heldPasswords, contact)
+		}
+	}
+	to := measureTakeOver(ctx, t, store, killedAt, killedRead)
 	to.dropped = dropped
+	if len(heldPasswords) == 0 {
+		t.Fatalf("the killed node held no unreturned password at the kill: the replacement path was not exercised")
+	}
+	pwTakeOver := waitReplaced(t, store, killedAt, heldPasswords, 40*time.Second)
 
 	// The restart on the same data directory, once the others have taken
-	// the work over; the load goes on meanwhile.
+	// the work over (its webhooks, its passwords); it shreds the keys of
+	// the passwords replaced and writes none of them.
 	_, gen, _ := c.srvs[threeKilled].current()
 	restartedAt := time.Now()
 	c.reads[threeKilled].holdWrites.Store(false)
@@ -330,7 +345,9 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 	}
 	acknowledged := len(ackedIDs)
 	heldReturned := strings.Count(c.srvs[threeKilled].logs.String(), `"msg":"password returned to FunnelKit"`)
-	t.Logf("%d nodes, node %d SIGKILLed after %d acknowledged webhooks and restarted (it returned %d passwords, all after its restart); %d webhooks sent, %d acknowledged (%d sync), "+
+	t.Logf("password take-over: the killed node held %d unreturned passwords; the others replaced and returned them all %s after the kill",
+		len(heldPasswords), pwTakeOver.Round(time.Millisecond))
+	t.Logf("%d nodes, node %d SIGKILLed after %d acknowledged webhooks and restarted (it returned %d passwords after its restart); %d webhooks sent, %d acknowledged (%d sync), "+
 		"%d failed at the transport (resent: %d); %d contacts (read per node %v), %d events; "+
 		"take-over: member dropped %s, %d open at the kill, %d held by the killed node, first done %s, all held done %s (take-over time), all open done %s; "+
 		"restart %s; build %s, load %s, drain %s, total %s",
@@ -338,6 +355,33 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 		to.dropped.Round(time.Millisecond), to.open, to.held, to.firstHeld.Round(time.Millisecond), to.lastHeld.Round(time.Millisecond), to.lastOpen.Round(time.Millisecond),
 		restart.Round(time.Millisecond), built.Round(time.Millisecond), loaded.Round(time.Millisecond), drained.Round(time.Millisecond),
 		time.Since(began).Round(time.Millisecond))
+}
+
+// waitReplaced waits (up to limit) until each contact's password, issued
+// by the killed node and held, has been replaced by another node and the
+// replacement returned, and says how long after the kill the test saw the
+// last one in the log (it looks every 50 ms).
+func waitReplaced(t *testing.T, store *esdb.Store, killedAt time.Time, contacts []domain.ContactID, limit time.Duration) time.Duration {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		log := scanLog(t, store)
+		var left []string
+		for _, contact := range contacts {
+			if log.replaced[contact] == 0 || log.returnedFor[contact] == 0 {
+				left = append(left, fmt.Sprintf("contact %d (replaced %d, returned %d)", contact, log.replaced[contact], log.returnedFor[contact]))
+			}
+		}
+		if len(left) == 0 {
+			return max(time.Since(killedAt), 0)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed node's passwords were not replaced and returned by the others within %s: %s", limit, strings.Join(left, ", "))
+		}
+		<-tick.C
+	}
 }
 
 // randomTags is one or two of the simulator's tags 1–3.

@@ -182,6 +182,21 @@ func (s *crashServer) upAfter(gen int, deadline time.Time) (string, int, bool) {
 	}
 }
 
+// signal sends sig (such as SIGSTOP or SIGCONT) to the running process
+// without waiting for anything.
+func (s *crashServer) signal(sig syscall.Signal) {
+	s.t.Helper()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		s.t.Fatalf("signal %v: the process is not running", sig)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // stop sends sig and waits for the process to exit.
 func (s *crashServer) stop(sig syscall.Signal) error {
 	s.t.Helper()

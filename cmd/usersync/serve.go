@@ -282,7 +282,8 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 	var queue usershttp.Queue = a.disp
 	var outcomes usershttp.Outcomes
 	if es, ok := a.store.logStore.(*esdb.Store); ok {
-		if a.feed, err = startFeedWorker(ctx, es, a.disp, log, m.WorkFeed()); err != nil {
+		sweep := staleSweep{Open: a.views.Webhooks.Open, After: cfg.TakeoverAfter, RetryMax: cfg.RetryMax}
+		if a.feed, err = startFeedWorker(ctx, es, a.disp, sweep, log, m.WorkFeed()); err != nil {
 			return nil, a.store.redact(err)
 		}
 		queue, outcomes = feedQueue{}, viewOutcomes{views: a.views, store: store}

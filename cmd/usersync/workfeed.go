@@ -40,12 +40,15 @@ type feedWorker struct {
 
 	stop context.CancelFunc
 	done chan struct{}
-	acks sync.WaitGroup
+	// swept is closed once the stale sweep has ended (at once without one).
+	swept chan struct{}
+	acks  sync.WaitGroup
 }
 
-// startFeedWorker joins the group on s and starts handing items to disp;
-// obs (nil: none) counts the feed's items and subscription state.
-func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *slog.Logger, obs *metrics.WorkFeedMetrics) (*feedWorker, error) {
+// startFeedWorker joins the group on s and starts handing items to disp,
+// and sweeps for stale work as sweep says (no sweep when sweep.Open is
+// nil); obs (nil: none) counts the feed's items and subscription state.
+func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, sweep staleSweep, log *slog.Logger, obs *metrics.WorkFeedMetrics) (*feedWorker, error) {
 	// The feed lives until close, not until ctx (the start's) is done.
 	feed, err := s.Work(context.WithoutCancel(ctx), workGroup, esdb.WorkOptions{
 		OnRedelivery: func(esdb.WorkItem) { obs.Redelivered() },
@@ -60,8 +63,13 @@ func startFeedWorker(ctx context.Context, s *esdb.Store, disp contactWork, log *
 		return nil, fmt.Errorf("join the work feed %s: %w", workGroup, err)
 	}
 	runCtx, stop := context.WithCancel(context.Background())
-	w := &feedWorker{feed: feed, disp: disp, log: log, obs: obs, stop: stop, done: make(chan struct{})}
+	w := &feedWorker{feed: feed, disp: disp, log: log, obs: obs, stop: stop, done: make(chan struct{}), swept: make(chan struct{})}
 	go w.run(runCtx)
+	if sweep.Open != nil {
+		go w.sweep(runCtx, sweep)
+	} else {
+		close(w.swept)
+	}
 	return w, nil
 }
 
@@ -123,6 +131,87 @@ func (w *feedWorker) settle(it esdb.WorkItem, nack string) {
 func (w *feedWorker) stopTaking() {
 	w.stop()
 	<-w.done
+	<-w.swept
+}
+
+// openWebhooks lists the receipts of the webhooks still open (queued or
+// retrying), oldest first: projections.Webhooks.Open.
+type openWebhooks func(ctx context.Context) ([]projections.Webhook, error)
+
+// staleSweep says when a node takes up work the feed did not bring it:
+// Pinned gives a bucket's items, retries after the message timeout
+// included, to the bucket's owner for as long as the owner stays
+// connected, so a node alive but stuck (paused, swapping, deadlocked)
+// would hold its contacts' webhooks for ever. Every node therefore looks,
+// every Every, for contacts whose oldest open webhook has waited past
+// After (queued: since it was received; retrying: since its last attempt,
+// plus RetryMax for the wait before the next one) and runs them on its
+// own dispatcher. That is safe whoever else runs them: outcomes are
+// appended at the contact stream's revision, so the stuck node, once it
+// goes on, loses its races and finds nothing open.
+type staleSweep struct {
+	Open     openWebhooks
+	After    time.Duration // --takeover-after
+	RetryMax time.Duration // --retry-max
+	Every    time.Duration // 0: After/4, between 250 ms and 15 s
+	Now      func() time.Time
+}
+
+// stale lists the contacts of open whose oldest open webhook is stale at
+// now (each contact once).
+func (c staleSweep) stale(open []projections.Webhook, now time.Time) []domain.ContactID {
+	seen := map[domain.ContactID]bool{}
+	var out []domain.ContactID
+	for _, w := range open {
+		if w.ContactID == 0 || seen[w.ContactID] {
+			continue
+		}
+		seen[w.ContactID] = true // only its oldest open webhook counts
+		since, wait := w.ReceivedAt, c.After
+		if w.Status == projections.WebhookRetrying {
+			since, wait = w.UpdatedAt, c.After+c.RetryMax
+		}
+		if now.Sub(since) > wait {
+			out = append(out, w.ContactID)
+		}
+	}
+	return out
+}
+
+// sweep runs c until ctx is done: each stale contact goes to disp.
+func (w *feedWorker) sweep(ctx context.Context, c staleSweep) {
+	defer close(w.swept)
+	every := c.Every
+	if every <= 0 {
+		every = min(max(c.After/4, 250*time.Millisecond), 15*time.Second)
+	}
+	now := c.Now
+	if now == nil {
+		now = time.Now
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		open, err := c.Open(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("looking for stale work failed; trying again", "err", err)
+			}
+			continue
+		}
+		for _, id := range c.stale(open, now()) {
+			if err := w.disp.SubmitDone(id, func() {}); err != nil {
+				return // the dispatcher is closing
+			}
+			w.obs.StaleTaken()
+			w.log.Info("taking up a contact whose oldest open webhook waited past --takeover-after (its work item held elsewhere)", "contact_id", id)
+		}
+	}
 }
 
 // close waits for the acks under way, then leaves the group: the server

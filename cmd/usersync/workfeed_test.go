@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -95,6 +96,40 @@ func TestViewOutcomes_AnswerTheFirstOutcome(t *testing.T) {
 			}
 			if (tt.kind == nil) != (out.Err == nil) || (tt.kind != nil && !errors.Is(out.Err, tt.kind)) {
 				t.Fatalf("outcome error %v, want %v", out.Err, tt.kind)
+			}
+		})
+	}
+}
+
+func TestStaleSweep_OldestOpenWebhookPastTheTakeOver(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	c := staleSweep{After: time.Minute, RetryMax: 5 * time.Minute}
+	tests := []struct {
+		name string
+		open []projections.Webhook
+		want []domain.ContactID
+	}{
+		{"nothing open", nil, nil},
+		{"queued, young", []projections.Webhook{{ContactID: 1, Status: projections.WebhookQueued, ReceivedAt: ago(59 * time.Second)}}, nil},
+		{"queued past the take-over", []projections.Webhook{{ContactID: 1, Status: projections.WebhookQueued, ReceivedAt: ago(61 * time.Second)}}, []domain.ContactID{1}},
+		{"retrying, its wait not over", []projections.Webhook{{ContactID: 2, Status: projections.WebhookRetrying, ReceivedAt: ago(time.Hour), UpdatedAt: ago(5 * time.Minute)}}, nil},
+		{"retrying past its longest wait and the take-over", []projections.Webhook{{ContactID: 2, Status: projections.WebhookRetrying, ReceivedAt: ago(time.Hour), UpdatedAt: ago(6*time.Minute + time.Second)}}, []domain.ContactID{2}},
+		{"only a contact's oldest open webhook counts", []projections.Webhook{
+			{ContactID: 3, Status: projections.WebhookQueued, ReceivedAt: ago(10 * time.Second)},
+			{ContactID: 3, Status: projections.WebhookQueued, ReceivedAt: ago(2 * time.Minute)},
+		}, nil},
+		{"each contact once", []projections.Webhook{
+			{ContactID: 4, Status: projections.WebhookQueued, ReceivedAt: ago(3 * time.Minute)},
+			{ContactID: 5, Status: projections.WebhookQueued, ReceivedAt: ago(2 * time.Minute)},
+			{ContactID: 4, Status: projections.WebhookQueued, ReceivedAt: ago(time.Minute + time.Second)},
+		}, []domain.ContactID{4, 5}},
+		{"a refused webhook without a contact", []projections.Webhook{{ContactID: 0, Status: projections.WebhookQueued, ReceivedAt: ago(time.Hour)}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := c.stale(tt.open, now); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("stale = %v, want %v", got, tt.want)
 			}
 		})
 	}

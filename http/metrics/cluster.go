@@ -26,6 +26,7 @@ type cluster struct {
 	workUp           prometheus.Gauge
 	workItems        *prometheus.CounterVec
 	workDrops        prometheus.Counter
+	workStale        prometheus.Counter
 }
 
 // Label values of the cluster metrics; anything else is counted as "other".
@@ -85,10 +86,12 @@ func (m *Metrics) WorkFeed() *WorkFeedMetrics {
 			[]string{"result"})
 		c.workDrops = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "work_subscription_drops_total",
 			Help: "Times this node lost the work feed's subscription (or failed to join it) and tried again."})
+		c.workStale = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "work_stale_taken_total",
+			Help: "Contacts this node took up because their oldest open webhook had waited past --takeover-after (its work item held by a node alive but stuck, or lost)."})
 		for _, r := range workResults {
 			c.workItems.WithLabelValues(r)
 		}
-		m.Registry.MustRegister(c.workInFlight, c.workRedeliveries, c.workUp, c.workItems, c.workDrops)
+		m.Registry.MustRegister(c.workInFlight, c.workRedeliveries, c.workUp, c.workItems, c.workDrops, c.workStale)
 	})
 	return &WorkFeedMetrics{c: c}
 }
@@ -130,5 +133,12 @@ func (w *WorkFeedMetrics) Dropped() {
 func (w *WorkFeedMetrics) Settled(result string) {
 	if w != nil {
 		w.c.workItems.WithLabelValues(bounded(result, workResults, "lost")).Inc()
+	}
+}
+
+// StaleTaken counts a contact taken up by the sweep for stale work.
+func (w *WorkFeedMetrics) StaleTaken() {
+	if w != nil {
+		w.c.workStale.Inc()
 	}
 }

@@ -124,7 +124,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "also serve /metrics on this address (it is always on --addr)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's profiler (/debug/pprof/) on this loopback address, for measurements; off by default")
 	fs.DurationVar(&c.FunnelKitTimeout, "funnelkit-timeout", 15*time.Second, "timeout of each FunnelKit request")
-	fs.DurationVar(&c.TakeoverAfter, "takeover-after", command.DefaultTakeoverAfter, "with several nodes on one store: how long after the issuing node's last sign of life another node replaces a generated password it cannot unseal (1s to 24h)")
+	fs.DurationVar(&c.TakeoverAfter, "takeover-after", command.DefaultTakeoverAfter, "with several nodes on one store: how long after the issuing node's last sign of life another node replaces a generated password it cannot unseal, and how long a contact's oldest open webhook may wait before any node takes the contact up from a stuck one (1s to 24h)")
 	c.DiskReserve = 64 << 20
 	fs.Var(&c.DiskReserve, "disk-reserve", "free space kept on the data disk: below it new webhooks are refused with 503 (FunnelKit sends them again) and /readyz is not ready; 0 turns it off")
 	fs.Float64Var(&c.AuthFailRate, "auth-fail-rate", 1, "wrong access keys or admin tokens per second a source address may keep making after --auth-fail-burst (then 429); 0 turns throttling off")

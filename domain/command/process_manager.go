@@ -286,6 +286,12 @@ func (p *processManager) waitOn(ctx context.Context, c *clock, id domain.Contact
 		}
 		p.waitMu.Unlock()
 	}()
+	// An event appended after the read at version and handed to wake
+	// before this waiter was registered would not wake it: look once more,
+	// now that any later one will.
+	if evs, err := p.store.ReadStreamFrom(ctx, id.Stream(), version); err == nil && len(evs) > 0 {
+		return ctx.Err() == nil
+	}
 	c.Wait(wctx, until)
 	return ctx.Err() == nil
 }

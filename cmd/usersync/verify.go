@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	json "github.com/goccy/go-json"
+
+	"github.com/usersync/usersync/projections"
+)
+
+func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	of := addOfflineFlags(fs)
+	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
+	limit := fs.Int("limit", 100, "list at most this many differences (0: all)")
+	asJSON := fs.Bool("json", false, "print the differences as JSON (for scripts)")
+	retention := defaultReceiptRetention
+	if v, ok := os.LookupEnv(envName("receipt-retention")); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("%s=%q: want a duration such as 720h, or 0 to keep every receipt", envName("receipt-retention"), v)
+		}
+		retention = d
+	}
+	fs.DurationVar(&retention, "receipt-retention", retention, "as serve's: receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: usersync verify [--data DIR] [--store esdb://…] [--limit N] [--json]\n\n"+
+			"Rebuilds every view from the events into a scratch copy and lists every difference\nfrom the live views (table, row, column, live and rebuilt value). The live views are\nonly read. Exit 0 when they are equal, 1 when they differ. Stop usersync serve first.\n\n")
+		fs.PrintDefaults()
+	}
+	if help, err := parseFlags(fs, args, stderr); help || err != nil {
+		return err
+	}
+	bar, ok := progressWanted(*progress, stderr)
+	if !ok {
+		return usageError(stderr, fs, "--progress must be auto, on or off, not %q", *progress)
+	}
+	if *limit < 0 {
+		return usageError(stderr, fs, "--limit %d must be 0 (all) or more", *limit)
+	}
+	if retention < 0 {
+		return usageError(stderr, fs, "--receipt-retention %s must be 0 (keep every receipt) or a positive duration", retention)
+	}
+	o, err := of.open(ctx, stderr, true, true, projections.WithReceiptRetention(retention))
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	scratch, err := os.MkdirTemp(o.paths.dir, ".verify-")
+	if err != nil {
+		return fmt.Errorf("make a scratch directory in --data %s: %w", o.paths.dir, err)
+	}
+	defer os.RemoveAll(scratch)
+	var report func(projections.Progress)
+	if bar {
+		pb := &progressBar{w: stderr}
+		report = pb.update
+		defer pb.finish()
+	}
+	diffs, stats, err := o.views.Verify(ctx, o.store, scratch, *limit, report)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if diffs == nil {
+			diffs = []projections.Difference{}
+		}
+		b, err := json.MarshalIndent(map[string]any{"equal": len(diffs) == 0, "events": stats.Events, "position": stats.Position, "differences": diffs}, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+	} else {
+		if len(diffs) == 0 {
+			fmt.Fprintf(stdout, "the views equal a rebuild from %d events (position %d): no differences\n", stats.Events, stats.Position)
+			return nil
+		}
+		more := ""
+		if *limit > 0 && len(diffs) >= *limit {
+			more = " (the first; --limit 0 lists all)"
+		}
+		fmt.Fprintf(stdout, "the views differ from a rebuild from %d events (position %d): %d differences%s\n", stats.Events, stats.Position, len(diffs), more)
+		for _, d := range diffs {
+			fmt.Fprintln(stdout, "  "+d.String())
+		}
+		fmt.Fprintf(stdout, "usersync rebuild --data %s replaces the views with the rebuild\n", shellWord(o.paths.dir))
+	}
+	if len(diffs) > 0 {
+		return errFinding
+	}
+	return nil
+}

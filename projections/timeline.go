@@ -241,6 +241,16 @@ func redactData(data []byte) json.RawMessage {
 		return nil
 	}
 	changed := false
+	if raw, ok := fields["params"]; ok {
+		var params map[string]string
+		if json.Unmarshal(raw, &params) == nil {
+			if public := publicParams(params); len(public) < len(params) {
+				if b, err := json.Marshal(public); err == nil {
+					fields["params"], changed = b, true
+				}
+			}
+		}
+	}
 	for _, f := range redactedFields {
 		if _, ok := fields[f]; ok {
 			fields[f] = json.RawMessage(`"[redacted]"`)

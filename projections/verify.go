@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/usersync/usersync/domain"
 )
 
 // Difference is one way the live views differ from a rebuild: a row only
@@ -38,33 +40,51 @@ var verifiedTables = []string{"users", "user_tags", "tags", "password_returns", 
 // missing stands for the value of a row one side does not have.
 const missing = "(missing)"
 
+// VerifyResult is what Verify found.
+type VerifyResult struct {
+	// Differences lists how the live views differ from the rebuild (at
+	// most the limit asked for); none when they are equal.
+	Differences []Difference
+	// Stats are the rebuild's.
+	Stats RebuildStats
+	// ViewsAt is the position the live views had applied the log up to
+	// (the rebuild ran to it), Head the log's last position: events after
+	// ViewsAt are not yet applied (serve applies them when it starts).
+	ViewsAt, Head uint64
+}
+
 // Verify rebuilds the views into a scratch copy under dir (which must
-// exist; the copy is removed afterwards) and lists every difference from
-// the live views, at most limit of them (limit <= 0: all), with the stats
-// of the rebuild. The live views are only read. Views that lag the log
-// differ from it: their checkpoints say so.
-func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int, progress func(Progress)) ([]Difference, RebuildStats, error) {
+// exist; the copy is removed afterwards), up to the position the live
+// views have applied, and lists every difference from the live views, at
+// most limit of them (limit <= 0: all). The live views are only read.
+func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int, progress func(Progress)) (VerifyResult, error) {
+	var res VerifyResult
+	var err error
+	if res.Head, err = log.Head(ctx); err != nil {
+		return res, fmt.Errorf("verify: read head: %w", err)
+	}
+	res.ViewsAt, _ = v.LowestPosition(ctx)
 	scratchPath := filepath.Join(dir, "views.db")
 	if err := removeDB(scratchPath); err != nil {
-		return nil, RebuildStats{}, fmt.Errorf("verify: %w", err)
+		return res, fmt.Errorf("verify: %w", err)
 	}
 	defer removeDB(scratchPath)
 	defer os.Remove(scratchPath + ".rebuild")
-	err := v.read(func(db *sql.DB) error {
+	err = v.read(func(db *sql.DB) error {
 		_, err := db.ExecContext(ctx, "VACUUM INTO ?", scratchPath)
 		return err
 	})
 	if err != nil {
-		return nil, RebuildStats{}, fmt.Errorf("verify: copy the views to %s: %w", scratchPath, err)
+		return res, fmt.Errorf("verify: copy the views to %s: %w", scratchPath, err)
 	}
 	scratch, err := Open(ctx, scratchPath, WithReceiptRetention(v.retention))
 	if err != nil {
-		return nil, RebuildStats{}, fmt.Errorf("verify: open the scratch copy: %w", err)
+		return res, fmt.Errorf("verify: open the scratch copy: %w", err)
 	}
 	defer scratch.Close()
-	stats, err := scratch.Rebuild(ctx, log, progress)
+	res.Stats, err = scratch.Rebuild(ctx, upToLog{log: log, upTo: res.ViewsAt}, progress)
 	if err != nil {
-		return nil, stats, fmt.Errorf("verify: %w", err)
+		return res, fmt.Errorf("verify: %w", err)
 	}
 	var diffs []Difference
 	full := func() bool { return limit > 0 && len(diffs) >= limit }
@@ -92,10 +112,37 @@ func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int,
 		})
 	})
 	if err != nil {
-		return nil, stats, fmt.Errorf("verify: compare: %w", err)
+		return res, fmt.Errorf("verify: compare: %w", err)
 	}
-	return diffs, stats, nil
+	res.Differences = diffs
+	return res, nil
 }
+
+// upToLog is a log that ends at position upTo.
+type upToLog struct {
+	log  EventLog
+	upTo uint64
+}
+
+func (l upToLog) Head(ctx context.Context) (uint64, error) {
+	h, err := l.log.Head(ctx)
+	return min(h, l.upTo), err
+}
+
+func (l upToLog) ReadAll(ctx context.Context, after uint64, limit int) ([]domain.RecordedEvent, error) {
+	if after >= l.upTo {
+		return nil, nil
+	}
+	recs, err := l.log.ReadAll(ctx, after, limit)
+	for i, r := range recs {
+		if r.Position > l.upTo {
+			return recs[:i], err
+		}
+	}
+	return recs, err
+}
+
+func (l upToLog) DensePositions() bool { return isDense(l.log) }
 
 func checkpointOf(ctx context.Context, db *sql.DB, name string) string {
 	var pos int64

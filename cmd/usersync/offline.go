@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/usersync/usersync/projections"
 )
@@ -82,19 +81,26 @@ func (f offlineFlags) open(ctx context.Context, stderr io.Writer, needStore, nee
 	return o, nil
 }
 
-// splitArgs takes the leading arguments that are not flags out of args, so
-// that "history 12 --json" and "history --json 12" both work.
+// splitArgs parses flags and arguments in any order, so that
+// "history 12 --json" and "history --json 12" both work ("--" ends the
+// flags).
 func splitArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (positional []string, help bool, err error) {
-	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		positional, args = append(positional, args[0]), args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, true, nil
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, true, nil
+			}
+			return nil, false, errUsage
 		}
-		return nil, false, errUsage
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, false, nil
+		}
+		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			return append(positional, rest...), false, nil
+		}
+		positional, args = append(positional, rest[0]), rest[1:]
 	}
-	return append(positional, fs.Args()...), false, nil
 }
 
 // usageError prints a usage mistake and returns errUsage (exit 2).

@@ -155,7 +155,7 @@ func replayParked(ctx context.Context, o *offline, parked []domain.ParkedEvent, 
 	views := o.views.Names()
 	var ofViews, others []domain.ParkedEvent
 	for _, pe := range parked {
-		if pe.Handler == o.views.Name() || slices.Contains(views, pe.Handler) {
+		if slices.Contains(views, pe.Handler) {
 			ofViews = append(ofViews, pe)
 		} else {
 			others = append(others, pe)

@@ -63,29 +63,34 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		report = pb.update
 		defer pb.finish()
 	}
-	diffs, stats, err := o.views.Verify(ctx, o.store, scratch, *limit, report)
+	res, err := o.views.Verify(ctx, o.store, scratch, *limit, report)
 	if err != nil {
 		return err
+	}
+	diffs, stats := res.Differences, res.Stats
+	lag := ""
+	if res.Head > res.ViewsAt {
+		lag = fmt.Sprintf("; the log goes on to position %d, which the views have not applied yet (usersync serve applies it when it starts)", res.Head)
 	}
 	if *asJSON {
 		if diffs == nil {
 			diffs = []projections.Difference{}
 		}
-		b, err := json.MarshalIndent(map[string]any{"equal": len(diffs) == 0, "events": stats.Events, "position": stats.Position, "differences": diffs}, "", "  ")
+		b, err := json.MarshalIndent(map[string]any{"equal": len(diffs) == 0, "events": stats.Events, "position": stats.Position, "head": res.Head, "differences": diffs}, "", "  ")
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s\n", b)
 	} else {
 		if len(diffs) == 0 {
-			fmt.Fprintf(stdout, "the views equal a rebuild from %d events (position %d): no differences\n", stats.Events, stats.Position)
+			fmt.Fprintf(stdout, "the views equal a rebuild from %d events (up to position %d): no differences%s\n", stats.Events, stats.Position, lag)
 			return nil
 		}
 		more := ""
 		if *limit > 0 && len(diffs) >= *limit {
 			more = " (the first; --limit 0 lists all)"
 		}
-		fmt.Fprintf(stdout, "the views differ from a rebuild from %d events (position %d): %d differences%s\n", stats.Events, stats.Position, len(diffs), more)
+		fmt.Fprintf(stdout, "the views differ from a rebuild from %d events (up to position %d%s): %d differences%s\n", stats.Events, stats.Position, lag, len(diffs), more)
 		for _, d := range diffs {
 			fmt.Fprintln(stdout, "  "+d.String())
 		}

@@ -40,6 +40,13 @@ func ReadStreamBackward(ctx context.Context, s domain.EventStore, stream string,
 	if err != nil {
 		return nil, err
 	}
+	if after > 0 && len(recs) < limit {
+		// before lies beyond the stream's end, which is shorter than
+		// after: read what there is.
+		if recs, err = s.ReadStreamFrom(ctx, stream, 0); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]domain.RecordedEvent, 0, min(len(recs), limit))
 	for i := len(recs) - 1; i >= 0 && len(out) < limit; i-- {
 		if before == 0 || recs[i].Version < before {

@@ -86,19 +86,28 @@ func historyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return nil
 	}
 	writeTimeline(stdout, page)
+	if page.Next != 0 {
+		fmt.Fprintf(stdout, "\nolder events: usersync history %d %s--before %d\n", page.ContactID, repeatFlags(fs, "before"), page.Next)
+	}
 	return nil
 }
 
-// writeTimeline prints a timeline page for people.
+// writeTimeline prints a timeline page for people (the hint for the next
+// page is the caller's).
 func writeTimeline(w io.Writer, page projections.TimelinePage) {
 	first, last := page.Entries[0].Version, page.Entries[len(page.Entries)-1].Version
 	fmt.Fprintf(w, "contact %d: events %d to %d, newest first\n\n", page.ContactID, first, last)
+	shown := map[string]bool{}
 	for _, e := range page.Entries {
 		fmt.Fprintf(w, "%s  #%-4d %s\n", e.At.Format(time.RFC3339), e.Version, e.Words)
-		for _, c := range e.MetaDiff {
-			fmt.Fprintf(w, "%26s meta %s: %s → %s\n", "", c.Key, orNoneText(c.Old), orNoneText(c.New))
+		if e.Type != domain.TypeMetaPulled { // its words are the diff
+			for _, c := range e.MetaDiff {
+				fmt.Fprintf(w, "%26s meta %s: %s → %s\n", "", c.Key, orNoneText(c.Old), orNoneText(c.New))
+			}
 		}
-		if wh := e.Webhook; wh != nil {
+		// A webhook is described at its newest event on the page.
+		if wh := e.Webhook; wh != nil && !shown[wh.ID] {
+			shown[wh.ID] = true
 			line := fmt.Sprintf("webhook %s", wh.ID)
 			if wh.Action != "" {
 				line += " " + wh.Action
@@ -123,9 +132,6 @@ func writeTimeline(w io.Writer, page projections.TimelinePage) {
 		if e.Error != "" {
 			fmt.Fprintf(w, "%26s error: %s\n", "", e.Error)
 		}
-	}
-	if page.Next != 0 {
-		fmt.Fprintf(w, "\nolder events: usersync history %d --before %d\n", page.ContactID, page.Next)
 	}
 }
 

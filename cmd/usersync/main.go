@@ -35,8 +35,9 @@ Usage:
   usersync migrate --from DIR --to esdb://HOST:PORT
                                   copy the embedded store into EventStoreDB
 
-They read a stopped server's data directory (--data, default ./data) and
-never create one. Exit codes: 0 ok, 1 an error or a finding, 2 a usage error.
+All but serve and migrate read a stopped server's data directory (--data,
+default ./data) and never create one. Exit codes: 0 ok, 1 an error or a
+finding (verify's differences), 2 a usage error.
 Run "usersync COMMAND --help" for a command's flags.
 `
 

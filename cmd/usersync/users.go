@@ -79,17 +79,17 @@ func usersCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "\n%d shown, %d match\n", len(page.Users), page.Total)
 	if page.Next != 0 {
-		fmt.Fprintf(stdout, "next page: usersync users %s--after %d\n", repeatFlags(fs), page.Next)
+		fmt.Fprintf(stdout, "next page: usersync users %s--after %d\n", repeatFlags(fs, "after"), page.Next)
 	}
 	return nil
 }
 
 // repeatFlags are the flags given, but for the cursor, to repeat in the
 // hint for the next page.
-func repeatFlags(fs *flag.FlagSet) string {
+func repeatFlags(fs *flag.FlagSet, cursor string) string {
 	var b strings.Builder
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "after" || isSecretFlag(f.Name) {
+		if f.Name == cursor || isSecretFlag(f.Name) {
 			return
 		}
 		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {

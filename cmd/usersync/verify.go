@@ -70,7 +70,7 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	diffs, stats := res.Differences, res.Stats
 	lag := ""
 	if res.Head > res.ViewsAt {
-		lag = fmt.Sprintf("; the log goes on to position %d, which the views have not applied yet (usersync serve applies it when it starts)", res.Head)
+		lag = fmt.Sprintf("\nthe log goes on to position %d, which the views have not applied yet: usersync serve applies it when it starts\n", res.Head)
 	}
 	if *asJSON {
 		if diffs == nil {
@@ -83,18 +83,22 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "%s\n", b)
 	} else {
 		if len(diffs) == 0 {
-			fmt.Fprintf(stdout, "the views equal a rebuild from %d events (up to position %d): no differences%s\n", stats.Events, stats.Position, lag)
+			fmt.Fprintf(stdout, "the views equal a rebuild from %d events (up to position %d): no differences\n%s", stats.Events, stats.Position, lag)
 			return nil
 		}
 		more := ""
 		if *limit > 0 && len(diffs) >= *limit {
 			more = " (the first; --limit 0 lists all)"
 		}
-		fmt.Fprintf(stdout, "the views differ from a rebuild from %d events (up to position %d%s): %d differences%s\n", stats.Events, stats.Position, lag, len(diffs), more)
+		noun := "differences"
+		if len(diffs) == 1 {
+			noun = "difference"
+		}
+		fmt.Fprintf(stdout, "the views differ from a rebuild from %d events (up to position %d): %d %s%s\n", stats.Events, stats.Position, len(diffs), noun, more)
 		for _, d := range diffs {
 			fmt.Fprintln(stdout, "  "+d.String())
 		}
-		fmt.Fprintf(stdout, "usersync rebuild --data %s replaces the views with the rebuild\n", shellWord(o.paths.dir))
+		fmt.Fprintf(stdout, "%susersync rebuild --data %s replaces the views with the rebuild\n", lag, shellWord(o.paths.dir))
 	}
 	if len(diffs) > 0 {
 		return errFinding

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/usersync/usersync/domain"
 )
@@ -53,12 +54,32 @@ type VerifyResult struct {
 	ViewsAt, Head uint64
 }
 
-// Verify rebuilds the views into a scratch copy under dir (which must
-// exist; the copy is removed afterwards), up to the position the live
-// views have applied, and lists every difference from the live views, at
-// most limit of them (limit <= 0: all). The live views are only read.
-func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int, progress func(Progress)) (VerifyResult, error) {
+// VerifyOptions say how to verify.
+type VerifyOptions struct {
+	// Dir is where the scratch copy is built (it must exist; the copy is
+	// removed afterwards). It needs room for two views files.
+	Dir string
+	// Limit is the most differences listed (0: all).
+	Limit int
+	// Retention is serve's --receipt-retention: closed receipts received
+	// before it are not rebuilt, and not compared (the live views prune
+	// them lazily).
+	Retention time.Duration
+	// Progress, if set, is called as the rebuild goes.
+	Progress func(Progress)
+}
+
+// Verify rebuilds the views into a scratch copy, up to the position the
+// live views have applied, and lists every difference from the live
+// views. The live views are only read: open them without a retention, so
+// that they prune nothing.
+func (v *Views) Verify(ctx context.Context, log EventLog, opts VerifyOptions) (VerifyResult, error) {
 	var res VerifyResult
+	dir, limit, progress := opts.Dir, opts.Limit, opts.Progress
+	var cutoff int64
+	if opts.Retention > 0 {
+		cutoff = v.now().Add(-opts.Retention).UnixNano()
+	}
 	var err error
 	if res.Head, err = log.Head(ctx); err != nil {
 		return res, fmt.Errorf("verify: read head: %w", err)
@@ -77,7 +98,10 @@ func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int,
 	if err != nil {
 		return res, fmt.Errorf("verify: copy the views to %s: %w", scratchPath, err)
 	}
-	scratch, err := Open(ctx, scratchPath, WithReceiptRetention(v.retention))
+	scratch, err := Open(ctx, scratchPath, WithReceiptRetention(opts.Retention))
+	if err == nil {
+		scratch.now = func() time.Time { return time.Unix(0, cutoff).Add(opts.Retention) }
+	}
 	if err != nil {
 		return res, fmt.Errorf("verify: open the scratch copy: %w", err)
 	}
@@ -101,7 +125,7 @@ func (v *Views) Verify(ctx context.Context, log EventLog, dir string, limit int,
 				}
 			}
 			for _, t := range verifiedTables {
-				if err := diffTable(ctx, live, rebuilt, t, func(d Difference) bool { return add(d) }); err != nil {
+				if err := diffTable(ctx, live, rebuilt, t, skipPruned(t, cutoff), func(d Difference) bool { return add(d) }); err != nil {
 					return err
 				}
 				if full() {
@@ -152,9 +176,32 @@ func checkpointOf(ctx context.Context, db *sql.DB, name string) string {
 	return strconv.FormatInt(pos, 10)
 }
 
+// skipPruned tells the rows of table that the retention lets the views
+// prune (closed receipts received before cutoff): a rebuild leaves them
+// out, the live views may still hold them.
+func skipPruned(table string, cutoff int64) func(cols []string, vals []any) bool {
+	if table != "webhooks" || cutoff == 0 {
+		return nil
+	}
+	return func(cols []string, vals []any) bool {
+		var received int64
+		var status string
+		for i, c := range cols {
+			switch c {
+			case "received_at":
+				received, _ = vals[i].(int64)
+			case "status":
+				status = valueText(vals[i])
+			}
+		}
+		return received < cutoff && status != WebhookQueued && status != WebhookRetrying
+	}
+}
+
 // diffTable walks table in both files in primary key order, as a merge,
-// and hands each difference to add until add returns false.
-func diffTable(ctx context.Context, live, rebuilt *sql.DB, table string, add func(Difference) bool) error {
+// and hands each difference to add until add returns false. Rows skip
+// tells are left out on both sides.
+func diffTable(ctx context.Context, live, rebuilt *sql.DB, table string, skip func(cols []string, vals []any) bool, add func(Difference) bool) error {
 	cols, pk, err := tableShape(ctx, rebuilt, table)
 	if err != nil {
 		return err
@@ -180,18 +227,20 @@ func diffTable(ctx context.Context, live, rebuilt *sql.DB, table string, add fun
 		}
 	}
 	next := func(rows *sql.Rows) ([]any, error) {
-		if !rows.Next() {
-			return nil, rows.Err()
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				return nil, err
+			}
+			if skip == nil || !skip(cols, vals) {
+				return vals, nil
+			}
 		}
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rows.Scan(ptrs...); err != nil {
-			return nil, err
-		}
-		return vals, nil
+		return nil, rows.Err()
 	}
 	rowName := func(vals []any) string {
 		parts := make([]string, len(pk))

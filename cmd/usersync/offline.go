@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/usersync/usersync/projections"
 )
@@ -107,4 +108,20 @@ func splitArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (positional []
 func usageError(stderr io.Writer, fs *flag.FlagSet, format string, args ...any) error {
 	fmt.Fprintf(stderr, "usersync %s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
 	return errUsage
+}
+
+// retentionFlag is the --receipt-retention flag of the commands that
+// rebuild the views, as serve's: the default comes from
+// USERSYNC_RECEIPT_RETENTION. A bad variable is an error, returned.
+func retentionFlag(fs *flag.FlagSet) (*time.Duration, error) {
+	retention := defaultReceiptRetention
+	if v, ok := os.LookupEnv(envName("receipt-retention")); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("%s=%q: want a duration such as 720h, or 0 to keep every receipt", envName("receipt-retention"), v)
+		}
+		retention = d
+	}
+	fs.DurationVar(&retention, "receipt-retention", retention, "receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION, as serve's")
+	return &retention, nil
 }

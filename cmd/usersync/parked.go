@@ -44,6 +44,10 @@ func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	handler := fs.String("handler", "", "only this handler's parked events")
 	asJSON := fs.Bool("json", false, "print as JSON (for scripts)")
 	progress := fs.String("progress", "auto", "progress bar of replay's rebuild: auto (on a terminal), on, off")
+	retention, err := retentionFlag(fs)
+	if err != nil {
+		return err
+	}
 	fs.Usage = func() {
 		fmt.Fprint(stderr, parkedUsage)
 		fs.PrintDefaults()
@@ -73,7 +77,14 @@ func parkedCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// The parked events are listed in views.db; the log is read by
 	// replay's rebuild only, but --store says where it is, and so whether
 	// --data holds events.db.
-	o, err := of.open(ctx, stderr, sub == "replay", true)
+	if *retention < 0 {
+		return usageError(stderr, fs, "--receipt-retention %s must be 0 (keep every receipt) or a positive duration", *retention)
+	}
+	var opts []projections.Option
+	if sub == "replay" {
+		opts = append(opts, projections.WithReceiptRetention(*retention))
+	}
+	o, err := of.open(ctx, stderr, sub == "replay", true, opts...)
 	if err != nil {
 		return err
 	}

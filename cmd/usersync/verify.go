@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	json "github.com/goccy/go-json"
 
@@ -20,15 +19,10 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	progress := fs.String("progress", "auto", "progress bar: auto (on a terminal), on, off")
 	limit := fs.Int("limit", 100, "list at most this many differences (0: all)")
 	asJSON := fs.Bool("json", false, "print the differences as JSON (for scripts)")
-	retention := defaultReceiptRetention
-	if v, ok := os.LookupEnv(envName("receipt-retention")); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			return fmt.Errorf("%s=%q: want a duration such as 720h, or 0 to keep every receipt", envName("receipt-retention"), v)
-		}
-		retention = d
+	retention, err := retentionFlag(fs)
+	if err != nil {
+		return err
 	}
-	fs.DurationVar(&retention, "receipt-retention", retention, "as serve's: receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: usersync verify [--data DIR] [--store esdb://…] [--limit N] [--json]\n\n"+
 			"Rebuilds every view from the events into a scratch copy and lists every difference\nfrom the live views (table, row, column, live and rebuilt value). The live views are\nonly read. Exit 0 when they are equal, 1 when they differ. Stop usersync serve first.\n\n")
@@ -44,10 +38,12 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *limit < 0 {
 		return usageError(stderr, fs, "--limit %d must be 0 (all) or more", *limit)
 	}
-	if retention < 0 {
-		return usageError(stderr, fs, "--receipt-retention %s must be 0 (keep every receipt) or a positive duration", retention)
+	if *retention < 0 {
+		return usageError(stderr, fs, "--receipt-retention %s must be 0 (keep every receipt) or a positive duration", *retention)
 	}
-	o, err := of.open(ctx, stderr, true, true, projections.WithReceiptRetention(retention))
+	// The live views are opened without a retention: verify only reads
+	// them, and prunes nothing.
+	o, err := of.open(ctx, stderr, true, true)
 	if err != nil {
 		return err
 	}
@@ -63,7 +59,7 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		report = pb.update
 		defer pb.finish()
 	}
-	res, err := o.views.Verify(ctx, o.store, scratch, *limit, report)
+	res, err := o.views.Verify(ctx, o.store, projections.VerifyOptions{Dir: scratch, Limit: *limit, Retention: *retention, Progress: report})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -46,6 +47,7 @@ func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 		return UserPage{}, fmt.Errorf("search users: limit %d must be 1 to %d", q.Limit, MaxUserPage)
 	}
 	from := "users u"
+	byPrefix := false
 	var where []string
 	var args []any
 	if q.Tag != 0 {
@@ -59,10 +61,13 @@ func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 		if id, err := domain.ParseContactID(s); err == nil {
 			where, args = append(where, "u.contact_id = ?"), append(args, int64(id))
 		} else {
-			// The start of an email or a login: a range on each index.
+			// The start of an email or a login: a range on each index,
+			// the matches collected before the page is taken from them.
 			end := s + "\U0010FFFF"
-			where = append(where, "((u.email >= ? AND u.email < ?) OR (u.login >= ? AND u.login < ?))")
+			where = append(where, "u.contact_id IN (SELECT contact_id FROM users WHERE email >= ? AND email < ?"+
+				" UNION SELECT contact_id FROM users WHERE login >= ? AND login < ?)")
 			args = append(args, s, end, s, end)
+			byPrefix = true
 		}
 	}
 	cond := ""
@@ -75,11 +80,21 @@ func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 	if err != nil {
 		return UserPage{}, err
 	}
-	pageCond := cond + " AND u.contact_id > ?"
-	if cond == "" {
-		pageCond = " WHERE u.contact_id > ?"
+	after, order := "u.contact_id > ?", "u.contact_id"
+	if q.Tag != 0 {
+		// Walk user_tags' primary key (tag_id, contact_id).
+		after, order = "t.contact_id > ?", "t.contact_id"
 	}
-	sel := "SELECT u." + prefixed("u.", userColumns) + " FROM " + from + pageCond + " ORDER BY u.contact_id LIMIT ?"
+	if byPrefix {
+		// Not a range of the primary key to walk: the few matches are
+		// found through the indexes and sorted.
+		after = "+u.contact_id > ?"
+	}
+	pageCond := cond + " AND " + after
+	if cond == "" {
+		pageCond = " WHERE " + after
+	}
+	sel := "SELECT u." + prefixed("u.", userColumns) + " FROM " + from + pageCond + " ORDER BY " + order + " LIMIT ?"
 	pageArgs := append(append([]any{}, args...), int64(q.After), int64(q.Limit)+1)
 	page.Users, err = queryRows(ctx, v.v, page.Users, scanUser, sel, pageArgs...)
 	if err != nil {
@@ -93,8 +108,8 @@ func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 }
 
 // countMatching counts the users a query matches: from the kept counts
-// when it has no condition but a tag or nothing at all, by counting rows
-// otherwise.
+// (view_counts, the tags view's users) when it has no condition but a tag
+// or nothing at all, by counting rows otherwise.
 func (v *Users) countMatching(ctx context.Context, q UserQuery, from, cond string, args []any) (int, error) {
 	if strings.TrimSpace(q.Search) == "" && q.Role == "" {
 		if q.Tag == 0 {
@@ -102,8 +117,11 @@ func (v *Users) countMatching(ctx context.Context, q UserQuery, from, cond strin
 		}
 		var n int
 		err := v.v.read(func(db *sql.DB) error {
-			return db.QueryRowContext(ctx, "SELECT COUNT(*) FROM user_tags WHERE tag_id = ?", int64(q.Tag)).Scan(&n)
+			return db.QueryRowContext(ctx, "SELECT users FROM tags WHERE id = ?", int64(q.Tag)).Scan(&n)
 		})
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, nil
+		}
 		if err != nil {
 			return 0, fmt.Errorf("count users with tag %s: %w", strconv.FormatUint(q.Tag, 10), err)
 		}

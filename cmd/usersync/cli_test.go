@@ -432,3 +432,28 @@ func TestParked_ListReplaySkip(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreHandle_ReadsBackwardsBounded: the handle the commands read
+// through keeps the store's bounded backward read (history's pages).
+func TestStoreHandle_ReadsBackwardsBounded(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	h, err := openStore(ctx, storeConfig{Events: filepath.Join(dir, "events.db")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for i := range 30 {
+		raw, err := domain.Encode(domain.Envelope{Event: domain.RoleChanged{Old: "a", New: domain.Role(strconv.Itoa(i))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.Append(ctx, "contact-1", domain.AnyVersion(), raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := h.ReadStreamBackward(ctx, "contact-1", 11, 4)
+	if err != nil || len(got) != 4 || got[0].Version != 10 || got[3].Version != 7 {
+		t.Fatalf("ReadStreamBackward(11, 4) = %d events from %v, %v", len(got), got, err)
+	}
+}

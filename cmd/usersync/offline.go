@@ -10,6 +10,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -125,3 +127,12 @@ func retentionFlag(fs *flag.FlagSet) (*time.Duration, error) {
 	fs.DurationVar(&retention, "receipt-retention", retention, "receipts of closed webhooks older than this are not rebuilt (0 keeps all); env USERSYNC_RECEIPT_RETENTION, as serve's")
 	return &retention, nil
 }
+
+// ReadStreamBackward forwards the store's bounded backward read
+// (eventstore.BackwardReader): a handle embeds the store as an interface,
+// which does not carry the method.
+func (h storeHandle) ReadStreamBackward(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
+	return eventstore.ReadStreamBackward(ctx, h.logStore, stream, before, limit)
+}
+
+var _ eventstore.BackwardReader = storeHandle{}

@@ -48,6 +48,13 @@ func verifyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer o.Close()
+	// Positions of another store's log mean nothing in this one (verify
+	// reads, so it does not mark the views as FollowStore would).
+	if kind, err := o.views.StoreKind(ctx); err != nil {
+		return err
+	} else if kind != o.store.kind {
+		return fmt.Errorf("%s follows the %s event store, not this %s one (--store): verify with the --store its serve runs with, or move it with usersync migrate", o.views.Path(), kind, o.store.kind)
+	}
 	scratch, err := os.MkdirTemp(o.paths.dir, ".verify-")
 	if err != nil {
 		return fmt.Errorf("make a scratch directory in --data %s: %w", o.paths.dir, err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/usersync/usersync/domain"
+	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -126,5 +127,40 @@ func TestUsersSearch_ByIDEmailLoginTagRole_Paged(t *testing.T) {
 	}
 	if _, err := e.views.Users.Search(ctx, projections.UserQuery{}); err == nil {
 		t.Fatal("limit 0 accepted")
+	}
+}
+
+// Given views that stopped before the log's end, when verified, then the
+// rebuild runs to the views' position: no difference, and the lag told.
+func TestVerify_ViewsBehindTheLog_ComparedAtTheirPosition(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.story()
+	e.caughtUp()
+	e.stop()
+	ctx := context.Background()
+	store, err := eventstore.Open(ctx, filepath.Join(dir, "events.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	views, err := projections.Open(ctx, filepath.Join(dir, "views.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer views.Close()
+	raw, err := domain.EncodeAll([]domain.Envelope{{Event: domain.RoleChanged{Old: "subscriber", New: "customer"}, OccurredAt: t0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(ctx, domain.ContactID(1).Stream(), domain.AnyVersion(), raw...); err != nil {
+		t.Fatal(err)
+	}
+	res, err := views.Verify(ctx, store, projections.VerifyOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Differences) != 0 || res.ViewsAt+1 != res.Head || res.Stats.Position != res.ViewsAt {
+		t.Fatalf("%+v", res)
 	}
 }

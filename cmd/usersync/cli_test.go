@@ -92,6 +92,13 @@ func TestCLI_OnAStoppedServersData(t *testing.T) {
 		}
 	})
 
+	t.Run("history of a contact without events", func(t *testing.T) {
+		code, _, errb := runCLI(t, "history", "99", "--data", dir)
+		if code != 1 || !strings.Contains(errb, "contact 99 has no events") {
+			t.Fatalf("exit %d: %s", code, errb)
+		}
+	})
+
 	t.Run("history pages", func(t *testing.T) {
 		code, out, errb := runCLI(t, "history", "1", "--json", "--limit", "3", "--data", dir)
 		if code != 0 {

@@ -23,6 +23,7 @@ type rawConn struct {
 	db       uintptr
 	readAll  uintptr // prepared readAllSQL
 	readFrom uintptr // prepared readStreamFromSQL (sqlite_read.go): every stream read
+	readBack uintptr // prepared readStreamBackSQL (backward.go's SQLite side): timelines
 	names    map[string]string
 	// last is the name each column gave last: events of one stream are
 	// mostly appended together, so the next row often repeats it.
@@ -84,6 +85,9 @@ func openRaw(path string, mmapSize int64, busyTimeout time.Duration) (_ *rawConn
 	if c.readFrom, err = c.prepare(readStreamFromSQL); err != nil {
 		return nil, err
 	}
+	if c.readBack, err = c.prepare(readStreamBackSQL); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -91,12 +95,12 @@ func (c *rawConn) close() error {
 	if c.tls == nil {
 		return nil
 	}
-	for _, st := range []uintptr{c.readAll, c.readFrom} {
+	for _, st := range []uintptr{c.readAll, c.readFrom, c.readBack} {
 		if st != 0 {
 			sqlite3.Xsqlite3_finalize(c.tls, st)
 		}
 	}
-	c.readAll, c.readFrom = 0, 0
+	c.readAll, c.readFrom, c.readBack = 0, 0, 0
 	var err error
 	if c.db != 0 {
 		if rc := sqlite3.Xsqlite3_close_v2(c.tls, c.db); rc != sqlite3.SQLITE_OK {

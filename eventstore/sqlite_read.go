@@ -194,3 +194,54 @@ func (c *rawConn) queryStreamFrom(ctx context.Context, stream string, after, upT
 	sqlite3.Xsqlite3_bind_int64(c.tls, st, 3, int64(min(upTo, 1<<63-1)))
 	return c.scan(ctx, st, nil)
 }
+
+// readStreamBackSQL reads a stream newest first below a version through
+// the UNIQUE(stream, version) index: its cost is the rows it returns.
+const readStreamBackSQL = selectColumns + `WHERE stream = ? AND version < ? AND position <= ? ORDER BY version DESC LIMIT ?`
+
+// ReadStreamBackward returns at most limit events of stream with Version <
+// before (before 0: from its last event), newest first
+// (eventstore.BackwardReader).
+func (s *SQLite) ReadStreamBackward(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("read stream %s backwards: limit %d must be positive", stream, limit)
+	}
+	out, err := s.readStreamBack(ctx, stream, before, limit)
+	if err != nil {
+		return nil, s.fileErr(fmt.Sprintf("read stream %s before version %d from", stream, before), err)
+	}
+	return out, nil
+}
+
+func (s *SQLite) readStreamBack(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	r, err := s.getReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { s.readers <- r }()
+	if before == 0 {
+		before = 1<<63 - 1
+	}
+	st := r.readBack
+	p, err := libc.CString(stream)
+	if err != nil {
+		return nil, err
+	}
+	rc := sqlite3.Xsqlite3_bind_text(r.tls, st, 1, p, int32(len(stream)), sqlite3.SQLITE_TRANSIENT)
+	libc.Xfree(r.tls, p)
+	if rc != sqlite3.SQLITE_OK {
+		return nil, r.err(rc)
+	}
+	sqlite3.Xsqlite3_bind_int64(r.tls, st, 2, int64(min(before, 1<<63-1)))
+	sqlite3.Xsqlite3_bind_int64(r.tls, st, 3, int64(min(s.head.Load(), 1<<63-1)))
+	sqlite3.Xsqlite3_bind_int64(r.tls, st, 4, int64(limit))
+	return r.scan(ctx, st, nil)
+}

@@ -226,3 +226,24 @@ func (s *Store) Head(ctx context.Context) (uint64, error) {
 		from = kdb.Position{Commit: last, Prepare: last}
 	}
 }
+
+// ReadStreamBackward returns at most limit events of stream with Version <
+// before (before 0: from its last event), newest first
+// (eventstore.BackwardReader): one backward read of limit events.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("read stream %s backwards: limit %d must be positive", stream, limit)
+	}
+	if before == 1 {
+		return nil, nil
+	}
+	var from kdb.StreamPosition = kdb.End{}
+	if before > 0 {
+		from = kdb.Revision(before - 2) // version before-1 is revision before-2
+	}
+	out, err := s.readStream(ctx, stream, from, kdb.Backwards, uint64(limit))
+	if err != nil {
+		return nil, fmt.Errorf("read stream %s before version %d: %w", stream, before, err)
+	}
+	return out, nil
+}

@@ -54,6 +54,7 @@ func Run(t *testing.T, f Features, open func(t *testing.T) eventstore.Store) {
 		{"ReadStreamFrom", testReadStreamFrom},
 		{"ReadStreamFromAfterAppend", testReadStreamFromAfterAppend},
 		{"ReadStreamFromClosedOrCancelled", testReadStreamFromClosedOrCancelled},
+		{"ReadStreamBackward", testReadStreamBackward},
 		{"ReadAllPaging", func(t *testing.T, s eventstore.Store) { testReadAllPaging(t, s, f) }},
 		{"ReadAllJustBeforeAnEvent", testReadAllJustBefore},
 		{"Head", testHead},

@@ -213,3 +213,30 @@ func clone(b []byte) []byte {
 	}
 	return append([]byte(nil), b...)
 }
+
+// ReadStreamBackward returns at most limit events of stream with Version <
+// before (before 0: from its last event), newest first
+// (eventstore.BackwardReader).
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("read stream %s backwards: limit %d must be positive", stream, limit)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("read stream %s backwards: %w", stream, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("read stream %s backwards: %w", stream, eventstore.ErrClosed)
+	}
+	idx := s.streams[stream]
+	end := uint64(len(idx)) // versions 1..end; idx[v-1] is version v
+	if before > 0 && before-1 < end {
+		end = before - 1
+	}
+	var out []domain.RecordedEvent
+	for v := end; v >= 1 && len(out) < limit; v-- {
+		out = append(out, copyEvent(s.log[idx[v-1]]))
+	}
+	return out, nil
+}

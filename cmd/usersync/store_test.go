@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore/esdb/esdbtest"
 	"github.com/usersync/usersync/projections"
 )
@@ -240,6 +241,9 @@ func TestRebuildAndParked_TakeStore(t *testing.T) {
 func TestReadyzAndMetrics_ReportTheStore(t *testing.T) {
 	h := newHarness(t)
 	h.send("get", hook("add", "1"))
+	// The password return appends to the log too (its claim, its result):
+	// the head is taken once it is done, so that nothing moves it after.
+	h.eventually("the password returned", func() bool { return count(h.history(1), domain.TypePasswordReturned) == 1 })
 	head, _ := h.app.store.Head(t.Context())
 	h.eventually("the views at the head and ready", func() bool {
 		m, _ := scrape(t, h.app.addr)

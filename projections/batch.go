@@ -95,6 +95,9 @@ type batch struct {
 	welcomes    map[domain.ContactID]*welcomeSlot
 	webhookLog  []webhookLogRow
 	userDelta   int
+	// roleDelta is the change of each role's count of users (view_counts
+	// "role:ROLE") since the last flush.
+	roleDelta map[domain.Role]int
 	rows        int
 	// limit is how many rows the batch holds before it writes them.
 	limit int
@@ -106,7 +109,7 @@ func newBatch(ctx context.Context, tx *sql.Tx, d *viewDB, cutoff int64) *batch {
 	return &batch{ctx: ctx, tx: tx, d: d, cutoff: cutoff, limit: cacheLimit, txStmts: map[string]*sql.Stmt{},
 		users: map[domain.ContactID]*userSlot{}, contactTags: map[domain.ContactID]*tagSetSlot{},
 		tags: map[uint64]*tagSlot{}, passwords: map[domain.ContactID]*passwordSlot{}, webhooks: map[string]*webhookSlot{},
-		welcomes: map[domain.ContactID]*welcomeSlot{}}
+		welcomes: map[domain.ContactID]*welcomeSlot{}, roleDelta: map[domain.Role]int{}}
 }
 
 func (b *batch) exec(query string, args ...any) error {
@@ -237,6 +240,16 @@ func (b *batch) flush() error {
 		}
 		b.userDelta = 0
 	}
+	for role, d := range b.roleDelta {
+		if d == 0 {
+			continue
+		}
+		if err := b.exec(`INSERT INTO view_counts(name, n) VALUES(?, ?)
+			ON CONFLICT(name) DO UPDATE SET n = n + excluded.n`, roleCountName(role), d); err != nil {
+			return fmt.Errorf("write the count of users with role %s: %w", role, err)
+		}
+	}
+	clear(b.roleDelta)
 	clear(b.users)
 	clear(b.contactTags)
 	clear(b.tags)

@@ -88,7 +88,13 @@ func (b *batch) applyUser(rec *domain.RecordedEvent, env *domain.Envelope) error
 		return err
 	}
 	had := s.u != nil
+	if had {
+		b.roleDelta[s.u.Role]--
+	}
 	s.u = domain.EvolveUser(s.u, id, *env)
+	if s.u != nil {
+		b.roleDelta[s.u.Role]++
+	}
 	if s.u != nil {
 		s.version = rec.Version
 	}

@@ -40,8 +40,7 @@ type UserPage struct {
 
 // Search returns a page of the users q matches, in contact id order, and
 // how many match in all. It reads through the views' indexes: by contact
-// id, email, login, and user_tags by tag; a role alone is checked row by
-// row.
+// id, email, login, role (users_by_role), and user_tags by tag.
 func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 	if q.Limit <= 0 || q.Limit > MaxUserPage {
 		return UserPage{}, fmt.Errorf("search users: limit %d must be 1 to %d", q.Limit, MaxUserPage)
@@ -108,9 +107,22 @@ func (v *Users) Search(ctx context.Context, q UserQuery) (UserPage, error) {
 }
 
 // countMatching counts the users a query matches: from the kept counts
-// (view_counts, the tags view's users) when it has no condition but a tag
-// or nothing at all, by counting rows otherwise.
+// (view_counts, the tags view's users) when it has no condition but a tag,
+// a role or nothing at all, by counting rows otherwise.
 func (v *Users) countMatching(ctx context.Context, q UserQuery, from, cond string, args []any) (int, error) {
+	if strings.TrimSpace(q.Search) == "" && q.Tag == 0 && q.Role != "" {
+		var n int
+		err := v.v.read(func(db *sql.DB) error {
+			return db.QueryRowContext(ctx, "SELECT n FROM view_counts WHERE name = ?", roleCountName(q.Role)).Scan(&n)
+		})
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count users with role %s: %w", q.Role, err)
+		}
+		return n, nil
+	}
 	if strings.TrimSpace(q.Search) == "" && q.Role == "" {
 		if q.Tag == 0 {
 			return v.Count(ctx)

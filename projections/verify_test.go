@@ -109,6 +109,10 @@ func TestUsersSearch_ByIDEmailLoginTagRole_Paged(t *testing.T) {
 		{"nobody", projections.UserQuery{Search: "zed", Limit: 10}, nil, 0, 0},
 		{"tag", projections.UserQuery{Tag: gold.ID, Limit: 10}, []domain.ContactID{1}, 1, 0},
 		{"role", projections.UserQuery{Role: "customer", Limit: 10}, []domain.ContactID{5}, 1, 0},
+		// The role counts kept through a move (2 → 3) and a role change (5).
+		{"role alone, kept count", projections.UserQuery{Role: "subscriber", Limit: 10}, []domain.ContactID{1, 3}, 2, 0},
+		{"role alone, paged", projections.UserQuery{Role: "subscriber", Limit: 1}, []domain.ContactID{1}, 2, 1},
+		{"role nobody has", projections.UserQuery{Role: "editor", Limit: 10}, nil, 0, 0},
 		{"role and tag", projections.UserQuery{Role: "subscriber", Tag: trial.ID, Limit: 10}, []domain.ContactID{1}, 1, 0},
 		{"first page", projections.UserQuery{Limit: 1}, []domain.ContactID{1}, 3, 1},
 		{"second page", projections.UserQuery{After: 1, Limit: 1}, []domain.ContactID{3}, 3, 3},

@@ -153,6 +153,7 @@ CREATE TABLE IF NOT EXISTS webhook_log (id TEXT PRIMARY KEY, stream TEXT NOT NUL
 const readIndexes = `
 CREATE INDEX IF NOT EXISTS users_by_email ON users(email);
 CREATE INDEX IF NOT EXISTS users_by_login ON users(login);
+CREATE INDEX IF NOT EXISTS users_by_role ON users(role, contact_id);
 CREATE INDEX IF NOT EXISTS password_returns_by_status ON password_returns(status, contact_id);
 CREATE INDEX IF NOT EXISTS welcome_mails_by_status ON welcome_mails(status, contact_id);
 CREATE INDEX IF NOT EXISTS webhooks_by_contact ON webhooks(contact_id, received_at);
@@ -162,8 +163,9 @@ CREATE INDEX IF NOT EXISTS webhooks_open ON webhooks(received_at, id) WHERE stat
 
 // viewsSchemaVersion is stored in PRAGMA user_version. Version 1 kept each
 // view in JSON buckets (table view_buckets) loaded whole into memory;
-// version 2 had no welcome-mail view.
-const viewsSchemaVersion = 3
+// version 2 had no welcome-mail view; version 3 kept no count of users
+// per role.
+const viewsSchemaVersion = 4
 
 // Open opens (creating if needed) the views file at path. Views are
 // rebuildable, so the file is synced lazily (WAL, synchronous=NORMAL): a
@@ -173,7 +175,8 @@ const viewsSchemaVersion = 3
 // are built again from the log; the process managers' checkpoints and the
 // parked events are kept. A file of schema version 2 gets the welcome-mail
 // view, empty and at position 0: it is built from the log while the other
-// views go on from their checkpoints.
+// views go on from their checkpoints. A file of schema version 2 or 3 gets
+// its counts of users per role from the users view.
 func Open(ctx context.Context, path string, opts ...Option) (*Views, error) {
 	v := &Views{path: path, log: slog.New(slog.DiscardHandler), now: time.Now}
 	for _, o := range opts {
@@ -246,11 +249,28 @@ func (v *Views) initSchema(ctx context.Context, db *sql.DB) error {
 	if _, err := db.ExecContext(ctx, baseSchema+readIndexes); err != nil {
 		return fmt.Errorf("open views %s: create tables: %w (move the file away and run usersync rebuild)", v.path, err)
 	}
+	if version == 2 || version == 3 {
+		// The counts of users per role are new: counted once from the
+		// users view, then kept up to date with each batch.
+		if err := countRoles(ctx, db); err != nil {
+			return fmt.Errorf("open views %s: upgrade from schema version %d: count the users per role: %w (move the file away and run usersync rebuild)", v.path, version, err)
+		}
+	}
 	if _, err := db.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", viewsSchemaVersion)); err != nil {
 		return fmt.Errorf("open views %s: %w", v.path, err)
 	}
 	return nil
 }
+
+// countRoles sets the view_counts rows "role:ROLE" from the users view.
+func countRoles(ctx context.Context, db *sql.DB) error {
+	_, err := db.ExecContext(ctx, `INSERT INTO view_counts(name, n) SELECT 'role:' || role, COUNT(*) FROM users GROUP BY role
+		ON CONFLICT(name) DO UPDATE SET n = excluded.n`)
+	return err
+}
+
+// roleCountName is the view_counts row that counts the users with role.
+func roleCountName(role domain.Role) string { return "role:" + string(role) }
 
 // upgradeFrom1 drops the bucket table of schema version 1 and moves the
 // views' checkpoints to 0, in one transaction.

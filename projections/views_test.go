@@ -79,8 +79,8 @@ func TestOpen_SchemaVersion1IsRebuiltFromTheLogKeepingProcessCheckpoints(t *test
 	}
 	defer db.Close()
 	var version, buckets int
-	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 3 {
-		t.Fatalf("user_version %d (%v), want 3", version, err)
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 4 {
+		t.Fatalf("user_version %d (%v), want 4", version, err)
 	}
 	if err := db.QueryRow("SELECT COUNT(*) FROM sqlite_master WHERE name = 'view_buckets'").Scan(&buckets); err != nil || buckets != 0 {
 		t.Fatalf("view_buckets still there (%d, %v)", buckets, err)
@@ -115,7 +115,7 @@ func TestOpen_SchemaVersion2GetsTheWelcomeMailViewBuiltFromTheLog(t *testing.T) 
 	e.caughtUp()
 
 	// Then the welcome-mail view is built from the log, the others are
-	// as they were, and the file is of version 3
+	// as they were, and the file is of version 4
 	got, err := e.views.Welcome.List(context.Background(), "")
 	e.check(err)
 	if len(want) != 3 || !reflect.DeepEqual(got, want) {
@@ -131,8 +131,8 @@ func TestOpen_SchemaVersion2GetsTheWelcomeMailViewBuiltFromTheLog(t *testing.T) 
 	}
 	defer db.Close()
 	var version int
-	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 3 {
-		t.Fatalf("user_version %d (%v), want 3", version, err)
+	if err := db.QueryRow("PRAGMA user_version").Scan(&version); err != nil || version != 4 {
+		t.Fatalf("user_version %d (%v), want 4", version, err)
 	}
 }
 
@@ -305,4 +305,41 @@ func removeIfThere(path string) error {
 		return err
 	}
 	return nil
+}
+
+func TestOpen_SchemaVersion3CountsTheUsersPerRole(t *testing.T) {
+	// Given a views file of schema version 3 (no counts per role) that has
+	// applied the story
+	dir := t.TempDir()
+	e := start(t, dir)
+	e.story()
+	e.caughtUp()
+	e.stop()
+	path := filepath.Join(dir, "views.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"DELETE FROM view_counts WHERE name LIKE 'role:%'", "PRAGMA user_version = 3"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+
+	// When usersync opens it
+	e = start(t, dir)
+	defer e.stop()
+
+	// Then each role's count is there, from the users view
+	ctx := context.Background()
+	for role, want := range map[domain.Role]int{"subscriber": 2, "customer": 1} {
+		p, err := e.views.Users.Search(ctx, projections.UserQuery{Role: role, Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Total != want || len(p.Users) != want {
+			t.Errorf("role %s: total %d, %d users, want %d", role, p.Total, len(p.Users), want)
+		}
+	}
 }

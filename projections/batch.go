@@ -98,7 +98,7 @@ type batch struct {
 	// roleDelta is the change of each role's count of users (view_counts
 	// "role:ROLE") since the last flush.
 	roleDelta map[domain.Role]int
-	rows        int
+	rows      int
 	// limit is how many rows the batch holds before it writes them.
 	limit int
 	// written counts the rows written (for a rebuild's stats).

@@ -112,6 +112,20 @@ func newBatch(ctx context.Context, tx *sql.Tx, d *viewDB, cutoff int64) *batch {
 		welcomes: map[domain.ContactID]*welcomeSlot{}, roleDelta: map[domain.Role]int{}}
 }
 
+// addCount adds d to the view_counts row name. A count that comes to 0
+// has no row, as in views built in one batch (a rebuild), so that both
+// compare equal.
+func (b *batch) addCount(name string, d int) error {
+	if d == 0 {
+		return nil
+	}
+	if err := b.exec(`INSERT INTO view_counts(name, n) VALUES(?, ?)
+		ON CONFLICT(name) DO UPDATE SET n = n + excluded.n`, name, d); err != nil {
+		return err
+	}
+	return b.exec("DELETE FROM view_counts WHERE name = ? AND n = 0", name)
+}
+
 func (b *batch) exec(query string, args ...any) error {
 	st, err := b.stmt(query)
 	if err != nil {
@@ -233,19 +247,12 @@ func (b *batch) flush() error {
 	if err := b.flushWelcomes(); err != nil {
 		return fmt.Errorf("write welcome mails: %w", err)
 	}
-	if b.userDelta != 0 {
-		if err := b.exec(`INSERT INTO view_counts(name, n) VALUES('users', ?)
-			ON CONFLICT(name) DO UPDATE SET n = n + excluded.n`, b.userDelta); err != nil {
-			return fmt.Errorf("write the count of users: %w", err)
-		}
-		b.userDelta = 0
+	if err := b.addCount("users", b.userDelta); err != nil {
+		return fmt.Errorf("write the count of users: %w", err)
 	}
+	b.userDelta = 0
 	for role, d := range b.roleDelta {
-		if d == 0 {
-			continue
-		}
-		if err := b.exec(`INSERT INTO view_counts(name, n) VALUES(?, ?)
-			ON CONFLICT(name) DO UPDATE SET n = n + excluded.n`, roleCountName(role), d); err != nil {
+		if err := b.addCount(roleCountName(role), d); err != nil {
 			return fmt.Errorf("write the count of users with role %s: %w", role, err)
 		}
 	}

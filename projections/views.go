@@ -262,7 +262,8 @@ func (v *Views) initSchema(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// countRoles sets the view_counts rows "role:ROLE" from the users view.
+// countRoles sets the view_counts rows "role:ROLE" from the users view
+// (a role nobody has has no row).
 func countRoles(ctx context.Context, db *sql.DB) error {
 	_, err := db.ExecContext(ctx, `INSERT INTO view_counts(name, n) SELECT 'role:' || role, COUNT(*) FROM users GROUP BY role
 		ON CONFLICT(name) DO UPDATE SET n = excluded.n`)

@@ -555,7 +555,7 @@ func (s *Server) consoleVerify(w nethttp.ResponseWriter, r *nethttp.Request, ses
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	scratch, err := os.MkdirTemp(dir, "usersync-verify-")
+	scratch, err := os.MkdirTemp(dir, ".verify-")
 	var b verifyBody
 	status := nethttp.StatusOK
 	if err == nil {

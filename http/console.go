@@ -21,6 +21,7 @@ import (
 
 	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/domain/command"
+	"github.com/usersync/usersync/eventstore"
 	"github.com/usersync/usersync/projections"
 )
 
@@ -294,7 +295,7 @@ func (s *Server) signin(w nethttp.ResponseWriter, r *nethttp.Request) {
 		Name: sessionCookie, Value: id, Path: "/ui/", Expires: sess.expires, MaxAge: int(DefaultSessionTTL / time.Second),
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: nethttp.SameSiteStrictMode,
 	})
-	s.cfg.Log.Info("console sign-in", "source", remoteHost(r))
+	s.operatorActed(r, "sign_in", "", "signed in")
 	nethttp.Redirect(w, r, "/ui/users", nethttp.StatusSeeOther)
 }
 
@@ -444,6 +445,7 @@ type opsBody struct {
 	Parked      []domain.ParkedEvent
 	Rebuild     rebuildView
 	Notice      string
+	Actions     []operatorLine
 	CanReplay   bool
 }
 
@@ -521,6 +523,17 @@ func (s *Server) opsState(ctx context.Context) (opsBody, error) {
 	if b.Parked, err = s.cfg.Views.Parked(ctx, ""); err != nil {
 		return opsBody{}, err
 	}
+	recs, err := eventstore.ReadStreamBackward(ctx, s.cfg.Store, domain.OperatorStream, 0, recentActions)
+	if err != nil {
+		return opsBody{}, fmt.Errorf("read the operator stream: %w", err)
+	}
+	for _, rec := range recs {
+		line := operatorLine{Words: rec.Type}
+		if env, err := domain.Decode(rec); err == nil {
+			line.At, line.Words = env.OccurredAt, domain.Describe(env.Event)
+		}
+		b.Actions = append(b.Actions, line)
+	}
 	return b, nil
 }
 
@@ -529,7 +542,7 @@ func (s *Server) consoleRebuild(w nethttp.ResponseWriter, r *nethttp.Request, se
 		s.consoleMessage(w, nethttp.StatusConflict, "Rebuild running", "A rebuild is already running: follow it on the rebuild page.", sess, true)
 		return
 	}
-	s.cfg.Log.Info("console: rebuild started", "source", remoteHost(r))
+	s.operatorActed(r, "rebuild", "", "started")
 	nethttp.Redirect(w, r, "/ui/ops/rebuild", nethttp.StatusSeeOther)
 }
 
@@ -568,7 +581,11 @@ func (s *Server) consoleVerify(w nethttp.ResponseWriter, r *nethttp.Request, ses
 		s.cfg.Log.Error("console verify", "err", err)
 		b.Error, status = "Verify failed: "+err.Error(), nethttp.StatusInternalServerError
 	}
-	s.cfg.Log.Info("console: verify", "source", remoteHost(r), "differences", len(b.Result.Differences))
+	outcome := fmt.Sprintf("%d differences", len(b.Result.Differences))
+	if b.Error != "" {
+		outcome = "failed: " + err.Error()
+	}
+	s.operatorActed(r, "verify", "", outcome)
 	s.render(w, status, "verify", pageData{Title: "Verify", SignedIn: true, CSRF: sess.csrf, Nav: "ops", Body: b})
 }
 
@@ -602,10 +619,11 @@ func (s *Server) consoleReplay(w nethttp.ResponseWriter, r *nethttp.Request, ses
 		return
 	}
 	if err := s.cfg.Replay(r.Context(), pe); err != nil {
+		s.operatorActed(r, "parked_replay", parkedTarget(pe), "failed: "+err.Error())
 		s.consoleMessage(w, nethttp.StatusConflict, "Replay failed", err.Error(), sess, true)
 		return
 	}
-	s.cfg.Log.Info("console: parked event replayed", "source", remoteHost(r), "handler", pe.Handler, "position", pe.Position)
+	s.operatorActed(r, "parked_replay", parkedTarget(pe), "replayed")
 	nethttp.Redirect(w, r, fmt.Sprintf("/ui/ops?notice=replayed+event+%d+for+%s", pe.Position, pe.Handler), nethttp.StatusSeeOther)
 }
 
@@ -620,6 +638,40 @@ func (s *Server) consoleSkip(w nethttp.ResponseWriter, r *nethttp.Request, sess 
 		s.consoleMessage(w, nethttp.StatusInternalServerError, "Skip failed", "The parked event could not be skipped; see the server log.", sess, true)
 		return
 	}
-	s.cfg.Log.Info("console: parked event skipped", "source", remoteHost(r), "handler", pe.Handler, "position", pe.Position)
+	s.operatorActed(r, "parked_skip", parkedTarget(pe), "skipped")
 	nethttp.Redirect(w, r, fmt.Sprintf("/ui/ops?notice=skipped+event+%d+for+%s", pe.Position, pe.Handler), nethttp.StatusSeeOther)
+}
+
+// recentActions is how many operator actions the operations page lists.
+const recentActions = 10
+
+// operatorLine is an operator's action in words.
+type operatorLine struct {
+	At    time.Time
+	Words string
+}
+
+// consoleCredential names the credential a console session was opened
+// with, as recorded in OperatorActed (never the token).
+const consoleCredential = "admin token"
+
+// operatorActed records an operator's action as an OperatorActed event in
+// the operator stream. A failure to record is logged; the action stands.
+func (s *Server) operatorActed(r *nethttp.Request, action, target, outcome string) {
+	ev := domain.OperatorActed{Action: action, Target: target, Source: remoteHost(r), Credential: consoleCredential, Outcome: outcome}
+	ne, err := domain.Encode(domain.Envelope{Event: ev, OccurredAt: s.cfg.Now().UTC()})
+	if err == nil {
+		// Recorded even when the browser has gone away meanwhile.
+		_, err = s.cfg.Store.Append(context.WithoutCancel(r.Context()), domain.OperatorStream, domain.AnyVersion(), ne)
+	}
+	if err != nil {
+		s.cfg.Log.Error("console: record the operator's action", "action", action, "err", err)
+		return
+	}
+	s.cfg.Log.Info("console: operator action", "action", action, "target", target, "source", ev.Source, "outcome", outcome)
+}
+
+// parkedTarget names a parked event in OperatorActed.
+func parkedTarget(pe domain.ParkedEvent) string {
+	return fmt.Sprintf("%s event %d (%s version %d)", pe.Handler, pe.Position, pe.Stream, pe.Version)
 }

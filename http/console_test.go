@@ -181,9 +181,11 @@ func TestConsole_SignIn_PagesWithCSP_SignOut(t *testing.T) {
 }
 
 // Given a session, a form that changes something without its CSRF token,
-// or with another, is refused and changes nothing.
+// or with another, is refused and changes nothing; what the operator did is
+// recorded in the operator stream.
 func TestConsole_ChangeWithoutCSRF_Refused(t *testing.T) {
-	b := newBrowser(t, consoleServer(t))
+	var store Store
+	b := newBrowser(t, consoleServer(t, func(c *Config) { store = c.Store }))
 	csrf := b.signIn()
 	for _, tc := range []struct {
 		name string
@@ -212,6 +214,25 @@ func TestConsole_ChangeWithoutCSRF_Refused(t *testing.T) {
 			t.Fatalf("the rebuild did not finish:\n%s", page)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Then the sign-in and the one rebuild are recorded, without the token.
+	_, ops := b.do("GET", "/ui/ops", nil)
+	for _, want := range []string{"Operator rebuild from 127.0.0.1 with the admin token: started", "Operator sign in from 127.0.0.1 with the admin token: signed in"} {
+		if strings.Count(ops, want) != 1 {
+			t.Errorf("the operations page shows %q %d times, want once", want, strings.Count(ops, want))
+		}
+	}
+	recs, err := store.ReadStream(context.Background(), domain.OperatorStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Errorf("%d operator events, want 2 (the sign-in, the rebuild)", len(recs))
+	}
+	for _, rec := range recs {
+		if strings.Contains(string(rec.Data)+string(rec.Metadata), "admin-token") {
+			t.Errorf("an operator event holds the token: %s", rec.Data)
+		}
 	}
 }
 

@@ -222,4 +222,8 @@ func TestConsole_InChromium(t *testing.T) {
 	if got := text(t, ctx, "p.notice"); !strings.Contains(got, "replayed event") {
 		t.Errorf("after the replay: %q", got)
 	}
+	if got := text(t, ctx, "#actions"); !strings.Contains(got, "Operator parked replay of welcome_email event") || !strings.Contains(got, "Operator verify from 127.0.0.1 with the admin token: 0 differences") {
+		t.Errorf("the operator actions: %q", got)
+	}
+	sh.take(ctx, "operations-after-replay")
 }

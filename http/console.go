@@ -42,7 +42,9 @@ const (
 	maxSessions = 1000
 	// consoleCSP allows the console's own stylesheet and nothing else: no
 	// script at all, no inline style, forms only to itself.
-	consoleCSP          = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	consoleCSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	// maxConsoleForm bounds a console form's body.
+	maxConsoleForm      = 16 << 10
 	consoleUsersPage    = 50
 	consoleTimelinePage = 50
 )
@@ -193,6 +195,8 @@ func consoleHeaders(next nethttp.Handler) nethttp.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Cache-Control", "no-store")
+		// The console's forms are small: a token, a CSRF token, a position.
+		r.Body = nethttp.MaxBytesReader(w, r.Body, maxConsoleForm)
 		next.ServeHTTP(w, r)
 	})
 }
@@ -564,6 +568,11 @@ type verifyBody struct {
 // consoleVerify rebuilds the views into a scratch copy and lists how the
 // live views differ (Views.Verify).
 func (s *Server) consoleVerify(w nethttp.ResponseWriter, r *nethttp.Request, sess session) {
+	if !s.verifying.TryLock() {
+		s.consoleMessage(w, nethttp.StatusConflict, "Verify running", "A verify is already running: wait for it, then try again.", sess, true)
+		return
+	}
+	defer s.verifying.Unlock()
 	dir := s.cfg.VerifyDir
 	if dir == "" {
 		dir = os.TempDir()

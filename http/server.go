@@ -175,6 +175,7 @@ type Server struct {
 	refused      *refusedLog
 	console      *console
 	sessions     sessions
+	verifying    sync.Mutex // one console verify at a time
 }
 
 // New builds the server's routes from cfg, its defaults filled, once it is

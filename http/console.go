@@ -43,6 +43,10 @@ const (
 	// consoleCSP allows the console's own stylesheet and nothing else: no
 	// script at all, no inline style, forms only to itself.
 	consoleCSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+	// maxPageBytes is the size a timeline page is kept under, by showing
+	// fewer events (down to minTimelinePage).
+	maxPageBytes    = 100_000
+	minTimelinePage = 6
 	// maxConsoleForm bounds a console form's body.
 	maxConsoleForm      = 16 << 10
 	consoleUsersPage    = 50
@@ -253,16 +257,25 @@ type pageData struct {
 }
 
 func (s *Server) render(w nethttp.ResponseWriter, status int, page string, d pageData) {
-	t := s.console.pages[page]
-	var b strings.Builder
-	if err := t.Execute(&b, d); err != nil {
+	html, err := s.renderPage(page, d)
+	if err != nil {
 		s.cfg.Log.Error("console page", "page", page, "err", err)
 		nethttp.Error(w, "the page could not be shown; see the server log", nethttp.StatusInternalServerError)
 		return
 	}
+	s.writePage(w, status, html)
+}
+
+func (s *Server) renderPage(page string, d pageData) (string, error) {
+	var b strings.Builder
+	err := s.console.pages[page].Execute(&b, d)
+	return b.String(), err
+}
+
+func (s *Server) writePage(w nethttp.ResponseWriter, status int, html string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(b.String()))
+	_, _ = w.Write([]byte(html))
 }
 
 func (s *Server) consoleMessage(w nethttp.ResponseWriter, status int, title, text string, sess session, signedIn bool) {
@@ -401,18 +414,31 @@ func (s *Server) userPage(w nethttp.ResponseWriter, r *nethttp.Request, sess ses
 	} else if ok {
 		b.Welcome = &m
 	}
-	if b.Timeline, err = projections.Timeline(ctx, s.cfg.Store, s.cfg.Views.Webhooks, id, before, consoleTimelinePage); err != nil {
-		fail("timeline", err)
-		return
+	// A page stays under maxPageBytes: with webhooks of many parameters,
+	// fewer events a page (50, 25, 12, 6).
+	var html string
+	for limit := consoleTimelinePage; ; limit /= 2 {
+		if b.Timeline, err = projections.Timeline(ctx, s.cfg.Store, s.cfg.Views.Webhooks, id, before, limit); err != nil {
+			fail("timeline", err)
+			return
+		}
+		b.Older = ""
+		if b.Timeline.Next != 0 {
+			b.Older = fmt.Sprintf("/ui/users/%s?before=%d", id, b.Timeline.Next)
+		}
+		if b.User == nil && len(b.Timeline.Entries) == 0 {
+			s.consoleMessage(w, nethttp.StatusNotFound, "No such contact", "Contact "+id.String()+" has no user and no events.", sess, true)
+			return
+		}
+		if html, err = s.renderPage("user", pageData{Title: "Contact " + id.String(), SignedIn: true, CSRF: sess.csrf, Nav: "users", Body: b}); err != nil {
+			fail("page", err)
+			return
+		}
+		if len(html) <= maxPageBytes || limit <= minTimelinePage {
+			break
+		}
 	}
-	if b.Timeline.Next != 0 {
-		b.Older = fmt.Sprintf("/ui/users/%s?before=%d", id, b.Timeline.Next)
-	}
-	if b.User == nil && len(b.Timeline.Entries) == 0 {
-		s.consoleMessage(w, nethttp.StatusNotFound, "No such contact", "Contact "+id.String()+" has no user and no events.", sess, true)
-		return
-	}
-	s.render(w, nethttp.StatusOK, "user", pageData{Title: "Contact " + id.String(), SignedIn: true, CSRF: sess.csrf, Nav: "users", Body: b})
+	s.writePage(w, nethttp.StatusOK, html)
 }
 
 // rawEvent serves one event of a contact as JSON, its secrets redacted.

@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"fmt"
 	"io"
 	nethttp "net/http"
 	"net/http/cookiejar"
@@ -290,4 +291,40 @@ func TestConsole_BrowserAtRoot_SentToConsole_WebhooksUnchanged(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Given webhooks with many parameters, a timeline page shows fewer events
+// and stays under 100 KB, with the link to the older ones.
+func TestConsole_TimelineOfLargeWebhooks_StaysUnder100KB(t *testing.T) {
+	base := consoleServer(t, func(c *Config) {
+		params := map[string]string{}
+		for i := range 60 {
+			params[fmt.Sprintf("field_%02d", i)] = strings.Repeat("x", 60)
+		}
+		var envs []domain.Envelope
+		at := time.Unix(1700000000, 0)
+		for i := range 60 {
+			wid := fmt.Sprintf("wh-%d", i)
+			envs = append(envs,
+				domain.Envelope{Event: domain.WebhookReceived{WebhookID: wid, Action: "update", ContactID: "8", Method: "POST", Source: "10.0.0.1", Params: params, ReceivedAt: at}, OccurredAt: at, WebhookID: wid},
+				domain.Envelope{Event: domain.RoleChanged{Old: "a", New: "b"}, OccurredAt: at, WebhookID: wid})
+		}
+		raw, err := domain.EncodeAll(envs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Store.Append(context.Background(), domain.ContactID(8).Stream(), domain.AnyVersion(), raw...); err != nil {
+			t.Fatal(err)
+		}
+	})
+	b := newBrowser(t, base)
+	b.signIn()
+	resp, page := b.do("GET", "/ui/users/8", nil)
+	if resp.StatusCode != nethttp.StatusOK {
+		t.Fatalf("GET /ui/users/8: %d", resp.StatusCode)
+	}
+	if len(page) > 100_000 || !strings.Contains(page, `id="older"`) {
+		t.Errorf("the page is %d bytes (want under 100 KB) and has an older link: %v", len(page), strings.Contains(page, `id="older"`))
+	}
+	t.Logf("%d bytes, %d events", len(page), strings.Count(page, `class="words"`))
 }

@@ -170,6 +170,8 @@ func newEvent(typ string) Event {
 		return &PasswordReplaced{}
 	case TypeWelcomeEmailClaimed:
 		return &WelcomeEmailClaimed{}
+	case TypeOperatorActed:
+		return &OperatorActed{}
 	}
 	return nil
 }
@@ -221,6 +223,8 @@ func deref(e Event) Event {
 	case *PasswordReplaced:
 		return *v
 	case *WelcomeEmailClaimed:
+		return *v
+	case *OperatorActed:
 		return *v
 	}
 	return e

@@ -74,6 +74,8 @@ func samples() []struct {
 		{domain.EmailReleased{Email: "ann@old.example", ContactID: 12}, "The address is free again (the user's email changed)."},
 		{domain.LoginReserved{Login: "ann@example.com", ContactID: 12, UserID: "3f1c2a9e-8d7b-4c6a-9e5f-1a2b3c4d5e6f"},
 			"Stream `login-<login in lower case>`: the login belongs to this contact's user; a clash gets a number appended."},
+		{domain.OperatorActed{Action: "parked_replay", Target: "welcome_email event 12 (contact-12 version 1)", Source: "192.0.2.7", Credential: "admin token", Outcome: "replayed"},
+			"Stream `operator`: an action an operator took in the console (`sign_in`, `rebuild`, `verify`, `parked_replay`, `parked_skip`), what it touched, the source address, a name for the credential used (never the credential) and its outcome."},
 	}
 }
 

@@ -75,6 +75,16 @@ func Describe(e Event) string {
 		return fmt.Sprintf("Password replaced for FunnelKit field %s (the old one, key %s, is never returned)", orNone(e.Field), orNone(e.OldKeyID))
 	case WelcomeEmailClaimed:
 		return fmt.Sprintf("Welcome email to %s claimed%s (attempt %d, until %s)", orNone(e.To), byNode(e.Node), e.Attempt, clock(e.Until))
+	case OperatorActed:
+		s := "Operator " + strings.ReplaceAll(orNone(e.Action), "_", " ")
+		if e.Target != "" {
+			s += " of " + e.Target
+		}
+		s += fmt.Sprintf(" from %s with the %s", orNone(e.Source), orNone(e.Credential))
+		if e.Outcome != "" {
+			s += ": " + e.Outcome
+		}
+		return s
 	case WelcomeEmailSent:
 		return fmt.Sprintf("Welcome email sent to %s by %s (attempt %d)", orNone(e.To), orNone(e.Transport), e.Attempt)
 	case WelcomeEmailFailed:

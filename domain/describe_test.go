@@ -37,6 +37,8 @@ func TestDescribe_EveryEventTypeInWords(t *testing.T) {
 		{domain.PasswordReplaced{OldKeyID: "k1", KeyID: "k2", Field: "7", PasswordHash: "$2a$secret", Sealed: []byte("sealed")}, "Password replaced for FunnelKit field 7 (the old one, key k1, is never returned)"},
 		{domain.WelcomeEmailClaimed{To: "a@x", Attempt: 1, Until: at}, "Welcome email to a@x claimed (attempt 1, until 2026-12-01T10:00:00Z)"},
 		{domain.WelcomeEmailSent{To: "a@x", Transport: "smtp", Attempt: 1}, "Welcome email sent to a@x by smtp (attempt 1)"},
+		{domain.OperatorActed{Action: "parked_skip", Target: "users event 9", Source: "192.0.2.7", Credential: "admin token", Outcome: "skipped"}, "Operator parked skip of users event 9 from 192.0.2.7 with the admin token: skipped"},
+		{domain.OperatorActed{Action: "rebuild", Source: "192.0.2.7", Credential: "admin token"}, "Operator rebuild from 192.0.2.7 with the admin token"},
 		{domain.WelcomeEmailFailed{To: "a@x", Attempt: 3, Error: "550", GaveUp: true}, "Welcome email to a@x failed (attempt 3): 550; given up"},
 		{domain.EmailReserved{Email: "a@x", ContactID: 5}, "Email a@x reserved for contact 5"},
 		{domain.EmailReleased{Email: "a@x", ContactID: 5}, "Email a@x released by contact 5"},

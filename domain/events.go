@@ -39,6 +39,13 @@ const (
 	TypeWelcomeEmailClaimed   = "WelcomeEmailClaimed"
 )
 
+// TypeOperatorActed is the event type of an operator's action in the
+// console, in stream OperatorStream.
+const TypeOperatorActed = "OperatorActed"
+
+// OperatorStream is the stream of the operators' actions.
+const OperatorStream = "operator"
+
 // EventTypes lists every event type name this build writes and reads.
 func EventTypes() []string {
 	return []string{
@@ -46,7 +53,7 @@ func EventTypes() []string {
 		TypeUserCreated, TypeUserLinked, TypeUserUnlinked, TypeMetaPulled, TypeTagsUpdated, TypeRoleChanged,
 		TypePasswordIssued, TypePasswordReturned, TypePasswordReturnFailed, TypeWelcomeEmailSent,
 		TypeWelcomeEmailFailed, TypeEmailReserved, TypeEmailReleased, TypeLoginReserved,
-		TypePasswordReturnClaimed, TypePasswordReplaced, TypeWelcomeEmailClaimed,
+		TypePasswordReturnClaimed, TypePasswordReplaced, TypeWelcomeEmailClaimed, TypeOperatorActed,
 	}
 }
 
@@ -295,6 +302,7 @@ func (PasswordIssued) EventType() string       { return TypePasswordIssued }
 func (PasswordReturned) EventType() string     { return TypePasswordReturned }
 func (PasswordReturnFailed) EventType() string { return TypePasswordReturnFailed }
 func (WelcomeEmailSent) EventType() string     { return TypeWelcomeEmailSent }
+func (OperatorActed) EventType() string        { return TypeOperatorActed }
 func (WelcomeEmailFailed) EventType() string   { return TypeWelcomeEmailFailed }
 func (EmailReserved) EventType() string        { return TypeEmailReserved }
 func (EmailReleased) EventType() string        { return TypeEmailReleased }
@@ -302,3 +310,21 @@ func (EmailReleased) EventType() string        { return TypeEmailReleased }
 func (PasswordReturnClaimed) EventType() string { return TypePasswordReturnClaimed }
 func (PasswordReplaced) EventType() string      { return TypePasswordReplaced }
 func (WelcomeEmailClaimed) EventType() string   { return TypeWelcomeEmailClaimed }
+
+// OperatorActed records an action an operator took in the console: what,
+// on what, from which address and with which credential (its name, never
+// the credential itself), and how it ended.
+type OperatorActed struct {
+	// Action is sign_in, rebuild, verify, parked_replay or parked_skip.
+	Action string `json:"action"`
+	// Target names what the action touched, such as "welcome_email event
+	// 12 (contact-1 version 1)"; empty for the whole views.
+	Target string `json:"target,omitempty"`
+	// Source is the address the request came from.
+	Source string `json:"source"`
+	// Credential names the credential used, such as "admin token".
+	Credential string `json:"credential"`
+	// Outcome is what came of it: started, done, the number of
+	// differences, or the error.
+	Outcome string `json:"outcome,omitempty"`
+}

@@ -84,7 +84,7 @@ func logLines(t *testing.T, text string) [][]logField {
 }
 
 // serve serves h on a loopback port for the test.
-func serve(t *testing.T, h nethttp.Handler) string {
+func serve(t testing.TB, h nethttp.Handler) string {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)

@@ -99,6 +99,11 @@ type Config struct {
 	// DefaultRefusedLogsPerSecond); the rest are counted in one line a
 	// second.
 	RefusedLogsPerSecond int
+	// VerifyDir is where the console's Verify builds its scratch copy
+	// (default os.TempDir()).
+	VerifyDir string
+	// Retention is serve's --receipt-retention, for the console's Verify.
+	Retention time.Duration
 	// Refused, when set, counts each request refused before it was
 	// authenticated, by endpoint (EndpointWebhook, EndpointAPI) and reason
 	// (RefusedUnreadable, RefusedNoAction, RefusedWrongSecret,
@@ -168,6 +173,9 @@ type Server struct {
 	webhookChain nethttp.Handler // the webhook with its decorators
 	rebuild      rebuildState
 	refused      *refusedLog
+	console      *console
+	sessions     sessions
+	verifying    sync.Mutex // one console verify at a time
 }
 
 // New builds the server's routes from cfg, its defaults filled, once it is
@@ -183,6 +191,9 @@ func New(cfg Config) (*Server, error) {
 	r.HandleFunc("/readyz", s.readyz).Methods("GET", "HEAD")
 	if cfg.Metrics != nil {
 		r.Handle("/metrics", cfg.Metrics).Methods("GET")
+	}
+	if err := s.consoleRoutes(r); err != nil {
+		return nil, err
 	}
 	api := r.PathPrefix("/api/").Subrouter()
 	api.Use(s.requireAdmin)
@@ -218,6 +229,10 @@ func New(cfg Config) (*Server, error) {
 // match goes to the webhook at once, as the router would send it, without
 // the router's matching of every route.
 func (s *Server) ServeHTTP(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if browserHome(r) {
+		nethttp.Redirect(w, r, "/ui/", nethttp.StatusSeeOther)
+		return
+	}
 	if webhookPath(r.URL.Path) {
 		s.webhookChain.ServeHTTP(w, r)
 		return
@@ -235,7 +250,7 @@ func webhookPath(p string) bool {
 	case "", "/healthz", "/readyz", "/metrics":
 		return false
 	}
-	if strings.HasPrefix(p, "/api/") || p[0] != '/' {
+	if strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/ui/") || p[0] != '/' {
 		return false
 	}
 	clean := path.Clean(p)
@@ -337,12 +352,21 @@ type rebuildState struct {
 }
 
 func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
+	if !s.beginRebuild() {
+		writeError(w, nethttp.StatusConflict, "a rebuild is already running: follow it at GET /api/rebuild")
+		return
+	}
+	writeJSON(w, nethttp.StatusAccepted, map[string]string{"status": "running", "progress": "/api/rebuild"})
+}
+
+// beginRebuild starts a rebuild in the background (aside, then swapped
+// in); false when one is already running.
+func (s *Server) beginRebuild() bool {
 	st := &s.rebuild
 	st.mu.Lock()
 	if st.Status == "running" {
 		st.mu.Unlock()
-		writeError(w, nethttp.StatusConflict, "a rebuild is already running: follow it at GET /api/rebuild")
-		return
+		return false
 	}
 	now := s.cfg.Now().UTC()
 	st.Status, st.Position, st.Head, st.Events, st.Parked, st.StartedAt, st.FinishedAt, st.Error = "running", 0, 0, 0, 0, &now, nil, ""
@@ -379,7 +403,7 @@ func (s *Server) startRebuild(w nethttp.ResponseWriter, r *nethttp.Request) {
 		st.Status, st.Position, st.Events = "done", stats.Position, stats.Events
 		s.cfg.Log.Info("rebuild done", "events", stats.Events, "users", stats.Users, "parked", stats.Parked, "duration", stats.Duration)
 	}()
-	writeJSON(w, nethttp.StatusAccepted, map[string]string{"status": "running", "progress": "/api/rebuild"})
+	return true
 }
 
 func (s *Server) rebuildStatus(w nethttp.ResponseWriter, r *nethttp.Request) {

@@ -28,7 +28,7 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 
 // testConfig is a complete config over a real store and real views in a
 // temporary directory.
-func testConfig(t *testing.T, log *slog.Logger) Config {
+func testConfig(t testing.TB, log *slog.Logger) Config {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()

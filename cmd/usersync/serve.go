@@ -306,6 +306,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 			return a.pipe.Replay(ctx, a.store, pe)
 		},
 		WebhookDecorators: []usershttp.Decorator{usershttp.ObserveWebhooks(m.ObserveWebhook)},
+		VerifyDir:         paths.dir, Retention: cfg.ReceiptRetention,
 		OnRebuild: func() func(projections.Progress, bool) {
 			var last uint64
 			return func(p projections.Progress, done bool) {

@@ -84,7 +84,13 @@ func TestTwoNodes_LeaderChangeUnderLoad_DelaysLosesNothing(t *testing.T) {
 				ackCount.Add(1)
 				return nil
 			default:
-				return fmt.Errorf("node %d answered %d %+v", n, code, a)
+				var lines []string
+				for _, l := range strings.Split(c.srvs[n].logs.String(), "\n") {
+					if a.WebhookID != "" && strings.Contains(l, a.WebhookID) {
+						lines = append(lines, l)
+					}
+				}
+				return fmt.Errorf("node %d answered %d %+v; its log of the webhook:\n%s", n, code, a, strings.Join(lines, "\n"))
 			}
 			<-tick.C
 		}

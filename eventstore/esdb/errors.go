@@ -75,18 +75,30 @@ func classify(code kdb.ErrorCode) errClass {
 // are classified by their gRPC code. Other errors are fatal.
 func classOf(err error) errClass {
 	if code, ok := codeOf(err); ok {
-		if code == kdb.ErrorCodeUnknown && errors.Is(err, io.EOF) {
+		if code == kdb.ErrorCodeUnknown && (errors.Is(err, io.EOF) || connClosing(err)) {
 			// The connection closed under an append's client stream (Send
-			// saw EOF): the request may or may not have landed, and
-			// retrying it is what the exact revision and the ids are for.
+			// saw EOF), or the client closed it to reconnect (to a new
+			// leader) with the call in flight: the request may or may not
+			// have landed, and retrying it is what the exact revision and
+			// the ids are for.
 			return classTransient
 		}
 		return classify(code)
 	}
-	if rawUnavailable(err) || errors.Is(err, errRetired) {
+	if rawUnavailable(err) || connClosing(err) || errors.Is(err, errRetired) {
 		return classTransient
 	}
 	return classFatal
+}
+
+// connClosing reports gRPC's error for a call on a connection the client
+// is closing (Canceled, "grpc: the client connection is closing"): the
+// client replaces its connection after a not-leader answer or a lost
+// server, and calls in flight on the old one end with it. Seen under a
+// leader change (TestTwoNodes_LeaderChangeUnderLoad_DelaysLosesNothing).
+func connClosing(err error) bool {
+	st, ok := status.FromError(err)
+	return err != nil && ok && st.Code() == codes.Canceled && strings.Contains(st.Message(), "client connection is closing")
 }
 
 // rawUnavailable reports a gRPC Unavailable (or Aborted) error the client

@@ -242,12 +242,24 @@ func TestClassOf_RawGRPCErrors(t *testing.T) {
 		{status.Error(codes.InvalidArgument, "maximum-append-size-exceeded"), classFatal},
 		{errors.New("plain"), classFatal},
 		{fmt.Errorf("could not send append request. Reason: %w", eofError()), classTransient},
+		// The client closing its connection under a call (to reconnect).
+		{status.Error(codes.Canceled, "grpc: the client connection is closing"), classTransient},
+		{clientError(status.Error(codes.Canceled, "grpc: the client connection is closing")), classTransient},
+		{fmt.Errorf("append: %w", clientError(status.Error(codes.Canceled, "grpc: the client connection is closing"))), classTransient},
+		// A call canceled for another reason (its own context) is not.
+		{status.Error(codes.Canceled, "context canceled"), classFatal},
 	}
 	for _, tc := range tests {
 		if got := classOf(tc.err); got != tc.want {
 			t.Errorf("classOf(%v) = %d, want %d", tc.err, got, tc.want)
 		}
 	}
+}
+
+// clientError is err as the client wraps a gRPC error it does not map.
+func clientError(err error) error {
+	e, _ := kdb.FromError(err)
+	return e
 }
 
 // eofError is the client's error for a Send that saw the stream end:

@@ -286,23 +286,72 @@ func (s *Server) consoleMessage(w nethttp.ResponseWriter, status int, title, tex
 	s.render(w, status, "message", pageData{Title: title, SignedIn: signedIn, CSRF: sess.csrf, Body: text})
 }
 
-func (s *Server) signinPage(w nethttp.ResponseWriter, r *nethttp.Request) {
-	s.render(w, nethttp.StatusOK, "signin", pageData{Title: "Sign in"})
+// signinCookie holds the sign-in form's own CSRF token (a pre-session
+// cookie, double-submitted in the form's csrf field): a sign-in posted
+// from another site is refused (login CSRF).
+const (
+	signinCookie = "usersync_signin"
+	signinTTL    = time.Hour
+)
+
+// signinToken is the browser's sign-in CSRF token, a new one (set as its
+// cookie) when it has none.
+func (s *Server) signinToken(w nethttp.ResponseWriter, r *nethttp.Request) (string, error) {
+	if c, err := r.Cookie(signinCookie); err == nil && len(c.Value) >= 40 {
+		return c.Value, nil
+	}
+	token, err := randomToken()
+	if err != nil {
+		return "", err
+	}
+	nethttp.SetCookie(w, &nethttp.Cookie{Name: signinCookie, Value: token, Path: "/ui/", MaxAge: int(signinTTL / time.Second),
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: nethttp.SameSiteStrictMode})
+	return token, nil
 }
 
-// signin checks the admin token (in constant time, throttled per source
-// like wrong access keys) and starts a session.
+func (s *Server) signinPage(w nethttp.ResponseWriter, r *nethttp.Request) {
+	token, err := s.signinToken(w, r)
+	if err != nil {
+		s.cfg.Log.Error("console sign-in", "err", err)
+		s.consoleMessage(w, nethttp.StatusInternalServerError, "Error", "The sign-in form could not be made; see the server log.", session{}, false)
+		return
+	}
+	s.render(w, nethttp.StatusOK, "signin", pageData{Title: "Sign in", CSRF: token})
+}
+
+// crossSite reports whether the browser says r was sent from another site
+// (Sec-Fetch-Site). Origin is not compared with Host: behind a proxy that
+// rewrites Host they differ for the console's own form.
+func crossSite(r *nethttp.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+		return false
+	}
+	return true
+}
+
+// signin checks the form's sign-in CSRF token, then the admin token (in
+// constant time, throttled per source like wrong access keys) and starts a
+// session.
 func (s *Server) signin(w nethttp.ResponseWriter, r *nethttp.Request) {
+	c, cerr := r.Cookie(signinCookie)
+	if crossSite(r) || cerr != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.Value)) != 1 {
+		s.consoleMessage(w, nethttp.StatusForbidden, "Refused", "This sign-in did not come from usersync's own sign-in form: open /ui/signin and sign in there.", session{}, false)
+		return
+	}
+	again := pageData{Title: "Sign in", CSRF: c.Value}
 	token := r.PostFormValue("token")
 	if token == "" || !s.cfg.AdminToken.Matches(token) {
 		source := remoteHost(r)
 		if wait, throttled := s.throttled(source); throttled {
 			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-			s.render(w, nethttp.StatusTooManyRequests, "signin", pageData{Title: "Sign in", Body: fmt.Sprintf("Too many wrong tokens from this address: try again in %d s.", retryAfterSeconds(wait))})
+			again.Body = fmt.Sprintf("Too many wrong tokens from this address: try again in %d s.", retryAfterSeconds(wait))
+			s.render(w, nethttp.StatusTooManyRequests, "signin", again)
 			s.refusedAPI(r, nethttp.StatusTooManyRequests, RefusedThrottled, source)
 			return
 		}
-		s.render(w, nethttp.StatusUnauthorized, "signin", pageData{Title: "Sign in", Body: "Wrong admin token."})
+		again.Body = "Wrong admin token."
+		s.render(w, nethttp.StatusUnauthorized, "signin", again)
 		s.refusedAPI(r, nethttp.StatusUnauthorized, RefusedWrongSecret, source)
 		return
 	}

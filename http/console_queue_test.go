@@ -164,3 +164,26 @@ func TestConsole_Queue_ListsAndRetries(t *testing.T) {
 		}
 	}
 }
+
+// Given a parked event of contact 7, when an operator skips it, the skip
+// shows in contact 7's timeline; the sign-in touched no contact and stays
+// out of it.
+func TestConsole_ParkedSkip_ShowsInTheContactsTimeline(t *testing.T) {
+	b := newBrowser(t, consoleServer(t, func(c *Config) {
+		pe := domain.ParkedEvent{Handler: "welcome_email", Position: 2, Stream: domain.ContactID(7).Stream(), Version: 2, Type: "RoleChanged", Error: "boom", ParkedAt: time.Unix(1700000000, 0)}
+		if err := c.Views.Park(context.Background(), pe); err != nil {
+			t.Fatal(err)
+		}
+	}))
+	csrf := b.signIn()
+	if resp, body := b.do("POST", "/ui/ops/parked/skip", url.Values{"csrf": {csrf}, "handler": {"welcome_email"}, "position": {"2"}}); resp.StatusCode != nethttp.StatusSeeOther {
+		t.Fatalf("skip: %d\n%s", resp.StatusCode, body)
+	}
+	_, page := b.do("GET", "/ui/users/7", nil)
+	if !strings.Contains(page, "Operator parked skip of welcome_email event 2 (contact-7 version 2) from 127.0.0.1 with the admin token: skipped") {
+		t.Errorf("contact 7's timeline does not show the skip:\n%s", page)
+	}
+	if strings.Contains(page, "Operator sign in") {
+		t.Error("contact 7's timeline shows an action that touched no contact")
+	}
+}

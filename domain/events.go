@@ -55,8 +55,12 @@ const (
 	// ActionRetryWelcomeEmail makes a welcome mail's next attempt due at
 	// once, one given up included (one attempt more).
 	ActionRetryWelcomeEmail = "retry_welcome_email"
-	ActionParkedReplay      = "parked_replay"
-	ActionParkedSkip        = "parked_skip"
+	// ActionParkedReplay hands a parked event of the contact's stream to
+	// its handler again; it changes nothing in the contact's state.
+	ActionParkedReplay = "parked_replay"
+	// ActionParkedSkip drops a parked event; it changes nothing in the
+	// contact's state.
+	ActionParkedSkip = "parked_skip"
 )
 
 // EventTypes lists every event type name this build writes and reads.

@@ -171,6 +171,8 @@ type WelcomeMail struct {
 	Attempts      int
 	NextAttemptAt time.Time
 	// Done is true once sent or given up.
-	Done  bool
-	Claim *AttemptClaim
+	Done bool
+	// GaveUp is true once given up (until an operator's retry).
+	GaveUp bool
+	Claim  *AttemptClaim
 }

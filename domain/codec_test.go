@@ -75,7 +75,10 @@ func samples() []struct {
 		{domain.LoginReserved{Login: "ann@example.com", ContactID: 12, UserID: "3f1c2a9e-8d7b-4c6a-9e5f-1a2b3c4d5e6f"},
 			"Stream `login-<login in lower case>`: the login belongs to this contact's user; a clash gets a number appended."},
 		{domain.OperatorActed{Action: "parked_replay", Target: "welcome_email event 12 (contact-12 version 1)", Source: "192.0.2.7", Credential: "admin token", Outcome: "replayed"},
-			"Stream `operator`: an action an operator took in the console (`sign_in`, `rebuild`, `verify`, `parked_replay`, `parked_skip`), what it touched, the source address, a name for the credential used (never the credential) and its outcome."},
+			"Stream `operator`: an action an operator took in the console (`sign_in`, `rebuild`, `verify`, `parked_replay`, `parked_skip`, `retry_password_return`, `retry_welcome_email`), what it touched, the source address, a name for the credential used (never the credential) and its outcome.\n\n" +
+				"An action that concerns one contact is also recorded in that contact's stream `contact-ID`, so its timeline shows it: a parked event's replay or skip (the parked event's stream), and the two retries. " +
+				"In a contact's stream a retry is also a fact the state reads: `retry_password_return` makes a pending return's next attempt due at the event's time (a return given up stays given up: its key is destroyed); " +
+				"`retry_welcome_email` does the same for a welcome mail, and opens a given-up one again for one attempt more. The other actions change nothing there."},
 	}
 }
 

@@ -76,6 +76,13 @@ func Describe(e Event) string {
 	case WelcomeEmailClaimed:
 		return fmt.Sprintf("Welcome email to %s claimed%s (attempt %d, until %s)", orNone(e.To), byNode(e.Node), e.Attempt, clock(e.Until))
 	case OperatorActed:
+		if what, ok := retried(e.Action); ok {
+			s := fmt.Sprintf("Operator retried the %s (%s, from %s)", what, orNone(e.Credential), orNone(e.Source))
+			if e.Outcome != "" {
+				s += ": " + e.Outcome
+			}
+			return s
+		}
 		s := "Operator " + strings.ReplaceAll(orNone(e.Action), "_", " ")
 		if e.Target != "" {
 			s += " of " + e.Target
@@ -103,6 +110,18 @@ func Describe(e Event) string {
 		return "(no event)"
 	}
 	return e.EventType()
+}
+
+// retried names what a retry action retries, in words (false for other
+// actions).
+func retried(action string) (string, bool) {
+	switch action {
+	case ActionRetryPasswordReturn:
+		return "password return", true
+	case ActionRetryWelcomeEmail:
+		return "welcome email", true
+	}
+	return "", false
 }
 
 // MetaDiff is what an event changed in the user's meta, before and after,

@@ -39,6 +39,8 @@ func TestDescribe_EveryEventTypeInWords(t *testing.T) {
 		{domain.WelcomeEmailSent{To: "a@x", Transport: "smtp", Attempt: 1}, "Welcome email sent to a@x by smtp (attempt 1)"},
 		{domain.OperatorActed{Action: "parked_skip", Target: "users event 9", Source: "192.0.2.7", Credential: "admin token", Outcome: "skipped"}, "Operator parked skip of users event 9 from 192.0.2.7 with the admin token: skipped"},
 		{domain.OperatorActed{Action: "rebuild", Source: "192.0.2.7", Credential: "admin token"}, "Operator rebuild from 192.0.2.7 with the admin token"},
+		{domain.OperatorActed{Action: domain.ActionRetryPasswordReturn, Target: "contact 7", Source: "127.0.0.1", Credential: "admin token"}, "Operator retried the password return (admin token, from 127.0.0.1)"},
+		{domain.OperatorActed{Action: domain.ActionRetryWelcomeEmail, Target: "contact 7", Source: "127.0.0.1", Credential: "admin token", Outcome: "asked"}, "Operator retried the welcome email (admin token, from 127.0.0.1): asked"},
 		{domain.WelcomeEmailFailed{To: "a@x", Attempt: 3, Error: "550", GaveUp: true}, "Welcome email to a@x failed (attempt 3): 550; given up"},
 		{domain.EmailReserved{Email: "a@x", ContactID: 5}, "Email a@x reserved for contact 5"},
 		{domain.EmailReleased{Email: "a@x", ContactID: 5}, "Email a@x released by contact 5"},

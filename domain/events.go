@@ -46,6 +46,23 @@ const TypeOperatorActed = "OperatorActed"
 // OperatorStream is the stream of the operators' actions.
 const OperatorStream = "operator"
 
+// Operator actions that concern one contact, recorded (also) in its
+// stream: ContactState.Apply and the views read the two retries.
+const (
+	// ActionRetryPasswordReturn makes a pending return's next attempt due
+	// at once.
+	ActionRetryPasswordReturn = "retry_password_return"
+	// ActionRetryWelcomeEmail makes a welcome mail's next attempt due at
+	// once, one given up included (one attempt more).
+	ActionRetryWelcomeEmail = "retry_welcome_email"
+	// ActionParkedReplay hands a parked event of the contact's stream to
+	// its handler again; it changes nothing in the contact's state.
+	ActionParkedReplay = "parked_replay"
+	// ActionParkedSkip drops a parked event; it changes nothing in the
+	// contact's state.
+	ActionParkedSkip = "parked_skip"
+)
+
 // EventTypes lists every event type name this build writes and reads.
 func EventTypes() []string {
 	return []string{
@@ -315,7 +332,8 @@ func (WelcomeEmailClaimed) EventType() string   { return TypeWelcomeEmailClaimed
 // on what, from which address and with which credential (its name, never
 // the credential itself), and how it ended.
 type OperatorActed struct {
-	// Action is sign_in, rebuild, verify, parked_replay or parked_skip.
+	// Action is sign_in, rebuild, verify, parked_replay, parked_skip,
+	// retry_password_return or retry_welcome_email.
 	Action string `json:"action"`
 	// Target names what the action touched, such as "welcome_email event
 	// 12 (contact-1 version 1)"; empty for the whole views.

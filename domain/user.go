@@ -30,6 +30,8 @@ type PasswordReturn struct {
 	Attempts int
 	// Done is true once returned or given up; the key is then shredded.
 	Done bool
+	// GaveUp is true once given up: the password can never be returned.
+	GaveUp bool
 	// IssuedAt is when the password was issued or replaced.
 	IssuedAt time.Time
 	// NextAttemptAt is when the last failure said to try again.
@@ -163,7 +165,7 @@ func (s *ContactState) Apply(env Envelope) {
 	case PasswordReturnFailed:
 		if p := s.Password; p != nil && p.KeyID == e.KeyID {
 			p.Attempts = e.Attempt
-			p.Done = e.GaveUp
+			p.Done, p.GaveUp = e.GaveUp, e.GaveUp
 			p.NextAttemptAt = e.NextAttemptAt
 		}
 	case WelcomeEmailClaimed:
@@ -179,7 +181,21 @@ func (s *ContactState) Apply(env Envelope) {
 		}
 	case WelcomeEmailFailed:
 		if w := s.Welcome; w != nil {
-			w.Attempts, w.Done, w.NextAttemptAt = e.Attempt, e.GaveUp, e.NextAttemptAt
+			w.Attempts, w.Done, w.GaveUp, w.NextAttemptAt = e.Attempt, e.GaveUp, e.GaveUp, e.NextAttemptAt
+		}
+	case OperatorActed:
+		// An operator's retry: the next attempt is due at once. A given-up
+		// mail is open again (one attempt more); a given-up return is not
+		// (its key is destroyed).
+		switch e.Action {
+		case ActionRetryPasswordReturn:
+			if p := s.Password; p != nil && !p.Done {
+				p.NextAttemptAt = env.OccurredAt
+			}
+		case ActionRetryWelcomeEmail:
+			if w := s.Welcome; w != nil && (!w.Done || w.GaveUp) {
+				w.Done, w.GaveUp, w.NextAttemptAt = false, false, env.OccurredAt
+			}
 		}
 	}
 }

@@ -7,10 +7,12 @@ import (
 	"embed"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
 	nethttp "net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -149,7 +151,7 @@ func newConsole() (*console, error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	c := &console{pages: map[string]*template.Template{}, css: css}
-	for _, name := range []string{"signin", "users", "user", "ops", "rebuild", "verify", "message"} {
+	for _, name := range []string{"signin", "users", "user", "ops", "queue", "rebuild", "verify", "message"} {
 		t, err := template.New("layout.html").Funcs(consoleFuncs).ParseFS(consoleFiles, "console/layout.html", "console/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console page %s: %w", name, err)
@@ -182,6 +184,8 @@ func (s *Server) consoleRoutes(r *mux.Router) error {
 	ui.Handle("/ops/rebuild", s.withSession(true, s.consoleRebuild)).Methods("POST")
 	ui.Handle("/ops/rebuild", s.withSession(false, s.rebuildPage)).Methods("GET")
 	ui.Handle("/ops/verify", s.withSession(true, s.consoleVerify)).Methods("POST")
+	ui.Handle("/ops/queue", s.withSession(false, s.queuePage)).Methods("GET")
+	ui.Handle("/ops/queue/retry", s.withSession(true, s.consoleRetry)).Methods("POST")
 	ui.Handle("/ops/parked/replay", s.withSession(true, s.consoleReplay)).Methods("POST")
 	ui.Handle("/ops/parked/skip", s.withSession(true, s.consoleSkip)).Methods("POST")
 	ui.NotFoundHandler = consoleHeaders(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
@@ -282,23 +286,72 @@ func (s *Server) consoleMessage(w nethttp.ResponseWriter, status int, title, tex
 	s.render(w, status, "message", pageData{Title: title, SignedIn: signedIn, CSRF: sess.csrf, Body: text})
 }
 
-func (s *Server) signinPage(w nethttp.ResponseWriter, r *nethttp.Request) {
-	s.render(w, nethttp.StatusOK, "signin", pageData{Title: "Sign in"})
+// signinCookie holds the sign-in form's own CSRF token (a pre-session
+// cookie, double-submitted in the form's csrf field): a sign-in posted
+// from another site is refused (login CSRF).
+const (
+	signinCookie = "usersync_signin"
+	signinTTL    = time.Hour
+)
+
+// signinToken is the browser's sign-in CSRF token, a new one (set as its
+// cookie) when it has none.
+func (s *Server) signinToken(w nethttp.ResponseWriter, r *nethttp.Request) (string, error) {
+	if c, err := r.Cookie(signinCookie); err == nil && len(c.Value) >= 40 {
+		return c.Value, nil
+	}
+	token, err := randomToken()
+	if err != nil {
+		return "", err
+	}
+	nethttp.SetCookie(w, &nethttp.Cookie{Name: signinCookie, Value: token, Path: "/ui/", MaxAge: int(signinTTL / time.Second),
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: nethttp.SameSiteStrictMode})
+	return token, nil
 }
 
-// signin checks the admin token (in constant time, throttled per source
-// like wrong access keys) and starts a session.
+func (s *Server) signinPage(w nethttp.ResponseWriter, r *nethttp.Request) {
+	token, err := s.signinToken(w, r)
+	if err != nil {
+		s.cfg.Log.Error("console sign-in", "err", err)
+		s.consoleMessage(w, nethttp.StatusInternalServerError, "Error", "The sign-in form could not be made; see the server log.", session{}, false)
+		return
+	}
+	s.render(w, nethttp.StatusOK, "signin", pageData{Title: "Sign in", CSRF: token})
+}
+
+// crossSite reports whether the browser says r was sent from another site
+// (Sec-Fetch-Site). Origin is not compared with Host: behind a proxy that
+// rewrites Host they differ for the console's own form.
+func crossSite(r *nethttp.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+		return false
+	}
+	return true
+}
+
+// signin checks the form's sign-in CSRF token, then the admin token (in
+// constant time, throttled per source like wrong access keys) and starts a
+// session.
 func (s *Server) signin(w nethttp.ResponseWriter, r *nethttp.Request) {
+	c, cerr := r.Cookie(signinCookie)
+	if crossSite(r) || cerr != nil || c.Value == "" || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.Value)) != 1 {
+		s.consoleMessage(w, nethttp.StatusForbidden, "Refused", "This sign-in did not come from usersync's own sign-in form: open /ui/signin and sign in there.", session{}, false)
+		return
+	}
+	again := pageData{Title: "Sign in", CSRF: c.Value}
 	token := r.PostFormValue("token")
 	if token == "" || !s.cfg.AdminToken.Matches(token) {
 		source := remoteHost(r)
 		if wait, throttled := s.throttled(source); throttled {
 			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-			s.render(w, nethttp.StatusTooManyRequests, "signin", pageData{Title: "Sign in", Body: fmt.Sprintf("Too many wrong tokens from this address: try again in %d s.", retryAfterSeconds(wait))})
+			again.Body = fmt.Sprintf("Too many wrong tokens from this address: try again in %d s.", retryAfterSeconds(wait))
+			s.render(w, nethttp.StatusTooManyRequests, "signin", again)
 			s.refusedAPI(r, nethttp.StatusTooManyRequests, RefusedThrottled, source)
 			return
 		}
-		s.render(w, nethttp.StatusUnauthorized, "signin", pageData{Title: "Sign in", Body: "Wrong admin token."})
+		again.Body = "Wrong admin token."
+		s.render(w, nethttp.StatusUnauthorized, "signin", again)
 		s.refusedAPI(r, nethttp.StatusUnauthorized, RefusedWrongSecret, source)
 		return
 	}
@@ -654,11 +707,11 @@ func (s *Server) consoleReplay(w nethttp.ResponseWriter, r *nethttp.Request, ses
 		return
 	}
 	if err := s.cfg.Replay(r.Context(), pe); err != nil {
-		s.operatorActed(r, "parked_replay", parkedTarget(pe), "failed: "+err.Error())
+		s.operatorActed(r, domain.ActionParkedReplay, parkedTarget(pe), "failed: "+err.Error(), pe.Stream)
 		s.consoleMessage(w, nethttp.StatusConflict, "Replay failed", err.Error(), sess, true)
 		return
 	}
-	s.operatorActed(r, "parked_replay", parkedTarget(pe), "replayed")
+	s.operatorActed(r, domain.ActionParkedReplay, parkedTarget(pe), "replayed", pe.Stream)
 	nethttp.Redirect(w, r, fmt.Sprintf("/ui/ops?notice=replayed+event+%d+for+%s", pe.Position, pe.Handler), nethttp.StatusSeeOther)
 }
 
@@ -673,7 +726,7 @@ func (s *Server) consoleSkip(w nethttp.ResponseWriter, r *nethttp.Request, sess 
 		s.consoleMessage(w, nethttp.StatusInternalServerError, "Skip failed", "The parked event could not be skipped; see the server log.", sess, true)
 		return
 	}
-	s.operatorActed(r, "parked_skip", parkedTarget(pe), "skipped")
+	s.operatorActed(r, domain.ActionParkedSkip, parkedTarget(pe), "skipped", pe.Stream)
 	nethttp.Redirect(w, r, fmt.Sprintf("/ui/ops?notice=skipped+event+%d+for+%s", pe.Position, pe.Handler), nethttp.StatusSeeOther)
 }
 
@@ -691,13 +744,25 @@ type operatorLine struct {
 const consoleCredential = "admin token"
 
 // operatorActed records an operator's action as an OperatorActed event in
-// the operator stream. A failure to record is logged; the action stands.
-func (s *Server) operatorActed(r *nethttp.Request, action, target, outcome string) {
-	ev := domain.OperatorActed{Action: action, Target: target, Source: remoteHost(r), Credential: consoleCredential, Outcome: outcome}
+// the operator stream and, when also names a contact's stream (a parked
+// event's), in that stream too, so that the contact's timeline shows it.
+// A failure to record is logged; the action stands.
+func (s *Server) operatorActed(r *nethttp.Request, action, target, outcome string, also ...string) {
+	ev := s.operatorEvent(r, action, target, outcome)
 	ne, err := domain.Encode(domain.Envelope{Event: ev, OccurredAt: s.cfg.Now().UTC()})
-	if err == nil {
-		// Recorded even when the browser has gone away meanwhile.
-		_, err = s.cfg.Store.Append(context.WithoutCancel(r.Context()), domain.OperatorStream, domain.AnyVersion(), ne)
+	streams := []string{domain.OperatorStream}
+	for _, st := range also {
+		if _, ok := domain.ContactIDFromStream(st); ok {
+			streams = append(streams, st)
+		}
+	}
+	for _, stream := range streams {
+		if err == nil {
+			// Recorded even when the browser has gone away meanwhile. In
+			// a contact's stream at any version: a webhook decided
+			// meanwhile loses its race and is decided again.
+			_, err = s.cfg.Store.Append(context.WithoutCancel(r.Context()), stream, domain.AnyVersion(), ne)
+		}
 	}
 	if err != nil {
 		s.cfg.Log.Error("console: record the operator's action", "action", action, "err", err)
@@ -706,7 +771,107 @@ func (s *Server) operatorActed(r *nethttp.Request, action, target, outcome strin
 	s.cfg.Log.Info("console: operator action", "action", action, "target", target, "source", ev.Source, "outcome", outcome)
 }
 
+// operatorEvent is an operator's action from r, as recorded.
+func (s *Server) operatorEvent(r *nethttp.Request, action, target, outcome string) domain.OperatorActed {
+	return domain.OperatorActed{Action: action, Target: target, Source: remoteHost(r), Credential: consoleCredential, Outcome: outcome}
+}
+
 // parkedTarget names a parked event in OperatorActed.
 func parkedTarget(pe domain.ParkedEvent) string {
 	return fmt.Sprintf("%s event %d (%s version %d)", pe.Handler, pe.Position, pe.Stream, pe.Version)
+}
+
+// Retrier asks the process managers to try a contact's password return or
+// welcome mail again now (command.PasswordReturner.Retry,
+// command.Welcomer.Retry): by is recorded in the contact's stream.
+// command.ErrNothingToRetry and command.ErrKeyDestroyed say why not.
+type Retrier interface {
+	RetryPasswordReturn(ctx context.Context, id domain.ContactID, by domain.OperatorActed) error
+	RetryWelcomeEmail(ctx context.Context, id domain.ContactID, by domain.OperatorActed) error
+}
+
+// queueRows bounds each list of the queue page (it stays under 100 KB).
+const queueRows = 100
+
+type queueBody struct {
+	Returns  []projections.PasswordReturn
+	Mails    []projections.WelcomeMail
+	More     []string
+	CanRetry bool
+	Notice   string
+}
+
+// queuePage lists the password returns and welcome mails waiting (pending,
+// a failure's next attempt among them) and given up, with Retry.
+func (s *Server) queuePage(w nethttp.ResponseWriter, r *nethttp.Request, sess session) {
+	ctx := r.Context()
+	b := queueBody{CanRetry: s.cfg.Retries != nil, Notice: r.URL.Query().Get("notice")}
+	for _, status := range []string{projections.PasswordFailed, projections.PasswordPending} {
+		rows, err := s.cfg.Views.Passwords.List(ctx, status)
+		if err != nil {
+			s.cfg.Log.Error("console queue", "err", err)
+			s.consoleMessage(w, nethttp.StatusInternalServerError, "Error", "The password returns could not be read; see the server log.", sess, true)
+			return
+		}
+		if n := queueRows - len(b.Returns); len(rows) > n {
+			b.More = append(b.More, fmt.Sprintf("%d %s password returns not shown", len(rows)-n, status))
+			rows = rows[:n]
+		}
+		b.Returns = append(b.Returns, rows...)
+	}
+	for _, status := range []string{projections.WelcomeFailed, projections.WelcomePending} {
+		rows, err := s.cfg.Views.Welcome.List(ctx, status)
+		if err != nil {
+			s.cfg.Log.Error("console queue", "err", err)
+			s.consoleMessage(w, nethttp.StatusInternalServerError, "Error", "The welcome mails could not be read; see the server log.", sess, true)
+			return
+		}
+		if n := queueRows - len(b.Mails); len(rows) > n {
+			b.More = append(b.More, fmt.Sprintf("%d %s welcome mails not shown", len(rows)-n, status))
+			rows = rows[:n]
+		}
+		b.Mails = append(b.Mails, rows...)
+	}
+	s.render(w, nethttp.StatusOK, "queue", pageData{Title: "Password returns and welcome mails", SignedIn: true, CSRF: sess.csrf, Nav: "ops", Body: b})
+}
+
+// consoleRetry asks for a contact's password return (kind password) or
+// welcome mail (kind welcome) to be tried again now.
+func (s *Server) consoleRetry(w nethttp.ResponseWriter, r *nethttp.Request, sess session) {
+	if s.cfg.Retries == nil {
+		s.consoleMessage(w, nethttp.StatusNotImplemented, "Not available", "Retry is not available on this server.", sess, true)
+		return
+	}
+	id, err := domain.ParseContactID(r.PostFormValue("contact_id"))
+	if err != nil {
+		s.consoleMessage(w, nethttp.StatusBadRequest, "Not a contact id", err.Error(), sess, true)
+		return
+	}
+	kind := r.PostFormValue("kind")
+	var action, what string
+	retry := s.cfg.Retries.RetryPasswordReturn
+	switch kind {
+	case "password":
+		action, what = domain.ActionRetryPasswordReturn, "password return"
+	case "welcome":
+		action, what, retry = domain.ActionRetryWelcomeEmail, "welcome email", s.cfg.Retries.RetryWelcomeEmail
+	default:
+		s.consoleMessage(w, nethttp.StatusBadRequest, "Nothing to retry", "kind must be password or welcome.", sess, true)
+		return
+	}
+	target := "contact " + id.String()
+	err = retry(context.WithoutCancel(r.Context()), id, s.operatorEvent(r, action, target, "asked"))
+	switch {
+	case errors.Is(err, command.ErrKeyDestroyed), errors.Is(err, command.ErrNothingToRetry):
+		s.operatorActed(r, action, target, "refused: "+err.Error())
+		s.consoleMessage(w, nethttp.StatusConflict, "Not retried", err.Error(), sess, true)
+		return
+	case err != nil:
+		s.cfg.Log.Error("console retry", "contact_id", id, "what", what, "err", err)
+		s.operatorActed(r, action, target, "failed: "+err.Error())
+		s.consoleMessage(w, nethttp.StatusInternalServerError, "Retry failed", "The retry could not be recorded; see the server log.", sess, true)
+		return
+	}
+	s.operatorActed(r, action, target, "asked")
+	nethttp.Redirect(w, r, "/ui/ops/queue?notice="+url.QueryEscape("the "+what+" of contact "+id.String()+" is tried again now"), nethttp.StatusSeeOther)
 }

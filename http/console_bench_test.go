@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"io"
 	nethttp "net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +64,84 @@ func BenchmarkConsoleUserPage(b *testing.B) {
 			for b.Loop() {
 				resp, body := br.do("GET", bc.path, nil)
 				if resp.StatusCode != nethttp.StatusOK {
+					b.Fatalf("GET %s: %d", bc.path, resp.StatusCode)
+				}
+				size = len(body)
+			}
+			b.ReportMetric(float64(size), "bytes/page")
+		})
+	}
+}
+
+// BenchmarkConsoleUsersPage serves the console's users page (50 users and
+// how many match) over HTTP on loopback, signed in, on
+// USERSYNC_BENCH_USERS users (10,000 by default; 2 events each: created
+// as a subscriber, tagged): all users, the next page, by tag, by role, by
+// the start of an email, by contact id.
+func BenchmarkConsoleUsersPage(b *testing.B) {
+	n := 10_000
+	if v := os.Getenv("USERSYNC_BENCH_USERS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 100 {
+			b.Fatalf("USERSYNC_BENCH_USERS=%q: want a count of users, 100 or more", v)
+		}
+	}
+	cfg := testConfig(b, slogJSON(io.Discard))
+	ctx := context.Background()
+	start := time.Now()
+	work := make(chan int)
+	var wg sync.WaitGroup
+	var failed sync.Once
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				tags := []domain.Tag{{ID: uint64(c%50 + 1), Name: fmt.Sprintf("Tag %d", c%50+1)}, {ID: 100, Name: "Customer"}}
+				raw, err := domain.EncodeAll([]domain.Envelope{
+					{Event: domain.UserCreated{UserID: fmt.Sprintf("u-%d", c), ContactID: domain.ContactID(c), Login: fmt.Sprintf("c%d", c), Email: fmt.Sprintf("c%d@example.com", c), Role: "subscriber"}, OccurredAt: start},
+					{Event: domain.TagsUpdated{Tags: tags, Added: tags}, OccurredAt: start},
+				})
+				if err == nil {
+					_, err = cfg.Store.Append(ctx, domain.ContactID(c).Stream(), domain.NoStream(), raw...)
+				}
+				if err != nil {
+					failed.Do(func() { b.Error(err) })
+				}
+			}
+		}()
+	}
+	for c := 1; c <= n; c++ {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	if b.Failed() {
+		b.FailNow()
+	}
+	if _, err := cfg.Views.Rebuild(ctx, cfg.Store, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%d users seeded and their views built in %s", n, time.Since(start).Round(time.Second))
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	br := newBrowser(b, serve(b, s))
+	br.signIn()
+	for _, bc := range []struct{ name, path string }{
+		{"all", "/ui/users"},
+		{"next-page", fmt.Sprintf("/ui/users?after=%d", n/2)},
+		{"tag", "/ui/users?tag=7"},
+		{"role", "/ui/users?role=subscriber"},
+		{"email-start", "/ui/users?q=c4242"},
+		{"contact-id", fmt.Sprintf("/ui/users?q=%d", n/2)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var size int
+			for b.Loop() {
+				resp, body := br.do("GET", bc.path, nil)
+				if resp.StatusCode != nethttp.StatusOK || !strings.Contains(body, "match") {
 					b.Fatalf("GET %s: %d", bc.path, resp.StatusCode)
 				}
 				size = len(body)

@@ -63,11 +63,23 @@ func (b *browser) do(method, path string, form url.Values, header ...string) (*n
 
 var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
+// signinForm is the sign-in form with token, its CSRF token from the
+// sign-in page (and its cookie in the jar).
+func (b *browser) signinForm(token string) url.Values {
+	b.t.Helper()
+	resp, page := b.do("GET", "/ui/signin", nil)
+	m := csrfField.FindStringSubmatch(page)
+	if resp.StatusCode != nethttp.StatusOK || m == nil {
+		b.t.Fatalf("GET /ui/signin: %d, CSRF field found: %v", resp.StatusCode, m != nil)
+	}
+	return url.Values{"token": {token}, "csrf": {m[1]}}
+}
+
 // signIn signs in with the admin token and returns the CSRF token of the
 // session.
 func (b *browser) signIn() string {
 	b.t.Helper()
-	resp, _ := b.do("POST", "/ui/signin", url.Values{"token": {"admin-token"}})
+	resp, _ := b.do("POST", "/ui/signin", b.signinForm("admin-token"))
 	if resp.StatusCode != nethttp.StatusSeeOther || resp.Header.Get("Location") != "/ui/users" {
 		b.t.Fatalf("sign-in: %d to %q, want 303 to /ui/users", resp.StatusCode, resp.Header.Get("Location"))
 	}
@@ -132,14 +144,14 @@ func TestConsole_WithoutSession_NothingShown(t *testing.T) {
 // then answers with the strict CSP, under 100 KB; sign-out ends it.
 func TestConsole_SignIn_PagesWithCSP_SignOut(t *testing.T) {
 	b := newBrowser(t, consoleServer(t))
-	resp, body := b.do("POST", "/ui/signin", url.Values{"token": {"wrong"}})
+	resp, body := b.do("POST", "/ui/signin", b.signinForm("wrong"))
 	if resp.StatusCode != nethttp.StatusUnauthorized || !strings.Contains(body, "Wrong admin token") || len(resp.Cookies()) != 0 {
 		t.Fatalf("wrong token: %d, cookies %v", resp.StatusCode, resp.Cookies())
 	}
-	resp, _ = b.do("POST", "/ui/signin", url.Values{"token": {"admin-token"}})
+	resp, _ = b.do("POST", "/ui/signin", b.signinForm("admin-token"))
 	cookies := resp.Cookies()
-	if len(cookies) != 1 {
-		t.Fatalf("sign-in set %d cookies, want 1", len(cookies))
+	if len(cookies) != 1 || cookies[0].Name != sessionCookie {
+		t.Fatalf("sign-in set cookies %v, want the session's only", cookies)
 	}
 	c := cookies[0]
 	if !c.HttpOnly || c.SameSite != nethttp.SameSiteStrictMode || c.Secure || c.MaxAge != 8*3600 || c.Expires.IsZero() || len(c.Value) < 40 {
@@ -247,17 +259,17 @@ func TestConsole_WrongTokens_Throttled(t *testing.T) {
 	b := newBrowser(t, consoleServer(t, func(c *Config) { c.AuthFailures = lim }))
 	var codes []int
 	for range 4 {
-		resp, _ := b.do("POST", "/ui/signin", url.Values{"token": {"wrong"}})
+		resp, _ := b.do("POST", "/ui/signin", b.signinForm("wrong"))
 		codes = append(codes, resp.StatusCode)
 	}
 	if codes[0] != 401 || codes[3] != 429 {
 		t.Errorf("wrong tokens answered %v, want 401 first and 429 once throttled", codes)
 	}
-	resp, _ := b.do("POST", "/ui/signin", url.Values{"token": {"wrong"}})
+	resp, _ := b.do("POST", "/ui/signin", b.signinForm("wrong"))
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("a throttled answer has no Retry-After")
 	}
-	if resp, _ := b.do("POST", "/ui/signin", url.Values{"token": {"admin-token"}}); resp.StatusCode != nethttp.StatusSeeOther {
+	if resp, _ := b.do("POST", "/ui/signin", b.signinForm("admin-token")); resp.StatusCode != nethttp.StatusSeeOther {
 		t.Errorf("the right token while throttled: %d, want 303 (always accepted)", resp.StatusCode)
 	}
 }
@@ -327,4 +339,40 @@ func TestConsole_TimelineOfLargeWebhooks_StaysUnder100KB(t *testing.T) {
 		t.Errorf("the page is %d bytes (want under 100 KB) and has an older link: %v", len(page), strings.Contains(page, `id="older"`))
 	}
 	t.Logf("%d bytes, %d events", len(page), strings.Count(page, `class="words"`))
+}
+
+// Given a sign-in posted from another site (login CSRF: the attacker's
+// own token), or without the sign-in form's token, it is refused and no
+// session is made; from the form itself it is accepted.
+func TestConsole_SignInCSRF_Refused(t *testing.T) {
+	base := consoleServer(t)
+	for _, tc := range []struct {
+		name   string
+		form   func(b *browser) url.Values
+		header []string
+		want   int
+	}{
+		{"no form token", func(b *browser) url.Values { return url.Values{"token": {"admin-token"}} }, nil, nethttp.StatusForbidden},
+		{"another form token", func(b *browser) url.Values {
+			f := b.signinForm("admin-token")
+			f.Set("csrf", f.Get("csrf")+"x")
+			return f
+		}, nil, nethttp.StatusForbidden},
+		{"a cross-site Sec-Fetch-Site", func(b *browser) url.Values { return b.signinForm("admin-token") }, []string{"Sec-Fetch-Site", "cross-site"}, nethttp.StatusForbidden},
+		{"a same-site subdomain", func(b *browser) url.Values { return b.signinForm("admin-token") }, []string{"Sec-Fetch-Site", "same-site"}, nethttp.StatusForbidden},
+		{"the form, same origin", func(b *browser) url.Values { return b.signinForm("admin-token") }, []string{"Origin", base, "Sec-Fetch-Site", "same-origin"}, nethttp.StatusSeeOther},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBrowser(t, base)
+			resp, _ := b.do("POST", "/ui/signin", tc.form(b), tc.header...)
+			if resp.StatusCode != tc.want {
+				t.Fatalf("POST /ui/signin: %d, want %d", resp.StatusCode, tc.want)
+			}
+			for _, c := range resp.Cookies() {
+				if c.Name == sessionCookie && tc.want != nethttp.StatusSeeOther {
+					t.Error("a refused sign-in set a session cookie")
+				}
+			}
+		})
+	}
 }

@@ -86,6 +86,9 @@ type Config struct {
 	// around the decorator that logs each webhook; they read what the
 	// handler found out with Report (see ObserveWebhooks).
 	WebhookDecorators []Decorator
+	// Retries, when set, retries a contact's password return or welcome
+	// mail for the console (nil: no Retry buttons).
+	Retries Retrier
 	// Replay hands a parked event to its handler again (nil: not offered).
 	Replay func(ctx context.Context, pe domain.ParkedEvent) error
 	// OnRebuild, when set, follows a rebuild started through the API.

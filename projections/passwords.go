@@ -149,6 +149,20 @@ func (b *batch) applyPassword(rec *domain.RecordedEvent, env *domain.Envelope) e
 			}
 			s.dirty = true
 		}
+	case domain.OperatorActed:
+		// An operator's retry makes a pending return due at once (as in
+		// domain.ContactState.Apply).
+		if e.Action != domain.ActionRetryPasswordReturn {
+			return nil
+		}
+		s, err := b.password(id, true)
+		if err != nil {
+			return err
+		}
+		if r := s.r; r != nil && r.Status == PasswordPending {
+			r.NextAttemptAt, r.UpdatedAt = at, at
+			s.dirty = true
+		}
 	}
 	return nil
 }

@@ -153,6 +153,20 @@ func (b *batch) applyWelcome(rec *domain.RecordedEvent, env *domain.Envelope) er
 			}
 			s.dirty = true
 		}
+	case domain.OperatorActed:
+		// An operator's retry makes the mail due at once, a given-up one
+		// pending again (as in domain.ContactState.Apply).
+		if e.Action != domain.ActionRetryWelcomeEmail {
+			return nil
+		}
+		s, err := b.welcome(id, true)
+		if err != nil {
+			return err
+		}
+		if r := s.r; r != nil && r.Status != WelcomeSent {
+			r.Status, r.NextAttemptAt, r.UpdatedAt = WelcomePending, at, at
+			s.dirty = true
+		}
 	}
 	return nil
 }

@@ -302,6 +302,7 @@ func startApp(ctx context.Context, cfg *serveConfig, log *slog.Logger, stdout io
 		Ready:   a.ready,
 		Admit:   a.disk.check,
 		Metrics: m.Handler(),
+		Retries: retries{returner: a.returner, welcomer: a.welcomer},
 		Replay: func(ctx context.Context, pe domain.ParkedEvent) error {
 			return a.pipe.Replay(ctx, a.store, pe)
 		},

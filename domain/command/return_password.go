@@ -164,7 +164,9 @@ func (p *PasswordReturner) Handle(ctx context.Context, rec domain.RecordedEvent)
 	case domain.TypePasswordIssued:
 	case domain.TypePasswordReplaced:
 		p.wake(rec)
-	case domain.TypePasswordReturnClaimed, domain.TypePasswordReturned, domain.TypePasswordReturnFailed:
+	case domain.TypePasswordReturnClaimed, domain.TypePasswordReturned, domain.TypePasswordReturnFailed, domain.TypeOperatorActed:
+		// A result, a claim, or an operator's retry (on any node) ends a
+		// wait on the stream.
 		p.wake(rec)
 		return p.done(ctx, rec.Position, false)
 	default:

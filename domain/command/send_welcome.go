@@ -173,7 +173,7 @@ func (w *Welcomer) Handle(ctx context.Context, rec domain.RecordedEvent) error {
 	switch rec.Type {
 	case domain.TypeUserCreated:
 		w.wake(rec)
-	case domain.TypeWelcomeEmailClaimed, domain.TypeWelcomeEmailSent, domain.TypeWelcomeEmailFailed:
+	case domain.TypeWelcomeEmailClaimed, domain.TypeWelcomeEmailSent, domain.TypeWelcomeEmailFailed, domain.TypeOperatorActed:
 		w.wake(rec)
 		return w.done(ctx, rec.Position, false)
 	default:

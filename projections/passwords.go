@@ -184,29 +184,17 @@ func (b *batch) flushPasswords() error {
 
 // Get returns the password return of a contact.
 func (v *PasswordReturns) Get(ctx context.Context, id domain.ContactID) (PasswordReturn, bool, error) {
-	var r PasswordReturn
-	err := v.v.read(func(db *sql.DB) error {
-		var err error
-		r, err = scanPasswordReturn(db.QueryRowContext(ctx, "SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", int64(id)))
-		return err
-	})
-	if errors.Is(err, sql.ErrNoRows) {
-		return PasswordReturn{}, false, nil
-	}
+	r, ok, err := queryRow(ctx, v.v, scanPasswordReturn, "SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", int64(id))
 	if err != nil {
 		return PasswordReturn{}, false, fmt.Errorf("read password return of contact %d: %w", id, err)
 	}
-	return r, true, nil
+	return r, ok, nil
 }
 
 // List returns the password returns with the given status ("" for all), in
 // contact id order.
 func (v *PasswordReturns) List(ctx context.Context, status string) ([]PasswordReturn, error) {
-	q, args := "SELECT "+passwordColumns+" FROM password_returns ORDER BY contact_id", []any{}
-	if status != "" {
-		q, args = "SELECT "+passwordColumns+" FROM password_returns WHERE status = ? ORDER BY contact_id", []any{status}
-	}
-	out, err := queryRows(ctx, v.v, nil, scanPasswordReturn, q, args...)
+	out, err := byStatus(ctx, v.v, scanPasswordReturn, "password_returns", passwordColumns, status)
 	if err != nil {
 		return nil, fmt.Errorf("list password returns: %w", err)
 	}

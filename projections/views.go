@@ -355,6 +355,30 @@ func queryRows[T any](ctx context.Context, v *Views, out []T, scan func(scanner)
 	return out, err
 }
 
+// queryRow reads the one row q selects with scan; ok is false when there
+// is none.
+func queryRow[T any](ctx context.Context, v *Views, scan func(scanner) (T, error), q string, args ...any) (r T, ok bool, err error) {
+	err = v.read(func(db *sql.DB) error {
+		var err error
+		r, err = scan(db.QueryRowContext(ctx, q, args...))
+		return err
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		var zero T
+		return zero, false, nil
+	}
+	return r, err == nil, err
+}
+
+// byStatus lists the rows of table (columns cols) with status ("" for
+// all), in contact id order.
+func byStatus[T any](ctx context.Context, v *Views, scan func(scanner) (T, error), table, cols, status string) ([]T, error) {
+	if status == "" {
+		return queryRows(ctx, v, nil, scan, "SELECT "+cols+" FROM "+table+" ORDER BY contact_id")
+	}
+	return queryRows(ctx, v, nil, scan, "SELECT "+cols+" FROM "+table+" WHERE status = ? ORDER BY contact_id", status)
+}
+
 // Close stops the pruning and closes the views file.
 func (v *Views) Close() error {
 	var err error

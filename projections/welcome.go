@@ -189,29 +189,17 @@ func (b *batch) flushWelcomes() error {
 
 // Get returns the welcome mail of a contact.
 func (v *WelcomeMails) Get(ctx context.Context, id domain.ContactID) (WelcomeMail, bool, error) {
-	var r WelcomeMail
-	err := v.v.read(func(db *sql.DB) error {
-		var err error
-		r, err = scanWelcomeMail(db.QueryRowContext(ctx, "SELECT "+welcomeColumns+" FROM welcome_mails WHERE contact_id = ?", int64(id)))
-		return err
-	})
-	if errors.Is(err, sql.ErrNoRows) {
-		return WelcomeMail{}, false, nil
-	}
+	r, ok, err := queryRow(ctx, v.v, scanWelcomeMail, "SELECT "+welcomeColumns+" FROM welcome_mails WHERE contact_id = ?", int64(id))
 	if err != nil {
 		return WelcomeMail{}, false, fmt.Errorf("read welcome mail of contact %d: %w", id, err)
 	}
-	return r, true, nil
+	return r, ok, nil
 }
 
 // List returns the welcome mails with the given status ("" for all), in
 // contact id order.
 func (v *WelcomeMails) List(ctx context.Context, status string) ([]WelcomeMail, error) {
-	q, args := "SELECT "+welcomeColumns+" FROM welcome_mails ORDER BY contact_id", []any{}
-	if status != "" {
-		q, args = "SELECT "+welcomeColumns+" FROM welcome_mails WHERE status = ? ORDER BY contact_id", []any{status}
-	}
-	out, err := queryRows(ctx, v.v, nil, scanWelcomeMail, q, args...)
+	out, err := byStatus(ctx, v.v, scanWelcomeMail, "welcome_mails", welcomeColumns, status)
 	if err != nil {
 		return nil, fmt.Errorf("list welcome mails: %w", err)
 	}

@@ -164,6 +164,17 @@ func TestConsole_InChromium(t *testing.T) {
 	}
 	sh.take(ctx, "user-timeline")
 
+	// The same page on a phone's width: nothing wider than the screen
+	// (no sideways scrolling), then back to the desktop size.
+	act(t, ctx, "a phone's viewport", chromedp.EmulateViewport(375, 812), chromedp.WaitVisible(chromedp.ID("timeline")))
+	if wide, err := chromedp.Run(ctx, chromedp.Evaluate[float64]("document.documentElement.scrollWidth")); err != nil {
+		t.Fatal(err)
+	} else if wide > 375 {
+		t.Errorf("on a 375 px wide phone the user page is %v px wide: it scrolls sideways", wide)
+	}
+	sh.take(ctx, "user-timeline-phone")
+	act(t, ctx, "back to the desktop viewport", chromedp.EmulateReset())
+
 	// A rebuild, followed to its end on the page that refreshes itself.
 	act(t, ctx, "start a rebuild",
 		chromedp.Navigate(h.base+"/ui/ops"),

@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -161,6 +162,48 @@ func (b *batch) insertMany(head string, ncols int, args []any, tail string) erro
 func valuesList(rows, ncols int) string {
 	one := "(" + strings.Repeat("?, ", ncols-1) + "?)"
 	return strings.Repeat(one+", ", rows-1) + one
+}
+
+// contactSlot is one contact's row of a view held by a batch: r is nil
+// while the contact has none, loaded once it was read from the file, dirty
+// once the batch changed it.
+type contactSlot[T any] struct {
+	r      *T
+	loaded bool
+	dirty  bool
+}
+
+// contactRow is id's slot in slots; with load, the row is read (query,
+// scan) the first time, unless the rebuild's filter bloom says the file
+// cannot have it. what names the row in errors.
+func contactRow[T any](b *batch, slots map[domain.ContactID]*contactSlot[T], id domain.ContactID, load bool, bloom int,
+	query string, scan func(scanner) (T, error), what string) (*contactSlot[T], error) {
+	s, ok := slots[id]
+	if !ok {
+		s = &contactSlot[T]{}
+		slots[id] = s
+		b.rows++
+	}
+	if !load || s.loaded || s.dirty {
+		return s, nil
+	}
+	s.loaded = true
+	if !b.mayExistID(bloom, uint64(id)) {
+		return s, nil
+	}
+	row, err := b.queryRow(query, int64(id))
+	if err != nil {
+		return nil, err
+	}
+	r, err := scan(row)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("read %s of contact %d: %w", what, id, err)
+	default:
+		s.r = &r
+	}
+	return s, nil
 }
 
 func (b *batch) queryRow(query string, args ...any) (*sql.Row, error) {

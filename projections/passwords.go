@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -39,11 +38,7 @@ type PasswordReturn struct {
 // each contact (table password_returns, by contact and by status).
 type PasswordReturns struct{ v *Views }
 
-type passwordSlot struct {
-	r      *PasswordReturn
-	loaded bool
-	dirty  bool
-}
+type passwordSlot = contactSlot[PasswordReturn]
 
 const passwordColumns = "contact_id, key_id, field, status, attempts, last_error, next_attempt_at, issued_at, updated_at"
 
@@ -63,32 +58,7 @@ func scanPasswordReturn(row scanner) (PasswordReturn, error) {
 // password is the contact's return; load false skips reading it (it is
 // about to be replaced).
 func (b *batch) password(id domain.ContactID, load bool) (*passwordSlot, error) {
-	s, ok := b.passwords[id]
-	if !ok {
-		s = &passwordSlot{}
-		b.passwords[id] = s
-		b.rows++
-	}
-	if !load || s.loaded || s.dirty {
-		return s, nil
-	}
-	s.loaded = true
-	if !b.mayExistID(2, uint64(id)) {
-		return s, nil
-	}
-	row, err := b.queryRow("SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", int64(id))
-	if err != nil {
-		return nil, err
-	}
-	r, err := scanPasswordReturn(row)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("read password return of contact %d: %w", id, err)
-	default:
-		s.r = &r
-	}
-	return s, nil
+	return contactRow(b, b.passwords, id, load, 2, "SELECT "+passwordColumns+" FROM password_returns WHERE contact_id = ?", scanPasswordReturn, "password return")
 }
 
 func (b *batch) applyPassword(rec *domain.RecordedEvent, env *domain.Envelope) error {

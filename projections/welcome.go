@@ -2,8 +2,6 @@ package projections
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -46,11 +44,7 @@ type WelcomeMails struct{ v *Views }
 // other tables use 0 to 4).
 const bloomWelcome = 5
 
-type welcomeSlot struct {
-	r      *WelcomeMail
-	loaded bool
-	dirty  bool
-}
+type welcomeSlot = contactSlot[WelcomeMail]
 
 const welcomeColumns = "contact_id, user_id, recipient, status, attempts, last_error, next_attempt_at, message_id, created_at, updated_at"
 
@@ -70,32 +64,7 @@ func scanWelcomeMail(row scanner) (WelcomeMail, error) {
 // welcome is the contact's mail; load false skips reading it (it is about
 // to be replaced).
 func (b *batch) welcome(id domain.ContactID, load bool) (*welcomeSlot, error) {
-	s, ok := b.welcomes[id]
-	if !ok {
-		s = &welcomeSlot{}
-		b.welcomes[id] = s
-		b.rows++
-	}
-	if !load || s.loaded || s.dirty {
-		return s, nil
-	}
-	s.loaded = true
-	if !b.mayExistID(bloomWelcome, uint64(id)) {
-		return s, nil
-	}
-	row, err := b.queryRow("SELECT "+welcomeColumns+" FROM welcome_mails WHERE contact_id = ?", int64(id))
-	if err != nil {
-		return nil, err
-	}
-	r, err := scanWelcomeMail(row)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("read welcome mail of contact %d: %w", id, err)
-	default:
-		s.r = &r
-	}
-	return s, nil
+	return contactRow(b, b.welcomes, id, load, bloomWelcome, "SELECT "+welcomeColumns+" FROM welcome_mails WHERE contact_id = ?", scanWelcomeMail, "welcome mail")
 }
 
 // applyWelcome follows domain.ContactState.Apply for the mail: the

@@ -260,11 +260,7 @@ func TestThreeNodes_KillOneUnderLoad_OthersTakeOverNothingLostViewsEqualARebuild
 	c.drain(t, time.Now().Add(20*time.Second))
 	drained := time.Since(began) - built - loaded
 	checkPasswordsAndMailsOnce(ctx, t, c, store, sim, smtp)
-	for n := range threeNodes {
-		if err := c.srvs[n].stop(syscall.SIGTERM); err != nil {
-			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, c.srvs[n].logs.String())
-		}
-	}
+	c.stopAll(t)
 
 	// Every answer: a 2xx, or a transport failure from the killed node.
 	transport, syncAnswers := 0, 0

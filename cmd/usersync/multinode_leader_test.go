@@ -16,11 +16,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/usersync/usersync/domain"
 	"github.com/usersync/usersync/eventstore/esdb"
 	"github.com/usersync/usersync/eventstore/esdb/esdbtest"
 )
@@ -198,11 +196,7 @@ func TestTwoNodes_LeaderChangeUnderLoad_DelaysLosesNothing(t *testing.T) {
 		}
 	}
 	drained := time.Since(backAt)
-	for n := range nodes {
-		if err := c.srvs[n].stop(syscall.SIGTERM); err != nil {
-			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, c.srvs[n].logs.String())
-		}
-	}
+	c.stopAll(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -211,10 +205,7 @@ func TestTwoNodes_LeaderChangeUnderLoad_DelaysLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	ids := make([]domain.ContactID, contacts)
-	for i := range contacts {
-		ids[i] = domain.ContactID(firstID + i)
-	}
+	ids := contactIDs(firstID, contacts)
 	log := checkOnceInOrder(ctx, t, store, acked, ids)
 	if len(acked) != contacts*perContact {
 		t.Errorf("%d webhooks acknowledged, want %d", len(acked), contacts*perContact)

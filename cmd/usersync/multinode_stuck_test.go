@@ -124,15 +124,8 @@ func TestTwoNodes_StuckNode_TheOtherTakesItsContactsUp(t *testing.T) {
 	// The stuck node goes on: it finds its contacts done, and both drain.
 	c.srvs[stuck].signal(syscall.SIGCONT)
 	c.drain(t, time.Now().Add(30*time.Second))
-	for n := range nodes {
-		if err := c.srvs[n].stop(syscall.SIGTERM); err != nil {
-			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, c.srvs[n].logs.String())
-		}
-	}
-	ids := make([]domain.ContactID, contacts)
-	for i := range contacts {
-		ids[i] = domain.ContactID(firstID + i)
-	}
+	c.stopAll(t)
+	ids := contactIDs(firstID, contacts)
 	log := checkOnceInOrder(ctx, t, store, acked, ids)
 	t.Logf("%d nodes, node %d stuck (SIGSTOP) holding %d of %d contacts; %d webhooks, %d events; all done %s after it got stuck (--takeover-after %s); contacts taken up by node 0: %v; total %s",
 		nodes, stuck, len(pinned), contacts, len(acked), log.events, takenUp.Round(time.Millisecond), takeover, taken, time.Since(began).Round(time.Millisecond))

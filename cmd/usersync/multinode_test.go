@@ -86,7 +86,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 
 	sim := newContactsSim(firstID, contacts, "m")
 	c := startCluster(t, bin, standin, sim, nodes)
-	srvs, reads, base := c.srvs, c.reads, c.base
+	reads, base := c.reads, c.base
 
 	type sent struct {
 		node    int
@@ -163,11 +163,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 
 	// Both nodes drain: nothing open, views at the head.
 	c.drain(t, time.Now().Add(30*time.Second))
-	for n := range nodes {
-		if err := srvs[n].stop(syscall.SIGTERM); err != nil {
-			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, srvs[n].logs.String())
-		}
-	}
+	c.stopAll(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -176,10 +172,7 @@ func TestTwoNodes_OneStandIn_EachContactOnceSyncAnswersFromEitherNode(t *testing
 		t.Fatal(err)
 	}
 	defer store.Close()
-	ids := make([]domain.ContactID, contacts)
-	for i := range contacts {
-		ids[i] = domain.ContactID(firstID + i)
-	}
+	ids := contactIDs(firstID, contacts)
 	log := checkOnceInOrder(ctx, t, store, acked, ids)
 	processedBy := make([]int, nodes)
 	for n := range nodes {
@@ -219,6 +212,29 @@ func startCluster(t *testing.T, bin string, standin *esdbtest.Server, sim *simul
 		c.srvs, c.reads, c.dirs = append(c.srvs, srv), append(c.reads, reads), append(c.dirs, dir)
 	}
 	return c
+}
+
+// stopAll stops every node that is up with SIGTERM and fails the test if
+// one does not exit cleanly.
+func (c *cluster) stopAll(t *testing.T) {
+	t.Helper()
+	for n, srv := range c.srvs {
+		if c.base(n) == "" {
+			continue
+		}
+		if err := srv.stop(syscall.SIGTERM); err != nil {
+			t.Fatalf("node %d exited with %v after SIGTERM:\n%s", n, err, srv.logs.String())
+		}
+	}
+}
+
+// contactIDs is first, first+1, …: n contacts.
+func contactIDs(first domain.ContactID, n int) []domain.ContactID {
+	ids := make([]domain.ContactID, n)
+	for i := range ids {
+		ids[i] = first + domain.ContactID(i)
+	}
+	return ids
 }
 
 // base is node n's URL, "" while it is down.

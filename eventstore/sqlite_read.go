@@ -160,6 +160,13 @@ func (s *SQLite) ReadStreamFrom(ctx context.Context, stream string, after uint64
 }
 
 func (s *SQLite) readStreamFrom(ctx context.Context, stream string, after uint64) ([]domain.RecordedEvent, error) {
+	return s.withReader(ctx, func(r *rawConn) ([]domain.RecordedEvent, error) {
+		return r.queryStreamFrom(ctx, stream, after, s.head.Load())
+	})
+}
+
+// withReader runs read on a pooled reader connection of the open store.
+func (s *SQLite) withReader(ctx context.Context, read func(r *rawConn) ([]domain.RecordedEvent, error)) ([]domain.RecordedEvent, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -173,22 +180,30 @@ func (s *SQLite) readStreamFrom(ctx context.Context, stream string, after uint64
 		return nil, err
 	}
 	defer func() { s.readers <- r }()
-	return r.queryStreamFrom(ctx, stream, after, s.head.Load())
+	return read(r)
+}
+
+// bindText binds v to parameter i of st (SQLITE_TRANSIENT: SQLite copies
+// the text before the call returns).
+func (c *rawConn) bindText(st uintptr, i int32, v string) error {
+	p, err := libc.CString(v)
+	if err != nil {
+		return err
+	}
+	rc := sqlite3.Xsqlite3_bind_text(c.tls, st, i, p, int32(len(v)), sqlite3.SQLITE_TRANSIENT)
+	libc.Xfree(c.tls, p)
+	if rc != sqlite3.SQLITE_OK {
+		return c.err(rc)
+	}
+	return nil
 }
 
 // queryStreamFrom appends the events of stream with version > after and
 // position <= upTo to out.
 func (c *rawConn) queryStreamFrom(ctx context.Context, stream string, after, upTo uint64) ([]domain.RecordedEvent, error) {
 	st := c.readFrom
-	// SQLITE_TRANSIENT: SQLite copies the text before the call returns.
-	p, err := libc.CString(stream)
-	if err != nil {
+	if err := c.bindText(st, 1, stream); err != nil {
 		return nil, err
-	}
-	rc := sqlite3.Xsqlite3_bind_text(c.tls, st, 1, p, int32(len(stream)), sqlite3.SQLITE_TRANSIENT)
-	libc.Xfree(c.tls, p)
-	if rc != sqlite3.SQLITE_OK {
-		return nil, c.err(rc)
 	}
 	sqlite3.Xsqlite3_bind_int64(c.tls, st, 2, int64(min(after, 1<<63-1)))
 	sqlite3.Xsqlite3_bind_int64(c.tls, st, 3, int64(min(upTo, 1<<63-1)))
@@ -214,34 +229,17 @@ func (s *SQLite) ReadStreamBackward(ctx context.Context, stream string, before u
 }
 
 func (s *SQLite) readStreamBack(ctx context.Context, stream string, before uint64, limit int) ([]domain.RecordedEvent, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
-	r, err := s.getReader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { s.readers <- r }()
 	if before == 0 {
 		before = 1<<63 - 1
 	}
-	st := r.readBack
-	p, err := libc.CString(stream)
-	if err != nil {
-		return nil, err
-	}
-	rc := sqlite3.Xsqlite3_bind_text(r.tls, st, 1, p, int32(len(stream)), sqlite3.SQLITE_TRANSIENT)
-	libc.Xfree(r.tls, p)
-	if rc != sqlite3.SQLITE_OK {
-		return nil, r.err(rc)
-	}
-	sqlite3.Xsqlite3_bind_int64(r.tls, st, 2, int64(min(before, 1<<63-1)))
-	sqlite3.Xsqlite3_bind_int64(r.tls, st, 3, int64(min(s.head.Load(), 1<<63-1)))
-	sqlite3.Xsqlite3_bind_int64(r.tls, st, 4, int64(limit))
-	return r.scan(ctx, st, nil)
+	return s.withReader(ctx, func(r *rawConn) ([]domain.RecordedEvent, error) {
+		st := r.readBack
+		if err := r.bindText(st, 1, stream); err != nil {
+			return nil, err
+		}
+		sqlite3.Xsqlite3_bind_int64(r.tls, st, 2, int64(min(before, 1<<63-1)))
+		sqlite3.Xsqlite3_bind_int64(r.tls, st, 3, int64(min(s.head.Load(), 1<<63-1)))
+		sqlite3.Xsqlite3_bind_int64(r.tls, st, 4, int64(limit))
+		return r.scan(ctx, st, nil)
+	})
 }
